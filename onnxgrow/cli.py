@@ -1,0 +1,314 @@
+"""The `onnxgrow` command line: parse, call the API, print, map errors to exit codes.
+
+Exit codes: 0 success; 1 the student differs from the teacher; 2 the request cannot be done
+(bad input, unsupported pattern, unknown layer), with a message saying why and what would work;
+3 an internal error (a bug: please report it with the `--debug` traceback).
+
+Heavy modules (onnx, onnx-ir, onnxruntime, torch) are imported inside the commands, so
+`onnxgrow --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import click
+
+from .errors import GrowError, MismatchError
+
+METHODS_WIDEN = ("net2net", "netmorph", "r2r", "random")
+METHODS_DEEPEN = ("net2net", "r2r", "zero")
+
+
+class _Context:
+    debug = False
+
+
+_ctx = _Context()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for internal errors.")
+@click.version_option(package_name="onnxgrow")
+def cli(debug: bool) -> None:
+    """Grow trained ONNX models with function-preserving transforms.
+
+    The grown "student" computes what the "teacher" computes; widen and deepen prove it by
+    running both in onnxruntime before writing the student.
+    """
+    _ctx.debug = debug
+
+
+def main(argv=None) -> None:
+    """Console entry point: run the click group and turn exceptions into exit codes."""
+    try:
+        cli.main(args=argv, prog_name="onnxgrow", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except MismatchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except GrowError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so plainly, traceback only on request
+        if _ctx.debug:
+            traceback.print_exc()
+        else:
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc}\n"
+                "This is a bug in onnxgrow. Run again with `onnxgrow --debug ...` for the "
+                "traceback and report it.",
+                err=True,
+            )
+        sys.exit(3)
+    sys.exit(0)
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+# ----------------------------------------------------------------------------- inspect
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def inspect(model: str, as_json: bool) -> None:
+    """List the layers of MODEL and which transforms apply to each."""
+    from . import layers
+
+    info = layers.describe(model)
+    if as_json:
+        _echo_json(info)
+    else:
+        click.echo(layers.format_table(info))
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def _parse_tolerance(values: tuple[str, ...], what: str):
+    """`--atol 1e-4` or `--atol out:1e-4` (repeatable) -> float | dict | None."""
+    if not values:
+        return None
+    per_output: dict[str, float] = {}
+    default = None
+    for text in values:
+        name, _, number = text.rpartition(":")
+        try:
+            tol = float(number)
+        except ValueError:
+            raise GrowError(f"--{what} {text!r}: expected a number or OUTPUT:NUMBER.") from None
+        if tol < 0:
+            raise GrowError(f"--{what} {text!r}: a tolerance cannot be negative.")
+        if name:
+            per_output[name] = tol
+        else:
+            default = tol
+    if not per_output:
+        return default
+    if default is not None:
+        per_output[""] = default
+    return per_output
+
+
+def _parse_dims(values: tuple[str, ...]) -> dict[str, int]:
+    dims = {}
+    for text in values:
+        name, sep, number = text.partition("=")
+        if not sep or not number.strip().isdigit() or int(number) < 1:
+            raise GrowError(f"--dim {text!r}: expected NAME=SIZE with a positive size, e.g. batch=4.")
+        dims[name.strip()] = int(number)
+    return dims
+
+
+def _verify_options(f):
+    f = click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
+                     show_default=True, help="onnxruntime execution provider.")(f)
+    f = click.option("--atol", multiple=True, help="Absolute tolerance, or OUTPUT:TOL (repeatable).")(f)
+    f = click.option("--rtol", multiple=True,
+                     help="Tolerance relative to the output's largest magnitude, or OUTPUT:TOL.")(f)
+    f = click.option("--samples", type=click.IntRange(1, 1000), default=3, show_default=True,
+                     help="Random input draws to compare on.")(f)
+    f = click.option("--inputs", "inputs_file", type=str, default=None,
+                     help="An .npz file of inputs keyed by graph input name.")(f)
+    f = click.option("--dim", "dims", multiple=True, help="Size of a dynamic dimension, NAME=SIZE.")(f)
+    return f
+
+
+def _run_verify(teacher, student, provider, atol, rtol, samples, inputs_file, dims, seed=0):
+    from . import verify as verify_mod
+
+    return verify_mod.verify(
+        teacher, student, provider=provider, atol=_parse_tolerance(atol, "atol"),
+        rtol=_parse_tolerance(rtol, "rtol"), samples=samples, inputs=inputs_file,
+        dims=_parse_dims(dims), seed=seed,
+    )
+
+
+@cli.command()
+@click.argument("teacher")
+@click.argument("student")
+@_verify_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def verify(teacher, student, provider, atol, rtol, samples, inputs_file, dims, seed, as_json):
+    """Run TEACHER and STUDENT on the same inputs and compare every output.
+
+    Exit 0 when they match, 1 when they differ, 2 when they cannot be compared.
+    """
+    report = _run_verify(teacher, student, provider, atol, rtol, samples, inputs_file, dims, seed)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(report.format())
+    if not report.ok:
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- widen / deepen
+
+
+def _grow(model_path, out, transform, no_verify, verify_args):
+    """Load, transform, write atomically; verify against the teacher before the rename."""
+    from . import graph
+
+    model = graph.load(model_path)
+    summary = transform(model)
+    with graph.staged(out, source=model_path) as tmp_path:
+        graph.write(model, tmp_path)
+        if not no_verify:
+            report = _run_verify(model_path, str(tmp_path), *verify_args)
+            summary["verify"] = report.to_dict()
+            if not report.ok:
+                click.echo(report.format(), err=True)
+                raise MismatchError(
+                    "the student does not match the teacher; nothing was written. Run with "
+                    "--no-verify to keep it for inspection, and please report the model."
+                )
+    summary["output"] = str(out)
+    return summary
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        _echo_json(summary)
+        return
+    for line in summary.get("lines", []):
+        click.echo(line)
+    rep = summary.get("verify")
+    if rep:
+        worst = max((o["max_abs"] for o in rep["outputs"]), default=0.0)
+        click.echo(f"verified on {rep['provider']}: max abs error {worst:.3g} "
+                   f"({rep['samples']} samples) -> {'match' if rep['ok'] else 'MISMATCH'}")
+    click.echo(f"wrote {summary['output']}")
+
+
+def _grow_options(f):
+    f = click.option("-o", "--output", "out", required=True, help="Where to write the student.")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(f)
+    f = click.option("--no-verify", is_flag=True, help="Skip the teacher/student comparison.")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")(f)
+    return _verify_options(f)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--layer", required=True, help="Name of the Conv/Gemm/MatMul node to widen.")
+@click.option("--width", type=int, required=True, help="New output width (channels/features).")
+@click.option("--method", type=click.Choice(METHODS_WIDEN), default="net2net", show_default=True)
+@click.option("--noise", type=float, default=None,
+              help="net2net: spread of the random replica split (default 0.1; 0 = textbook 1/c).")
+@_grow_options
+def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **verify_kw):
+    """Widen LAYER of MODEL to WIDTH output units, with everything coupled to it."""
+    from . import widen as widen_mod
+
+    summary = _grow(
+        model, out,
+        lambda m: widen_mod.widen_model(m, layer=layer, width=width, method=method, seed=seed, noise=noise),
+        no_verify, _verify_args(verify_kw),
+    )
+    _print_summary(summary, as_json)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--after", required=True, help="Name of the Conv/Gemm/MatMul node to insert after.")
+@click.option("--method", type=click.Choice(METHODS_DEEPEN), default="net2net", show_default=True)
+@click.option("--kernel", type=int, default=None, help="Kernel size of an inserted Conv (odd).")
+@click.option("--bn", is_flag=True, help="Add an identity BatchNormalization after the new layer.")
+@_grow_options
+def deepen(model, after, method, kernel, bn, out, seed, no_verify, as_json, **verify_kw):
+    """Insert a new layer (or residual block) after node AFTER of MODEL."""
+    from . import deepen as deepen_mod
+
+    summary = _grow(
+        model, out,
+        lambda m: deepen_mod.deepen_model(m, after=after, method=method, kernel=kernel, bn=bn, seed=seed),
+        no_verify, _verify_args(verify_kw),
+    )
+    _print_summary(summary, as_json)
+
+
+@cli.command("morph-kernel")
+@click.argument("model")
+@click.option("--layer", required=True, help="Name of the Conv node whose kernel grows.")
+@click.option("--kernel", type=int, required=True, help="New kernel size (odd, larger).")
+@_grow_options
+def morph_kernel(model, layer, kernel, out, seed, no_verify, as_json, **verify_kw):
+    """Grow the k×k kernel of Conv LAYER to KERNEL×KERNEL (zero-padded: exact)."""
+    from . import deepen as deepen_mod
+
+    summary = _grow(
+        model, out, lambda m: deepen_mod.morph_kernel_model(m, layer=layer, kernel=kernel),
+        no_verify, _verify_args(verify_kw),
+    )
+    _print_summary(summary, as_json)
+
+
+def _verify_args(kw):
+    return (kw["provider"], kw["atol"], kw["rtol"], kw["samples"], kw["inputs_file"], kw["dims"])
+
+
+# ----------------------------------------------------------------------------- torch bridge
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", "out", required=True, help="Where to write the module (.pt).")
+def export(model, out):
+    """Convert MODEL to a trainable torch.nn.Module saved with torch.save."""
+    from . import torch_export
+
+    path = torch_export.export_file(model, out)
+    click.echo(f"wrote {path}")
+
+
+@cli.command("import-weights")
+@click.argument("model")
+@click.argument("trained")
+@click.option("-o", "--output", "out", required=True, help="Where to write the updated model.")
+def import_weights(model, trained, out):
+    """Write the parameters of TRAINED (.pt from `export`) back into MODEL's initializers."""
+    from . import torch_export
+
+    path = torch_export.import_weights_file(model, trained, out)
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

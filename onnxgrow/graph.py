@@ -1,0 +1,244 @@
+"""Loading, saving and small helpers over the onnx-ir graph.
+
+Every public entry point takes a model as a path, an `onnx.ModelProto`, an `onnx_ir.Model` or an
+onnx-graphsurgeon `Graph`, and works on a private `onnx_ir.Model`, so the caller's object and file
+are never modified. Large weights stay memory-mapped (onnx-ir reads external data lazily), so a
+model over 2 GB is never held in memory twice.
+
+Saving is atomic: the model (and its external data, above 2 GB) is written into a temporary
+folder beside the destination and renamed into place, so an interrupted run never leaves a
+half-written file. The input's IR version is kept: onnx 1.23 stamps IR 14 on new models, which
+onnxruntime 1.31 refuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from .errors import GrowError
+
+EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot hold a message over 2 GiB
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def load(model, what: str = "model") -> ir.Model:
+    """Return a private onnx-ir copy of `model` (path, ModelProto, ir.Model or gs.Graph)."""
+    if isinstance(model, ir.Model):
+        return ir.from_proto(ir.to_proto(model))
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        return _from_proto(proto, what)
+    if type(model).__module__.startswith("onnx_graphsurgeon"):
+        import onnx_graphsurgeon as gs
+
+        return _from_proto(gs.export_onnx(model), what)
+    if isinstance(model, (str, os.PathLike)):
+        return _load_path(Path(model), what)
+    raise GrowError(
+        f"cannot use {type(model).__name__} as the {what}: pass a path to an .onnx file, an "
+        "onnx.ModelProto, an onnx_ir.Model or an onnx_graphsurgeon Graph."
+    )
+
+
+def _load_path(path: Path, what: str) -> ir.Model:
+    if not path.exists():
+        raise GrowError(f"the {what} file {str(path)!r} does not exist.")
+    if path.is_dir():
+        raise GrowError(f"the {what} {str(path)!r} is a folder, not an ONNX file.")
+    if path.stat().st_size == 0:
+        raise GrowError(f"the {what} file {str(path)!r} is empty: it is not an ONNX model.")
+    try:
+        model = ir.load(path)
+    except Exception as exc:  # protobuf raises several types for bad bytes
+        raise GrowError(
+            f"cannot read {str(path)!r} as an ONNX model ({_short(exc)}). Is it truncated or "
+            "not an .onnx file? Re-export it, or check it with `python -m onnx.checker`."
+        ) from None
+    _check_sane(model, str(path))
+    return model
+
+
+def _from_proto(proto: onnx.ModelProto, what: str) -> ir.Model:
+    try:
+        model = ir.from_proto(proto)
+    except Exception as exc:
+        raise GrowError(f"the {what} is not a valid ONNX model ({_short(exc)}).") from None
+    _check_sane(model, what)
+    return model
+
+
+def _check_sane(model: ir.Model, where: str) -> None:
+    if len(model.graph) == 0 and not model.graph.outputs:
+        raise GrowError(
+            f"{where} holds no graph (no nodes, no outputs): it is not an ONNX model, or it was "
+            "truncated."
+        )
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.to_proto(model)
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def save(model: ir.Model, path, source=None) -> Path:
+    """Write `model` to `path` atomically; with external data when its weights pass 2 GB.
+
+    `source` is the path the model was read from: writing over it is refused, so the input file
+    is never modified.
+    """
+    with staged(path, source) as tmp_path:
+        write(model, tmp_path)
+    return Path(path)
+
+
+def write(model: ir.Model, path: Path) -> None:
+    """Serialise `model` to `path` (not atomic: see `staged`), external data beside it above 2 GB."""
+    external = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    if not external:
+        _load_external_tensors(model)
+    try:
+        ir.save(model, path, external_data=path.name + ".data" if external else None)
+    except OSError as exc:
+        raise GrowError(f"cannot write {str(path)!r}: {exc.strerror or exc}.") from None
+
+
+@contextlib.contextmanager
+def staged(path, source=None):
+    """Yield a temporary path beside `path`; on success move what was written there into place.
+
+    The model and its external data (if any) are renamed into place only when the block ends
+    without an exception, so a failed check or an interrupt leaves nothing behind.
+    """
+    dest = Path(path)
+    if source is not None and isinstance(source, (str, os.PathLike)):
+        if Path(source).exists() and dest.exists() and os.path.samefile(source, dest):
+            raise GrowError(
+                f"refusing to overwrite the input model {str(dest)!r}: onnxgrow never modifies "
+                "its input. Choose another output path with -o."
+            )
+    folder = dest.parent
+    if not folder.is_dir():
+        raise GrowError(f"cannot write {str(dest)!r}: the folder {str(folder)!r} does not exist.")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".onnxgrow-", dir=folder))
+    except OSError as exc:
+        raise GrowError(f"cannot write into {str(folder)!r}: {exc.strerror or exc}.") from None
+    try:
+        yield tmp / dest.name
+        data = tmp / (dest.name + ".data")
+        if data.exists():
+            os.replace(data, folder / data.name)
+        os.replace(tmp / dest.name, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def weight_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def _load_external_tensors(model: ir.Model) -> None:
+    """Bring external tensors into memory, so an inline save does not point at the input's data."""
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            value.const_value = ir.tensor(tensor.numpy(), name=tensor.name)
+
+
+# ----------------------------------------------------------------------------- nodes and values
+
+
+def find_node(graph: ir.Graph, name: str) -> ir.Node:
+    """The node called `name`; an unknown name is an error listing the closest names."""
+    for node in graph:
+        if node.name == name:
+            return node
+    names = [n.name for n in graph if n.name]
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    if not close:
+        close = [n.name for n in graph if n.name and n.op_type in WEIGHT_OPS][:5]
+    hint = ", ".join(repr(c) for c in close)
+    raise GrowError(
+        f"no node named {name!r} in the model. Closest names: {hint}. "
+        "`onnxgrow inspect MODEL` lists every layer."
+    )
+
+
+def constant(value: ir.Value | None) -> np.ndarray | None:
+    """The constant array behind `value` (initializer, Constant node, or through Identity/Cast)."""
+    for _ in range(16):
+        if value is None:
+            return None
+        if value.const_value is not None and not value.is_graph_input():
+            return value.const_value.numpy()
+        node = value.producer()
+        if node is None:
+            return None
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attributes.get("value")
+            if attr is None:
+                return _constant_from_other_attr(node)
+            return attr.as_tensor().numpy()
+        if node.op_type in ("Identity", "Cast", "CastLike") and node.inputs:
+            inner = constant(node.inputs[0])
+            if inner is None or node.op_type == "Identity":
+                value = node.inputs[0]
+                continue
+            to = node.attributes.get("to")
+            if node.op_type == "Cast" and to is not None:
+                return inner.astype(ir.DataType(to.as_int()).numpy())
+            return inner
+        return None
+    return None
+
+
+def _constant_from_other_attr(node: ir.Node) -> np.ndarray | None:
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+        if key in node.attributes:
+            return np.array(node.attributes[key].value, dtype=dtype)
+    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in node.attributes:
+            return np.array(list(node.attributes[key].value), dtype=dtype)
+    return None
+
+
+def attr(node: ir.Node, name: str, default=None):
+    """A node attribute's Python value, or `default`."""
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def is_weight_layer(node: ir.Node) -> bool:
+    """Conv, ConvTranspose, Gemm, and MatMul whose second input is a constant weight."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHT_OPS:
+        return False
+    if node.op_type == "MatMul":
+        return len(node.inputs) > 1 and constant(node.inputs[1]) is not None
+    return True
+
+
+def static_shape(value: ir.Value | None) -> tuple | None:
+    """The value's shape as a tuple of ints and strings (symbolic dims), or None if unknown."""
+    if value is None or value.shape is None:
+        return None
+    return tuple(d if isinstance(d, int) else (d.value if d.value is not None else "?") for d in value.shape)
