@@ -242,3 +242,51 @@ def static_shape(value: ir.Value | None) -> tuple | None:
     if value is None or value.shape is None:
         return None
     return tuple(d if isinstance(d, int) else (d.value if d.value is not None else "?") for d in value.shape)
+
+
+def unique_name(graph: ir.Graph, hint: str) -> str:
+    """A value name not used in `graph`, derived from `hint`."""
+    taken = graph.meta.setdefault("onnxgrow.names", None)
+    if taken is None:
+        taken = {v.name for v in graph.inputs} | set(graph.initializers)
+        taken |= {o.name for node in graph for o in node.outputs if o is not None}
+        graph.meta["onnxgrow.names"] = taken
+    name, k = hint, 1
+    while name in taken:
+        k += 1
+        name = f"{hint}_{k}"
+    taken.add(name)
+    return name
+
+
+def new_initializer(graph: ir.Graph, hint: str, array: np.ndarray) -> ir.Value:
+    """Register `array` as a new initializer named after `hint`; return its value."""
+    name = unique_name(graph, hint)
+    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
+                     const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def set_input_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, hint: str) -> None:
+    """Point input `index` of `node` at a new initializer holding `array` (others keep the old)."""
+    node.replace_input_with(index, new_initializer(graph, hint, array))
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """Fill in value shapes with onnx shape inference (weights are left out of the call)."""
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+
+
+def remove_unused(model: ir.Model) -> None:
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+    RemoveUnusedNodesPass()(model)
+
+
+def parameter_count(model: ir.Model) -> int:
+    return sum(int(np.prod(v.const_value.shape.numpy(), dtype=np.int64))
+               for v in model.graph.initializers.values() if v.const_value is not None)
