@@ -129,6 +129,7 @@ class Walk:
         self.group = Group(width)
         self.queue: list[ir.Value] = []
         self.done: set[tuple] = set()
+        self.came_from: dict = {}  # value -> the node whose rule added it (not walked back into)
 
     # rules call these ------------------------------------------------------
     def join(self, value: ir.Value | None, slot: Slot, via: ir.Node, index: int | None = None) -> None:
@@ -158,6 +159,7 @@ class Walk:
                 "widening would change what the model takes as input."
             )
         self.group.members[value] = slot
+        self.came_from[value] = via
         self.queue.append(value)
 
     def join_input(self, node: ir.Node, index: int, slot: Slot) -> None:
@@ -191,12 +193,13 @@ class Walk:
         while self.queue:
             value = self.queue.pop(0)
             slot = self.group.members[value]
+            origin = self.came_from.get(value)
             producer = value.producer()
-            if producer is not None:
+            if producer is not None and producer is not origin:
                 self.visit(producer, "out", value.index(), slot)
             for use in list(value.uses()):
-                node, index = use.node, use.idx
-                self.visit(node, "in", index, slot)
+                if use.node is not origin:
+                    self.visit(use.node, "in", use.idx, slot)
         return self.group
 
     def visit(self, node: ir.Node, side: str, index: int, slot: Slot) -> None:
@@ -965,5 +968,5 @@ def find_group(node: ir.Node) -> Group:
             f"the output of {_desc(node)} is the graph output {out.name!r}: widening it would "
             "change the model's output shape. Widen an inner layer.")
     walk = Walk(width)
-    walk.join(out, Slot(axis, 0, width, 1), node)
+    walk.join(out, Slot(axis, 0, width, 1), via=None)  # None: the walk starts at the layer itself
     return walk.run()

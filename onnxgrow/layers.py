@@ -1,0 +1,172 @@
+"""`onnxgrow inspect`: every Conv, ConvTranspose, Gemm and MatMul-with-constant-weight node, its
+widths, and which transforms apply to it — or why not.
+
+The answers come from the same code the transforms run (groups.find_group for widen,
+deepen.deepen_options for deepen), so what inspect promises, widen and deepen deliver.
+"""
+
+from __future__ import annotations
+
+import os
+
+import onnx_ir as ir
+
+from . import graph as g
+from . import groups as gr
+from .errors import GrowError
+
+ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+               "Elu", "Selu", "Celu", "Softplus", "Gelu", "Mish", "Swish"}
+PASS_TO_ACTIVATION = {"BatchNormalization", "Add", "Identity", "Dropout"}
+
+
+def describe(model) -> dict:
+    """The inspect report of `model` (path, ModelProto, onnx_ir.Model) as a JSON-ready dict."""
+    ir_model = g.load(model)
+    g.infer_shapes(ir_model)
+    graph = ir_model.graph
+    layers = []
+    groups_by_producer: dict[int, gr.Group] = {}
+    for node in graph:
+        if g.is_weight_layer(node):
+            layers.append(_describe_layer(node, groups_by_producer))
+    return {
+        "model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else (graph.name or "model"),
+        "ir_version": ir_model.ir_version,
+        "opset": graph.opset_imports.get("", None),
+        "inputs": [_describe_value(v) for v in graph.inputs if v.name not in graph.initializers],
+        "outputs": [_describe_value(v) for v in graph.outputs],
+        "parameters": g.parameter_count(ir_model),
+        "layers": layers,
+    }
+
+
+def _describe_value(value: ir.Value) -> dict:
+    shape = g.static_shape(value)
+    return {"name": value.name, "dtype": str(value.dtype.name.lower()) if value.dtype else None,
+            "shape": list(shape) if shape is not None else None}
+
+
+def _describe_layer(node: ir.Node, groups_by_producer: dict) -> dict:
+    entry = {
+        "name": node.name,
+        "op": node.op_type,
+        "width": gr.layer_width(node),
+        "in_width": _in_width(node),
+        "kernel": _kernel(node),
+        "activation": _activation(node),
+        "widen": _widen_entry(node, groups_by_producer),
+        "deepen": _deepen_entry(node),
+    }
+    return entry
+
+
+def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
+    group = groups_by_producer.get(id(node))
+    if group is None:
+        try:
+            group = gr.find_group(node)
+        except GrowError as exc:
+            return {"reason": str(exc)}
+        for producer in group.producers:
+            groups_by_producer[id(producer)] = group
+    methods, why = group.methods()
+    others = [n.name for n in group.producers + group.consumers if n is not node]
+    entry = {"methods": methods, "group": others}
+    if why:
+        entry["not"] = why
+    if group.uniform_only:
+        entry["note"] = f"width must be a multiple of {group.width}"
+    return entry
+
+
+def _deepen_entry(node: ir.Node) -> dict:
+    from .deepen import deepen_options
+
+    try:
+        return deepen_options(node)
+    except GrowError as exc:
+        return {"reason": str(exc)}
+
+
+def _in_width(node: ir.Node) -> int | None:
+    weight = g.constant(node.inputs[1])
+    if weight is None:
+        return None
+    if node.op_type == "Conv":
+        return int(weight.shape[1] * g.attr(node, "group", 1))
+    if node.op_type == "ConvTranspose":
+        return int(weight.shape[0])
+    if node.op_type == "Gemm":
+        return int(weight.shape[1] if g.attr(node, "transB", 0) else weight.shape[0])
+    return int(weight.shape[-2])
+
+
+def _kernel(node: ir.Node) -> list[int] | None:
+    if node.op_type not in ("Conv", "ConvTranspose"):
+        return None
+    weight = g.constant(node.inputs[1])
+    return [int(k) for k in weight.shape[2:]] if weight is not None else None
+
+
+def _activation(node: ir.Node) -> str | None:
+    """The activation that follows the layer (through BatchNorm / bias Add), if any."""
+    value = node.outputs[0]
+    for _ in range(4):
+        uses = list(value.uses())
+        if len(uses) != 1:
+            return None
+        nxt = uses[0].node
+        if nxt.op_type in ACTIVATIONS:
+            if nxt.op_type == "Clip":
+                return "Clip" + _clip_range(nxt)
+            return nxt.op_type
+        if nxt.op_type == "Mul" and any(
+                i is not None and i.producer() is not None and i.producer().op_type == "Sigmoid"
+                and i.producer().inputs[0] is value for i in nxt.inputs):
+            return "SiLU"
+        if nxt.op_type == "Sigmoid" and any(u.node.op_type == "Mul" for u in value.uses()):
+            return "SiLU"
+        if nxt.op_type not in PASS_TO_ACTIVATION or (
+                nxt.op_type == "Add" and all(g.constant(i) is None for i in nxt.inputs)):
+            return None
+        value = nxt.outputs[0]
+    return None
+
+
+def _clip_range(node: ir.Node) -> str:
+    bounds = []
+    for i, key in ((1, "min"), (2, "max")):
+        v = g.constant(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None
+        v = g.attr(node, key) if v is None else float(v)
+        bounds.append("" if v is None else f"{float(v):g}")
+    return f"({bounds[0]},{bounds[1]})"
+
+
+def format_table(info: dict) -> str:
+    """The human-readable inspect output."""
+    rows = [("layer", "op", "in->out", "kernel", "act", "widen", "deepen")]
+    for layer in info["layers"]:
+        widen, deepen = layer["widen"], layer["deepen"]
+        rows.append((
+            layer["name"], layer["op"], f"{layer['in_width']}->{layer['width']}",
+            "x".join(map(str, layer["kernel"])) if layer["kernel"] else "-",
+            layer["activation"] or "-",
+            ",".join(widen["methods"]) + (f" (+{len(widen['group'])} coupled)" if widen.get("group") else "")
+            if "methods" in widen else "no",
+            ",".join(deepen["methods"]) if "methods" in deepen else "no",
+        ))
+    widths = [min(max(len(str(r[i])) for r in rows), 60) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c)[:w].ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    ins = ", ".join(f"{v['name']}{v['shape']}" for v in info["inputs"])
+    outs = ", ".join(f"{v['name']}{v['shape']}" for v in info["outputs"])
+    head = [f"model: {info['model']}  (IR {info['ir_version']}, opset {info['opset']}, "
+            f"{info['parameters']:,} parameters)", f"inputs: {ins}", f"outputs: {outs}", ""]
+    notes = []
+    for layer in info["layers"]:
+        for key in ("widen", "deepen"):
+            if "reason" in layer[key]:
+                notes.append(f"  {layer['name']}: {key} no: {layer[key]['reason']}")
+    tail = ["", "why not:"] + notes if notes else []
+    return "\n".join(head + lines + tail)
