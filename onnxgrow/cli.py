@@ -88,13 +88,13 @@ def _echo_json(obj) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def inspect(model: str, as_json: bool) -> None:
     """List the layers of MODEL and which transforms apply to each."""
-    from . import layers
+    from .layers import describe, format_table
 
-    info = layers.describe(model)
+    info = describe(model)
     if as_json:
         _echo_json(info)
     else:
-        click.echo(layers.format_table(info))
+        click.echo(format_table(info))
 
 
 # ----------------------------------------------------------------------------- verify
@@ -150,9 +150,9 @@ def _verify_options(f):
 
 
 def _run_verify(teacher, student, provider, atol, rtol, samples, inputs_file, dims, seed=0):
-    from . import verify as verify_mod
+    from .verify import verify as run_verify
 
-    return verify_mod.verify(
+    return run_verify(
         teacher, student, provider=provider, atol=_parse_tolerance(atol, "atol"),
         rtol=_parse_tolerance(rtol, "rtol"), samples=samples, inputs=inputs_file,
         dims=_parse_dims(dims), seed=seed,
@@ -182,8 +182,11 @@ def verify(teacher, student, provider, atol, rtol, samples, inputs_file, dims, s
 # ----------------------------------------------------------------------------- widen / deepen
 
 
-def _grow(model_path, out, transform, no_verify, verify_args):
-    """Load, transform, write atomically; verify against the teacher before the rename."""
+def _grow(model_path, out, transform, no_verify, verify_args, preserving=True):
+    """Load, transform, write atomically; verify against the teacher before the rename.
+
+    A non-preserving transform (widen --method random) is compared for information only.
+    """
     from . import graph
 
     model = graph.load(model_path)
@@ -193,7 +196,8 @@ def _grow(model_path, out, transform, no_verify, verify_args):
         if not no_verify:
             report = _run_verify(model_path, str(tmp_path), *verify_args)
             summary["verify"] = report.to_dict()
-            if not report.ok:
+            summary["preserving"] = preserving
+            if not report.ok and preserving:
                 click.echo(report.format(), err=True)
                 raise MismatchError(
                     "the student does not match the teacher; nothing was written. Run with "
@@ -212,8 +216,11 @@ def _print_summary(summary: dict, as_json: bool) -> None:
     rep = summary.get("verify")
     if rep:
         worst = max((o["max_abs"] for o in rep["outputs"]), default=0.0)
+        verdict = "match" if rep["ok"] else (
+            "MISMATCH" if summary.get("preserving", True) else "differs, as expected of a "
+            "non-preserving method")
         click.echo(f"verified on {rep['provider']}: max abs error {worst:.3g} "
-                   f"({rep['samples']} samples) -> {'match' if rep['ok'] else 'MISMATCH'}")
+                   f"({rep['samples']} samples) -> {verdict}")
     click.echo(f"wrote {summary['output']}")
 
 
@@ -235,12 +242,12 @@ def _grow_options(f):
 @_grow_options
 def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **verify_kw):
     """Widen LAYER of MODEL to WIDTH output units, with everything coupled to it."""
-    from . import widen as widen_mod
+    from .widen import widen_model
 
     summary = _grow(
         model, out,
-        lambda m: widen_mod.widen_model(m, layer=layer, width=width, method=method, seed=seed, noise=noise),
-        no_verify, _verify_args(verify_kw),
+        lambda m: widen_model(m, layer=layer, width=width, method=method, seed=seed, noise=noise),
+        no_verify, _verify_args(verify_kw), preserving=method != "random",
     )
     _print_summary(summary, as_json)
 
@@ -254,11 +261,11 @@ def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **v
 @_grow_options
 def deepen(model, after, method, kernel, bn, out, seed, no_verify, as_json, **verify_kw):
     """Insert a new layer (or residual block) after node AFTER of MODEL."""
-    from . import deepen as deepen_mod
+    from .deepen import deepen_model
 
     summary = _grow(
         model, out,
-        lambda m: deepen_mod.deepen_model(m, after=after, method=method, kernel=kernel, bn=bn, seed=seed),
+        lambda m: deepen_model(m, after=after, method=method, kernel=kernel, bn=bn, seed=seed),
         no_verify, _verify_args(verify_kw),
     )
     _print_summary(summary, as_json)
@@ -271,10 +278,10 @@ def deepen(model, after, method, kernel, bn, out, seed, no_verify, as_json, **ve
 @_grow_options
 def morph_kernel(model, layer, kernel, out, seed, no_verify, as_json, **verify_kw):
     """Grow the k×k kernel of Conv LAYER to KERNEL×KERNEL (zero-padded: exact)."""
-    from . import deepen as deepen_mod
+    from .deepen import morph_kernel_model
 
     summary = _grow(
-        model, out, lambda m: deepen_mod.morph_kernel_model(m, layer=layer, kernel=kernel),
+        model, out, lambda m: morph_kernel_model(m, layer=layer, kernel=kernel),
         no_verify, _verify_args(verify_kw),
     )
     _print_summary(summary, as_json)
@@ -292,9 +299,9 @@ def _verify_args(kw):
 @click.option("-o", "--output", "out", required=True, help="Where to write the module (.pt).")
 def export(model, out):
     """Convert MODEL to a trainable torch.nn.Module saved with torch.save."""
-    from . import torch_export
+    from .torch_export import export_file
 
-    path = torch_export.export_file(model, out)
+    path = export_file(model, out)
     click.echo(f"wrote {path}")
 
 
@@ -304,9 +311,9 @@ def export(model, out):
 @click.option("-o", "--output", "out", required=True, help="Where to write the updated model.")
 def import_weights(model, trained, out):
     """Write the parameters of TRAINED (.pt from `export`) back into MODEL's initializers."""
-    from . import torch_export
+    from .torch_export import import_weights_file
 
-    path = torch_export.import_weights_file(model, trained, out)
+    path = import_weights_file(model, trained, out)
     click.echo(f"wrote {path}")
 
 

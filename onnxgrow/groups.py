@@ -99,12 +99,7 @@ class Group:
     def methods(self) -> tuple[list[str], dict[str, str]]:
         """The widening methods that apply, and why the others don't."""
         why = {}
-        if self.uniform_only:
-            names = ", ".join(self.uniform_only[:3])
-            reason = (f"{names} normalise over the channel axis; only net2net's uniform replication "
-                      "(a width that is a multiple of the current one) keeps their mean and variance")
-            why = {"netmorph": reason, "r2r": reason, "random": reason}
-        elif self.width % 2:
+        if self.width % 2 and not self.uniform_only:
             why["r2r"] = (f"r2r adds units in ±V pairs; the current width {self.width} is odd, so "
                           "doubling it adds an odd number (widths of the same parity work)")
         return [m for m in ("net2net", "netmorph", "r2r", "random") if m not in why], why

@@ -76,7 +76,8 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
     if why:
         entry["not"] = why
     if group.uniform_only:
-        entry["note"] = f"width must be a multiple of {group.width}"
+        entry["note"] = (f"normalised over its channels ({', '.join(group.uniform_only[:2])}): the "
+                         f"new width must be a multiple of {group.width}")
     return entry
 
 

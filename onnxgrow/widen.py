@@ -17,6 +17,12 @@ still exact. netmorph is exact because the consumers ignore the new units; r2r b
 carries identical values with opposite outgoing weights, so it cancels. random is the
 non-preserving baseline. "Random" weights are drawn N(0, σ²) with σ the standard deviation of
 the weight being grown, so new units start at the scale of the old.
+
+Groups that normalise over their channels (LayerNorm over channels, RMSNorm, a hand-written
+LayerNorm2d: `Group.uniform_only`) keep their statistics only if every unit is copied equally
+often, so there every preserving method makes the new producer units copies (q a multiple of n):
+netmorph then gives the copies zero outgoing weights, and r2r pairs each copy with its original,
+adding +V to the original's outgoing weights and −V to the copy's (W_i·x + V·x − V·x = W_i·x).
 """
 
 from __future__ import annotations
@@ -94,10 +100,11 @@ def scale_channels(array, axis, slot, factors) -> np.ndarray:
 class Plan:
     """The numbers for one widening: method, sizes, sources, splits and the random stream."""
 
-    def __init__(self, n: int, q: int, method: str, seed: int, noise: float):
+    def __init__(self, n: int, q: int, method: str, seed: int, noise: float, uniform: bool = False):
         self.n, self.q, self.method = n, q, method
+        self.copies_only = uniform and method != "random"  # new units must replicate old ones
         self.rng = np.random.default_rng(seed)
-        self.src = source_units(n, q - n, self.rng, paired=(method == "r2r"))
+        self.src = source_units(n, q - n, self.rng, paired=(method == "r2r" and not uniform))
         self.s_old, self.s_new = split_factors(n, self.src, noise if method == "net2net" else 0.0, self.rng)
 
     @property
@@ -115,7 +122,8 @@ class Plan:
     def grow(self, array: np.ndarray, edit: gr.WeightEdit, is_bias: bool) -> np.ndarray:
         slot, axis = edit.slot, edit.axis
         copies = take_channels(array, axis, slot, self.src)
-        if edit.role == "param" or (edit.role == "producer" and self.method == "net2net"):
+        if edit.role == "param" or (edit.role == "producer" and (
+                self.method == "net2net" or self.copies_only)):
             return insert_channels(array, axis, slot, self.n, copies)
         if edit.role == "producer":
             if is_bias:
@@ -129,6 +137,11 @@ class Plan:
             return insert_channels(scaled, axis, slot, self.n, part)
         if self.method == "netmorph":
             return insert_channels(array, axis, slot, self.n, np.zeros_like(copies))
+        if self.method == "r2r" and self.copies_only:  # pair each copy with its original
+            v = self.rng.normal(0.0, float(np.std(array)) or 1.0, size=copies.shape)
+            view = _view(array, axis, slot).astype(np.float64)
+            np.add.at(view, (slice(None), slice(None), slot.offset + self.src), v)
+            return insert_channels(view.reshape(array.shape).astype(array.dtype), axis, slot, self.n, -v)
         if self.method == "r2r":
             half = list(copies.shape)
             half[2] //= 2
@@ -157,7 +170,7 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
     n = group.width
     check_width(node, n, width, method, group)
     params_before = g.parameter_count(model)
-    plan = Plan(n, width, method, seed, noise)
+    plan = Plan(n, width, method, seed, noise, uniform=bool(group.uniform_only))
     apply(graph, group, plan)
     g.remove_unused(model)
     params_after = g.parameter_count(model)
@@ -181,15 +194,12 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
     if width <= n:
         raise GrowError(f"{name!r} has {n} units; --width must be larger than that (got {width}). "
                         "onnxgrow only grows models.")
-    _, why = group.methods()
-    if method in why and not (method == "r2r" and not group.uniform_only):
-        raise GrowError(f"cannot widen {name!r} with {method}: {why[method]}.")
-    if group.uniform_only and width % n:
+    if group.uniform_only and width % n and method != "random":
         raise GrowError(
             f"cannot widen {name!r} to {width}: {', '.join(group.uniform_only[:3])} normalise over "
             f"its channels, which stays exact only when every unit is copied equally often; use a "
             f"multiple of {n} (e.g. {2 * n}).")
-    if method == "r2r" and (width - n) % 2:
+    if method == "r2r" and not group.uniform_only and (width - n) % 2:
         raise GrowError(
             f"r2r adds units in ±V pairs, so the increase must be even: {width} - {n} = {width - n} "
             f"is odd. Use --width {width - 1} or {width + 1}, or another method.")
