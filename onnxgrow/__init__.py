@@ -14,10 +14,10 @@ from .errors import GrowError, MismatchError
 
 _API = {
     "inspect": ("layers", "describe"),
-    "widen": ("widen", "widen"),
+    "widen": ("widening", "widen"),
     "deepen": ("deepen", "deepen"),
     "morph_kernel": ("deepen", "morph_kernel"),
-    "verify": ("verify", "verify"),
+    "verify": ("verification", "verify"),
     "to_torch": ("torch_export", "to_torch"),
     "load_weights": ("torch_export", "load_weights"),
     "load": ("graph", "load"),

@@ -150,7 +150,7 @@ def _verify_options(f):
 
 
 def _run_verify(teacher, student, provider, atol, rtol, samples, inputs_file, dims, seed=0):
-    from .verify import verify as run_verify
+    from .verification import verify as run_verify
 
     return run_verify(
         teacher, student, provider=provider, atol=_parse_tolerance(atol, "atol"),
@@ -242,7 +242,7 @@ def _grow_options(f):
 @_grow_options
 def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **verify_kw):
     """Widen LAYER of MODEL to WIDTH output units, with everything coupled to it."""
-    from .widen import widen_model
+    from .widening import widen_model
 
     summary = _grow(
         model, out,

@@ -64,7 +64,7 @@ def _load_path(path: Path, what: str) -> ir.Model:
         model = ir.load(path)
     except Exception as exc:  # protobuf raises several types for bad bytes
         raise GrowError(
-            f"cannot read {str(path)!r} as an ONNX model ({_short(exc)}). Is it truncated or "
+            f"cannot read {str(path)!r} as an ONNX model ({short_message(exc)}). Is it truncated or "
             "not an .onnx file? Re-export it, or check it with `python -m onnx.checker`."
         ) from None
     _check_sane(model, str(path))
@@ -75,7 +75,7 @@ def _from_proto(proto: onnx.ModelProto, what: str) -> ir.Model:
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
-        raise GrowError(f"the {what} is not a valid ONNX model ({_short(exc)}).") from None
+        raise GrowError(f"the {what} is not a valid ONNX model ({short_message(exc)}).") from None
     _check_sane(model, what)
     return model
 
@@ -88,7 +88,7 @@ def _check_sane(model: ir.Model, where: str) -> None:
         )
 
 
-def _short(exc: Exception) -> str:
+def short_message(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
 
@@ -184,32 +184,81 @@ def find_node(graph: ir.Graph, name: str) -> ir.Node:
     )
 
 
-def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The constant array behind `value` (initializer, Constant node, or through Identity/Cast)."""
-    for _ in range(16):
-        if value is None:
-            return None
-        if value.const_value is not None and not value.is_graph_input():
-            return value.const_value.numpy()
-        node = value.producer()
-        if node is None:
-            return None
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            attr = node.attributes.get("value")
-            if attr is None:
-                return _constant_from_other_attr(node)
-            return attr.as_tensor().numpy()
-        if node.op_type in ("Identity", "Cast", "CastLike") and node.inputs:
-            inner = constant(node.inputs[0])
-            if inner is None or node.op_type == "Identity":
-                value = node.inputs[0]
-                continue
-            to = node.attributes.get("to")
-            if node.op_type == "Cast" and to is not None:
-                return inner.astype(ir.DataType(to.as_int()).numpy())
-            return inner
+def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
+    """The constant array behind `value`: an initializer, a Constant node, or a small expression
+    of constants (shape arithmetic exporters leave unfolded, weights behind Identity/Cast)."""
+    if value is None or depth > 24:
         return None
-    return None
+    if value.const_value is not None and not value.is_graph_input():
+        return value.const_value.numpy()
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Constant":
+        attr = node.attributes.get("value")
+        return _constant_from_other_attr(node) if attr is None else attr.as_tensor().numpy()
+    fold = _FOLD.get(node.op_type)
+    if fold is None or len(node.outputs) != 1:
+        return None
+    args = []
+    for inp in node.inputs:
+        arg = None if inp is None else constant(inp, depth + 1)
+        if inp is not None and arg is None:
+            return None
+        args.append(arg)
+    if node.op_type not in ("Identity", "Cast", "CastLike") and any(
+            a is not None and a.size > 4096 for a in args):
+        return None  # fold shape arithmetic, not weight computations
+    try:
+        return np.asarray(fold(node, *args))
+    except Exception:  # an expression numpy cannot mirror: treat as not constant
+        return None
+
+
+def _cast(node, x, *_):
+    to = node.attributes.get("to")
+    return x if to is None else x.astype(ir.DataType(to.as_int()).numpy())
+
+
+def _axes(node, given, default=None):
+    if given is not None:
+        return [int(a) for a in np.atleast_1d(given)]
+    a = node.attributes.get("axes")
+    return default if a is None else list(a.value)
+
+
+def _slice(node, x, starts, ends, axes=None, steps=None):
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    index = [slice(None)] * x.ndim
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        index[int(ax)] = slice(int(st), int(en), int(sp))
+    return x[tuple(index)]
+
+
+_FOLD = {
+    "Identity": lambda n, x: x,
+    "Cast": _cast,
+    "CastLike": lambda n, x, like: x.astype(like.dtype),
+    "Add": lambda n, a, b: a + b,
+    "Sub": lambda n, a, b: a - b,
+    "Mul": lambda n, a, b: a * b,
+    "Div": lambda n, a, b: a // b if np.issubdtype(a.dtype, np.integer) else a / b,
+    "Equal": lambda n, a, b: a == b,
+    "Not": lambda n, a: ~a,
+    "Where": lambda n, c, a, b: np.where(c, a, b),
+    "ConstantOfShape": lambda n, shape: np.full(
+        [int(d) for d in shape],
+        n.attributes["value"].as_tensor().numpy().reshape(-1)[0] if "value" in n.attributes else np.float32(0)),
+    "Concat": lambda n, *xs: np.concatenate(xs, axis=n.attributes["axis"].value),
+    "Unsqueeze": lambda n, x, axes=None: np.expand_dims(x, tuple(
+        sorted(a % (x.ndim + len(_axes(n, axes))) for a in _axes(n, axes)))),
+    "Squeeze": lambda n, x, axes=None: np.squeeze(x, axis=None if _axes(n, axes) is None else tuple(
+        a % x.ndim for a in _axes(n, axes))),
+    "Gather": lambda n, x, i: np.take(x, i, axis=n.attributes["axis"].value if "axis" in n.attributes else 0),
+    "Slice": _slice,
+    "Reshape": lambda n, x, shape: x.reshape([int(d) if d != 0 else x.shape[i] for i, d in enumerate(shape)]),
+}
 
 
 def _constant_from_other_attr(node: ir.Node) -> np.ndarray | None:
@@ -237,11 +286,63 @@ def is_weight_layer(node: ir.Node) -> bool:
     return True
 
 
-def static_shape(value: ir.Value | None) -> tuple | None:
-    """The value's shape as a tuple of ints and strings (symbolic dims), or None if unknown."""
-    if value is None or value.shape is None:
+def static_shape(value: ir.Value | None, probe: bool = True) -> tuple | None:
+    """The value's shape as a tuple of ints and strings (symbolic dims), or None if unknown.
+
+    Where shape inference left a value without a shape, the shapes seen in one onnxruntime run
+    are used (see `_probe_shapes`); they are never written into the model.
+    """
+    if value is None:
         return None
-    return tuple(d if isinstance(d, int) else (d.value if d.value is not None else "?") for d in value.shape)
+    if value.shape is not None:
+        return tuple(d if isinstance(d, int) else (d.value if d.value is not None else "?")
+                     for d in value.shape)
+    if not probe or value.graph is None:
+        return None
+    return _probe_shapes(value.graph).get(value.name)
+
+
+def _probe_shapes(graph: ir.Graph) -> dict:
+    """Shapes of every intermediate value from one onnxruntime run on random inputs (dynamic
+    dimensions 1), computed once per graph and only when shape inference fell short."""
+    cached = graph.meta.get("onnxgrow.probed")
+    if cached is not None:
+        return cached
+    graph.meta["onnxgrow.probed"] = shapes = {}
+    model = graph.meta.get("onnxgrow.model")
+    if model is None:
+        return shapes
+    try:
+        import onnxruntime as ort
+
+        proto = ir.to_proto(model)
+        known = {o.name for o in proto.graph.output}
+        names = [o.name for node in graph for o in node.outputs
+                 if o is not None and o.name and o.name not in known and o.dtype is not None]
+        for name in names:
+            proto.graph.output.add().name = name
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for inp in sess.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+            dtype = ir.DataType.from_numpy(np.dtype(_ORT_TYPES.get(inp.type, "float32"))).numpy()
+            feeds[inp.name] = (np.zeros(shape, dtype) if np.issubdtype(dtype, np.integer) or dtype == bool
+                               else rng.standard_normal(shape).astype(dtype))
+        outs = sess.run(None, feeds)
+        for meta, array in zip(sess.get_outputs(), outs):
+            shapes[meta.name] = tuple(np.shape(array))
+    except Exception:  # the probe is a best effort; rules refuse when a shape stays unknown
+        pass
+    return shapes
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
 def unique_name(graph: ir.Graph, hint: str) -> str:
@@ -279,6 +380,7 @@ def infer_shapes(model: ir.Model) -> None:
     from onnx_ir.passes.common import ShapeInferencePass
 
     ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    model.graph.meta["onnxgrow.model"] = model
 
 
 def remove_unused(model: ir.Model) -> None:

@@ -80,7 +80,8 @@ class ShapeEdit:
 class Group:
     """The coupled group of one set of channels. Built by `find_group`."""
 
-    width: int
+    width: int  # units per repeat: the layer's units / outer
+    outer: int = 1  # >1 when a grouped Conv makes every conv group grow alike
     members: dict = field(default_factory=dict)  # ir.Value -> Slot
     edits: list = field(default_factory=list)  # WeightEdit
     shape_edits: list = field(default_factory=list)  # ShapeEdit
@@ -120,8 +121,8 @@ def _unique(items):
 class Walk:
     """Breadth-first walk over (value, slot) pairs; rules add members and edits."""
 
-    def __init__(self, width: int):
-        self.group = Group(width)
+    def __init__(self, width: int, outer: int = 1):
+        self.group = Group(width, outer)
         self.queue: list[ir.Value] = []
         self.done: set[tuple] = set()
         self.came_from: dict = {}  # value -> the node whose rule added it (not walked back into)
@@ -692,6 +693,13 @@ def _shape_entry(value, position, holder):
             return None
         start = g.attr(node, "start", 0) or 0
         return "dim", (node.inputs[0], _norm_axis(start, rank) + position), None
+    if node.op_type == "Slice" and len(node.inputs) >= 3:  # a run of another shape's entries
+        starts, steps = g.constant(node.inputs[1]), _ints(node, "steps", 4)
+        length = _dim(node.inputs[0], 0)
+        if starts is None or starts.size != 1 or (steps and steps != [1]) or length is None:
+            return None
+        first = int(starts.reshape(-1)[0])
+        return _shape_entry(node.inputs[0], _norm_axis(first, length) + position, (node, 0))
     return None
 
 
@@ -770,9 +778,32 @@ def conv(walk, node, side, index, slot):
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             walk.weight(node, 2, 0, out_slot, "param")
         return
+    # grouped: channels are widened inside every conv group alike (`outer` = groups in the slot)
+    per_group, dim = (weight.shape[1], in_ch) if side == "in" else (out_ch // groups, out_ch)
+    outer = dim // (slot.total * slot.block)
+    if slot.block == 1 and outer == groups and slot.total == per_group:
+        if side == "in":
+            walk.weight(node, 1, 1, slot, "consumer")
+        else:
+            walk.weight(node, 1, 0, slot, "producer")
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                walk.weight(node, 2, 0, slot, "producer")
+        return
+    if outer == 1 and slot.offset == 0 and slot.block == 1 and slot.total == dim:
+        raise PerGroup(groups, node)
     raise GrowError(
-        f"{_desc(node)} is a grouped convolution (group={groups}) that mixes channels within "
-        "groups; widening through it is not supported yet. Widen a layer outside this block.")
+        f"{_desc(node)} is a grouped convolution (group={groups}) whose groups do not line up with "
+        "the widened channels; widening through it is not supported. Widen a layer outside this "
+        "block.")
+
+
+class PerGroup(GrowError):
+    """The group meets a grouped Conv: it must be widened inside each of `groups` conv groups."""
+
+    def __init__(self, groups: int, node: ir.Node):
+        super().__init__(f"{_desc(node)} is a grouped convolution (group={groups}); the widened "
+                         "channels would have to line up with its groups in two ways at once.")
+        self.groups = groups
 
 
 def conv_transpose(walk, node, side, index, slot):
@@ -948,7 +979,11 @@ def layer_width(node: ir.Node) -> int | None:
 
 
 def find_group(node: ir.Node) -> Group:
-    """The coupled group of `node`'s output units. Raises GrowError if it cannot be widened."""
+    """The coupled group of `node`'s output units. Raises GrowError if it cannot be widened.
+
+    A grouped Conv in the way restarts the walk with the channels seen as `groups` repeats of
+    width/groups units, so every conv group grows alike (and the new width must be a multiple).
+    """
     if not g.is_weight_layer(node):
         raise GrowError(
             f"{_desc(node)} is not a Conv, ConvTranspose, Gemm or MatMul with a constant weight; "
@@ -962,6 +997,13 @@ def find_group(node: ir.Node) -> Group:
         raise GrowError(
             f"the output of {_desc(node)} is the graph output {out.name!r}: widening it would "
             "change the model's output shape. Widen an inner layer.")
-    walk = Walk(width)
-    walk.join(out, Slot(axis, 0, width, 1), via=None)  # None: the walk starts at the layer itself
-    return walk.run()
+    outer = 1
+    while True:
+        walk = Walk(width // outer, outer)
+        walk.join(out, Slot(axis, 0, width // outer, 1), via=None)  # None: start at the layer
+        try:
+            return walk.run()
+        except PerGroup as exc:
+            if outer != 1 or width % exc.groups:
+                raise GrowError(f"{exc} It cannot be widened exactly.") from None
+            outer = exc.groups

@@ -75,6 +75,9 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
     entry = {"methods": methods, "group": others}
     if why:
         entry["not"] = why
+    if group.outer > 1:
+        entry["note"] = (f"passes a grouped convolution: the new width must be a multiple of "
+                         f"{group.outer}")
     if group.uniform_only:
         entry["note"] = (f"normalised over its channels ({', '.join(group.uniform_only[:2])}): the "
                          f"new width must be a multiple of {group.width}")
