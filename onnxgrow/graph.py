@@ -244,6 +244,7 @@ _FOLD = {
     "Sub": lambda n, a, b: a - b,
     "Mul": lambda n, a, b: a * b,
     "Div": lambda n, a, b: a // b if np.issubdtype(a.dtype, np.integer) else a / b,
+    "Mod": lambda n, a, b: np.fmod(a, b) if n.attributes.get("fmod") and n.attributes["fmod"].value else np.mod(a, b),
     "Equal": lambda n, a, b: a == b,
     "Not": lambda n, a: ~a,
     "Where": lambda n, c, a, b: np.where(c, a, b),
@@ -297,9 +298,12 @@ def static_shape(value: ir.Value | None, probe: bool = True) -> tuple | None:
     if value.shape is not None:
         return tuple(d if isinstance(d, int) else (d.value if d.value is not None else "?")
                      for d in value.shape)
-    if not probe or value.graph is None:
-        return None
-    return _probe_shapes(value.graph).get(value.name)
+    return probed_shape(value) if probe else None
+
+
+def probed_shape(value: ir.Value) -> tuple | None:
+    """The shape `value` had in one onnxruntime run (dynamic dimensions 1); see _probe_shapes."""
+    return None if value.graph is None else _probe_shapes(value.graph).get(value.name)
 
 
 def _probe_shapes(graph: ir.Graph) -> dict:

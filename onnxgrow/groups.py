@@ -80,8 +80,9 @@ class ShapeEdit:
 class Group:
     """The coupled group of one set of channels. Built by `find_group`."""
 
-    width: int  # units per repeat: the layer's units / outer
-    outer: int = 1  # >1 when a grouped Conv makes every conv group grow alike
+    width: int  # units: the layer's channels / (outer · block)
+    outer: int = 1  # >1 when every conv group (or q, k and v) grows alike
+    block: int = 1  # >1 when a unit is a run of channels (an attention head)
     members: dict = field(default_factory=dict)  # ir.Value -> Slot
     edits: list = field(default_factory=list)  # WeightEdit
     shape_edits: list = field(default_factory=list)  # ShapeEdit
@@ -121,8 +122,8 @@ def _unique(items):
 class Walk:
     """Breadth-first walk over (value, slot) pairs; rules add members and edits."""
 
-    def __init__(self, width: int, outer: int = 1):
-        self.group = Group(width, outer)
+    def __init__(self, width: int, outer: int = 1, block: int = 1):
+        self.group = Group(width, outer, block)
         self.queue: list[ir.Value] = []
         self.done: set[tuple] = set()
         self.came_from: dict = {}  # value -> the node whose rule added it (not walked back into)
@@ -677,6 +678,9 @@ def _shape_entry(value, position, holder):
         offset = 0
         for i, piece in enumerate(node.inputs):
             length = _dim(piece, 0)
+            if length is None:  # a shape vector's length is static even where inference lost it
+                probed = g.probed_shape(piece)
+                length = probed[0] if probed and len(probed) == 1 else None
             if length is None:
                 return None
             if position < offset + length:
@@ -740,9 +744,32 @@ def _follow_reshape(src, dst, slot, node):
         stride *= d
         if stride > inner:
             break
-    raise GrowError(
-        f"{_desc(node)} reshapes {list(a)} to {list(b)}, splitting the widened channel axis into "
-        "several (as attention heads do); onnxgrow cannot widen through it.")
+    why = (f"{_desc(node)} reshapes {list(a)} to {list(b)}, splitting the widened channel axis "
+           "into several (as attention heads do)")
+    split = _split_dims(a, b, slot)
+    if split and slot.offset == 0 and slot.block == 1 and a[slot.axis] == slot.total:
+        raise Restructure([(int(np.prod(split[:k])), int(np.prod(split[k + 1:])))
+                           for k in range(len(split)) if split[k] > 1], why)
+    raise GrowError(f"{why}; onnxgrow cannot widen through it.")
+
+
+def _split_dims(a, b, slot):
+    """The output dims that the input's channel axis is split into, when it maps to a run of
+    whole output axes with the same dims on both sides."""
+    if not all(isinstance(d, int) for d in a[slot.axis:]) or not all(isinstance(d, int) for d in b):
+        return None
+    after = int(np.prod(a[slot.axis + 1:], dtype=np.int64))
+    stride, end = 1, len(b)
+    while end > 0 and stride < after:
+        end -= 1
+        stride *= b[end]
+    if stride != after:
+        return None
+    start, size = end, 1
+    while start > 0 and size < a[slot.axis]:
+        start -= 1
+        size *= b[start]
+    return list(b[start:end]) if size == a[slot.axis] and end - start > 1 else None
 
 
 def conv(walk, node, side, index, slot):
@@ -790,20 +817,21 @@ def conv(walk, node, side, index, slot):
                 walk.weight(node, 2, 0, slot, "producer")
         return
     if outer == 1 and slot.offset == 0 and slot.block == 1 and slot.total == dim:
-        raise PerGroup(groups, node)
+        raise Restructure([(groups, 1)], f"{_desc(node)} is a grouped convolution (group={groups})")
     raise GrowError(
         f"{_desc(node)} is a grouped convolution (group={groups}) whose groups do not line up with "
         "the widened channels; widening through it is not supported. Widen a layer outside this "
         "block.")
 
 
-class PerGroup(GrowError):
-    """The group meets a grouped Conv: it must be widened inside each of `groups` conv groups."""
+class Restructure(GrowError):
+    """The walk found that the layer's units come in a structure: `candidates` lists the
+    (outer, block) views of its channels worth trying — every conv group growing alike
+    (outer = groups), or attention heads (outer = 3 for fused q/k/v, block = head size)."""
 
-    def __init__(self, groups: int, node: ir.Node):
-        super().__init__(f"{_desc(node)} is a grouped convolution (group={groups}); the widened "
-                         "channels would have to line up with its groups in two ways at once.")
-        self.groups = groups
+    def __init__(self, candidates: list[tuple[int, int]], why: str):
+        super().__init__(f"{why}; its channels do not line up with the widened units.")
+        self.candidates = candidates
 
 
 def conv_transpose(walk, node, side, index, slot):
@@ -997,13 +1025,20 @@ def find_group(node: ir.Node) -> Group:
         raise GrowError(
             f"the output of {_desc(node)} is the graph output {out.name!r}: widening it would "
             "change the model's output shape. Widen an inner layer.")
-    outer = 1
-    while True:
-        walk = Walk(width // outer, outer)
-        walk.join(out, Slot(axis, 0, width // outer, 1), via=None)  # None: start at the layer
+    tried, pending, error = set(), [(1, 1)], None
+    while pending:
+        outer, block = pending.pop(0)
+        tried.add((outer, block))
+        units = width // (outer * block)
+        walk = Walk(units, outer, block)
+        walk.join(out, Slot(axis, 0, units, block), via=None)  # None: start at the layer
         try:
             return walk.run()
-        except PerGroup as exc:
-            if outer != 1 or width % exc.groups:
-                raise GrowError(f"{exc} It cannot be widened exactly.") from None
-            outer = exc.groups
+        except Restructure as exc:
+            error = exc if error is None else error
+            if block == 1:  # compose: the split applies to the units of this view
+                composed = [(outer * o, b) for o, b in exc.candidates]
+                pending += [c for c in composed if c not in tried and width % (c[0] * c[1]) == 0]
+        except GrowError as exc:  # a restructured walk got further: its reason is the useful one
+            error = exc
+    raise GrowError(str(error)) from None

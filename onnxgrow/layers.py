@@ -75,7 +75,10 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
     entry = {"methods": methods, "group": others}
     if why:
         entry["not"] = why
-    if group.outer > 1:
+    if group.block > 1:
+        entry["note"] = (f"grows by whole attention heads of {group.block} channels: the new width "
+                         f"must be a multiple of {group.outer * group.block}")
+    elif group.outer > 1:
         entry["note"] = (f"passes a grouped convolution: the new width must be a multiple of "
                          f"{group.outer}")
     if group.uniform_only:

@@ -167,10 +167,11 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
     node = g.find_node(graph, layer)
     g.infer_shapes(model)
     group = gr.find_group(node)
-    n = group.width * group.outer
+    repeat = group.outer * group.block
+    n = group.width * repeat
     check_width(node, n, width, method, group)
     params_before = g.parameter_count(model)
-    plan = Plan(group.width, width // group.outer, method, seed, noise, uniform=bool(group.uniform_only))
+    plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only))
     apply(graph, group, plan)
     g.remove_unused(model)
     params_after = g.parameter_count(model)
@@ -194,17 +195,19 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
     if width <= n:
         raise GrowError(f"{name!r} has {n} units; --width must be larger than that (got {width}). "
                         "onnxgrow only grows models.")
-    if width % group.outer:
+    repeat = group.outer * group.block
+    if width % repeat:
+        what = (f"attention heads of {group.block} channels" if group.block > 1 else
+                f"a grouped convolution with {group.outer} groups")
         raise GrowError(
-            f"cannot widen {name!r} to {width}: its channels pass through a grouped convolution "
-            f"with {group.outer} groups, and every group must grow alike; use a multiple of "
-            f"{group.outer} (e.g. {2 * n}).")
+            f"cannot widen {name!r} to {width}: its channels are {what}, which grow as whole "
+            f"units; use a multiple of {repeat} (e.g. {2 * n}).")
     if group.uniform_only and width % n and method != "random":
         raise GrowError(
             f"cannot widen {name!r} to {width}: {', '.join(group.uniform_only[:3])} normalise over "
             f"its channels, which stays exact only when every unit is copied equally often; use a "
             f"multiple of {n} (e.g. {2 * n}).")
-    if method == "r2r" and not group.uniform_only and ((width - n) // group.outer) % 2:
+    if method == "r2r" and not group.uniform_only and ((width - n) // repeat) % 2:
         raise GrowError(
             f"r2r adds units in ±V pairs, so the increase must be even: {width} - {n} = {width - n} "
             f"is odd. Use --width {width - 1} or {width + 1}, or another method.")
