@@ -27,6 +27,7 @@ channel axis is unchanged, so LayerNormalization over channels and ReduceMean ov
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,8 +125,9 @@ class Walk:
 
     def __init__(self, width: int, outer: int = 1, block: int = 1):
         self.group = Group(width, outer, block)
-        self.queue: list[ir.Value] = []
+        self.queue: deque[ir.Value] = deque()
         self.done: set[tuple] = set()
+        self.edited: set[tuple] = set()
         self.came_from: dict = {}  # value -> the node whose rule added it (not walked back into)
 
     # rules call these ------------------------------------------------------
@@ -176,19 +178,23 @@ class Walk:
         self.weight(node, index, slot.axis, slot, "param")
 
     def weight(self, node: ir.Node, index: int, axis: int, slot: Slot, role: str) -> None:
-        edit = WeightEdit(node, index, axis, slot, role)
-        if not any(e.node is node and e.index == index and e.axis == axis for e in self.group.edits):
-            self.group.edits.append(edit)
+        """Input `index` of `node` is a constant that grows along `axis` (once, however often
+        the walk passes)."""
+        if ("w", id(node), index, axis) not in self.edited:
+            self.edited.add(("w", id(node), index, axis))
+            self.group.edits.append(WeightEdit(node, index, axis, slot, role))
+
+    def shape_edit(self, edit: ShapeEdit) -> None:
+        key = ("s", id(edit.node), edit.index, edit.position, edit.attr)
+        if key not in self.edited:
+            self.edited.add(key)
+            self.group.shape_edits.append(edit)
 
     # -----------------------------------------------------------------------
-    def shape_edit(self, edit: ShapeEdit) -> None:
-        key = (id(edit.node), edit.index, edit.position, edit.attr)
-        if not any((id(e.node), e.index, e.position, e.attr) == key for e in self.group.shape_edits):
-            self.group.shape_edits.append(edit)
 
     def run(self) -> Group:
         while self.queue:
-            value = self.queue.pop(0)
+            value = self.queue.popleft()
             slot = self.group.members[value]
             origin = self.came_from.get(value)
             producer = value.producer()
