@@ -197,22 +197,28 @@ def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
     if node.op_type == "Constant":
         attr = node.attributes.get("value")
         return _constant_from_other_attr(node) if attr is None else attr.as_tensor().numpy()
+    if node.op_type == "CastLike" and node.inputs[1] is not None and node.inputs[1].dtype is not None:
+        inner = constant(node.inputs[0], depth + 1)  # the second input only lends its type
+        return None if inner is None else inner.astype(node.inputs[1].dtype.numpy())
     fold = _FOLD.get(node.op_type)
     if fold is None or len(node.outputs) != 1:
         return None
+    if "onnxgrow.constant" in value.meta:
+        return value.meta["onnxgrow.constant"]
     args = []
     for inp in node.inputs:
         arg = None if inp is None else constant(inp, depth + 1)
         if inp is not None and arg is None:
             return None
         args.append(arg)
-    if node.op_type not in ("Identity", "Cast", "CastLike") and any(
-            a is not None and a.size > 4096 for a in args):
-        return None  # fold shape arithmetic, not weight computations
+    if node.op_type not in _LAYOUT_OPS and any(a is not None and a.size > 4096 for a in args):
+        return None  # fold shape arithmetic and weight layouts, not weight computations
     try:
-        return np.asarray(fold(node, *args))
+        result = np.asarray(fold(node, *args))
     except Exception:  # an expression numpy cannot mirror: treat as not constant
         return None
+    value.meta["onnxgrow.constant"] = result
+    return result
 
 
 def _cast(node, x, *_):
@@ -236,10 +242,16 @@ def _slice(node, x, starts, ends, axes=None, steps=None):
     return x[tuple(index)]
 
 
+# ops that only re-lay out a constant (exporters put weights behind them): folded at any size
+_LAYOUT_OPS = ("Identity", "Cast", "Transpose", "Shape", "Expand")
+
 _FOLD = {
+    "Transpose": lambda n, x: np.transpose(x, n.attributes["perm"].value if "perm" in n.attributes else None),
+    "Shape": lambda n, x: np.array(x.shape[(n.attributes["start"].value if "start" in n.attributes else 0):
+                                           (n.attributes["end"].value if "end" in n.attributes else None)], np.int64),
+    "Expand": lambda n, x, shape: x * np.ones([int(d) for d in shape], dtype=x.dtype),
     "Identity": lambda n, x: x,
     "Cast": _cast,
-    "CastLike": lambda n, x, like: x.astype(like.dtype),
     "Add": lambda n, a, b: a + b,
     "Sub": lambda n, a, b: a - b,
     "Mul": lambda n, a, b: a * b,

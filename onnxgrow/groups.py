@@ -572,12 +572,20 @@ def expand(walk, node, side, index, slot):
     in_axis = axis - (out_rank - in_rank)
     if in_axis < 0 or _dim(node.inputs[0], in_axis) == 1:
         raise GrowError(f"{_desc(node)} broadcasts a single value over the widened channels.")
-    shape = g.constant(node.inputs[1])
-    if shape is None:
-        raise GrowError(f"{_desc(node)} expands to a computed shape; onnxgrow needs it constant.")
-    if shape[axis] not in (1, -1):
-        walk.shape_edit(
-            ShapeEdit(node, 1, axis, _dim(node.outputs[0], axis) // slot.total))
+    target = g.constant(node.inputs[1])
+    length = len(target) if target is not None else (
+        _dim(node.inputs[1], 0) or (g.probed_shape(node.inputs[1]) or [None])[0])
+    position = None if length is None else axis - (out_rank - length)
+    if position is None:
+        raise GrowError(f"{_desc(node)} expands to a shape of unknown length.")
+    if position >= 0:  # the target shape has an entry for the channel axis: 1 keeps it
+        entry = _shape_entry(node.inputs[1], position, (node, 1))
+        if entry is None or entry[0] != "const":
+            raise GrowError(f"{_desc(node)} expands the channel axis to a size computed at run "
+                            "time; onnxgrow cannot keep it consistent.")
+        _, (holder, idx, pos), value = entry
+        if value not in (1, -1):
+            walk.shape_edit(ShapeEdit(holder, idx, pos, _dim(node.outputs[0], axis) // slot.total))
     walk.join_input(node, 0, slot.moved(in_axis))
     walk.join(node.outputs[0], slot.moved(axis), node)
 
@@ -762,18 +770,22 @@ def _follow_reshape(src, dst, slot, node):
 def _split_dims(a, b, slot):
     """The output dims that the input's channel axis is split into, when it maps to a run of
     whole output axes with the same dims on both sides."""
-    if not all(isinstance(d, int) for d in a[slot.axis:]) or not all(isinstance(d, int) for d in b):
+    if not all(isinstance(d, int) for d in a[slot.axis:]):
         return None
     after = int(np.prod(a[slot.axis + 1:], dtype=np.int64))
     stride, end = 1, len(b)
     while end > 0 and stride < after:
         end -= 1
+        if not isinstance(b[end], int):
+            return None
         stride *= b[end]
     if stride != after:
         return None
     start, size = end, 1
     while start > 0 and size < a[slot.axis]:
         start -= 1
+        if not isinstance(b[start], int):
+            return None
         size *= b[start]
     return list(b[start:end]) if size == a[slot.axis] and end - start > 1 else None
 
@@ -929,6 +941,13 @@ def matmul(walk, node, side, index, slot):
     walk.join(node.outputs[0], slot.moved(out_axis), node)
 
 
+def cast_like(walk, node, side, index, slot):
+    """CastLike(x, like): `like` lends only its type."""
+    if side == "in" and index == 1:
+        return
+    unary(walk, node, side, index, slot)
+
+
 def softmax(walk, node, side, index, slot):
     rank = _need_rank(node.inputs[0], node)
     axis = _norm_axis(g.attr(node, "axis", -1), rank)
@@ -948,7 +967,7 @@ ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "
                "BitShift")
 UNARY = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu",
          "Softplus", "Softsign", "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal",
-         "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout", "Cast", "CastLike",
+         "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout", "Cast",
          "Clip", "Mish", "ThresholdedRelu", "Not", "IsNaN", "IsInf", "Shrink", "Swish")
 
 RULES = {
@@ -977,6 +996,7 @@ RULES = {
     "Gemm": gemm,
     "MatMul": matmul,
     "Softmax": softmax, "LogSoftmax": softmax,
+    "CastLike": cast_like,
     "Shape": stop, "Size": stop,
     "GroupNormalization": _refuse("GroupNormalization normalises over groups of channels; new "
                                   "channels would change every group's statistics."),

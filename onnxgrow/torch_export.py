@@ -1,0 +1,492 @@
+"""ONNX -> trainable torch.nn.Module, and trained weights back into the same ONNX graph.
+
+`to_torch(model)` builds an `OnnxModule` (onnxgrow/torch_ops.py): an interpreter module holding
+the graph's nodes as plain data and running them with torch ops. An interpreter rather than a
+generated torch.fx graph: shapes computed at run time (Shape→Gather→Concat→Reshape) need Python
+values between ops, which fx would have to trace around, and an interpreter pickles as plain data
+(`torch.save` of the whole module works; loading needs torch and onnxgrow, not onnx).
+
+Initializers become state:
+- a **parameter** when it is a finite floating-point tensor that reaches (directly or through
+  Identity/Transpose/Reshape/Squeeze/Unsqueeze/Flatten/Expand/Tile/Cast/Slice) a weight slot:
+  Conv/ConvTranspose/Gemm/MatMul/Einsum operands and biases, the scale and bias of
+  Batch/Layer/Instance/GroupNormalization, PRelu slopes, Gather tables (embeddings), Concat
+  operands (class tokens), or a non-scalar operand of Add/Sub/Mul/Div (positional embeddings,
+  layer scales; scalars such as epsilons or 1/√d stay constants);
+- a **buffer** otherwise: BatchNormalization running statistics, integer shape constants,
+  Reshape targets, scalars. Constant nodes become non-persistent buffers (not written back).
+An initializer shared by several nodes (also through Identity, as the legacy torch exporter
+deduplicates them) is one parameter. BatchNormalization updates its running statistics in place
+in train mode, so a running statistic that is shared with anything else gets a private buffer
+per BatchNormalization input; on write-back a private copy that no longer equals the shared
+initializer becomes a new initializer wired to that input.
+
+State names are the initializer names made valid for torch (every character outside
+[A-Za-z0-9_] becomes '_', clashes get a suffix); `module.onnx_names` maps them back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from . import graph
+from .errors import GrowError
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+# Ops through which a constant keeps its role: a Transpose of a weight is still a weight.
+PASS_THROUGH = {"Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand",
+                "Tile", "Cast", "Slice"}
+WEIGHT_SLOTS = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+    "BatchNormalization": (1, 2), "LayerNormalization": (1, 2),
+    "InstanceNormalization": (1, 2), "GroupNormalization": (1, 2), "PRelu": (1,), "Gather": (0,),
+}
+ANY_SLOT = {"Einsum", "Concat"}
+ARITHMETIC = {"Add", "Sub", "Mul", "Div"}
+RUNNING_STATS = (3, 4)  # BatchNormalization input_mean, input_var
+
+
+# ----------------------------------------------------------------------------- to_torch
+
+
+def to_torch(model):
+    """A trainable `torch.nn.Module` computing what `model` computes (see the module docstring).
+
+    Raises GrowError, listing every offending op type, when the model uses ops the converter
+    does not cover.
+    """
+    from .torch_ops import Node, OnnxModule
+
+    irm = graph.load(model)
+    if irm.functions:
+        from onnx_ir.passes.common import InlinePass
+
+        InlinePass()(irm)
+    g = irm.graph
+    opset = irm.opset_imports.get("", irm.opset_imports.get("ai.onnx", 1))
+    _check_supported(g)
+    from onnx_ir.passes.common import NameFixPass
+
+    NameFixPass()(irm)  # every value named: names are the keys of the interpreter
+    g.sort()
+
+    inputs = [v for v in g.inputs if not v.is_initializer()]
+    constants = {n.outputs[0].name: n for n in g if n.op_type == "Constant"}
+    nodes = [n for n in g if n.op_type != "Constant"]
+    rewire = _private_running_stats(g)
+
+    node_inputs = []
+    for node in nodes:
+        names = []
+        for slot, value in enumerate(node.inputs):
+            key = rewire.get((id(node), slot))
+            names.append(key[3] if key else (value.name if value is not None else ""))
+        node_inputs.append(names)
+    used = {n for names in node_inputs for n in names} | {v.name for v in g.outputs}
+
+    module = OnnxModule(
+        nodes=[], input_names=[v.name for v in inputs], output_names=[v.name for v in g.outputs],
+        opset=opset, state_values={}, onnx_names={}, onnx_rewire={},
+    )
+    namer = _Namer(module)
+    for name, value in g.initializers.items():
+        if name in used:
+            state = namer(name)
+            _register(module, state, _tensor(value.const_value), _is_trainable(value))
+            module.state_values[name] = state
+            module.onnx_names[state] = name
+    for init, bn_out, slot, private in sorted(rewire.values(), key=lambda r: r[3]):
+        state = namer(f"{init}_{bn_out}_{'mean' if slot == 3 else 'var'}")
+        _register(module, state, _tensor(g.initializers[init].const_value), False)
+        module.state_values[private] = state
+        module.onnx_names[state] = init
+        module.onnx_rewire[state] = (bn_out, slot)
+    for name, node in constants.items():
+        if name in used:
+            state = namer(f"const_{name}")
+            module.register_buffer(state, _tensor(_constant_value(node)), persistent=False)
+            module.state_values[name] = state
+
+    node_outputs = [[v.name if v is not None else "" for v in node.outputs] for node in nodes]
+    free = _free_lists(node_inputs, node_outputs, {v.name for v in g.outputs})
+    module.nodes = [
+        Node(node.op_type, node.name or "", tuple(node_inputs[i]), tuple(node_outputs[i]),
+             {k: _attr_value(a) for k, a in node.attributes.items()}, free[i])
+        for i, node in enumerate(nodes)
+    ]
+    module.eval()
+    return module
+
+
+def _free_lists(node_inputs, node_outputs, keep) -> list[tuple]:
+    """Per node, the values to drop from the interpreter's environment once it has run."""
+    last_use = {n: i for i, names in enumerate(node_inputs) for n in names if n}
+    free = [[] for _ in node_inputs]
+    for name, i in last_use.items():
+        if name not in keep:
+            free[i].append(name)
+    for i, names in enumerate(node_outputs):
+        free[i] += [n for n in names if n and n not in last_use and n not in keep]
+    return [tuple(dict.fromkeys(f)) for f in free]
+
+
+def _check_supported(g: ir.Graph) -> None:
+    from .torch_ops import DTYPES, OPS
+
+    problems: dict[str, list[str]] = defaultdict(list)
+    for node in g:
+        op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
+        if op != "Constant" and op not in OPS:
+            problems[op].append(node.name or "")
+            continue
+        reason = _unsupported_usage(node, DTYPES)
+        if reason:
+            problems[f"{op} ({reason})"].append(node.name or "")
+    if problems:
+        listed = "; ".join(
+            f"{op} ({len(names)} node{'s' if len(names) > 1 else ''}"
+            + (f", e.g. {next(n for n in names if n)!r})" if any(names) else ")")
+            for op, names in sorted(problems.items())
+        )
+        raise GrowError(
+            f"cannot convert the model to PyTorch: onnxgrow's converter does not support {listed}. "
+            "Run this model in onnxruntime instead, or re-export it without these ops (the "
+            "default opset of torch.onnx.export gives only covered ones for common layers); the "
+            "covered op types are the keys of onnxgrow.torch_ops.OPS."
+        )
+
+
+def _unsupported_usage(node: ir.Node, dtypes) -> str | None:
+    """Why an op that the converter knows is used here in a way it does not cover, or None."""
+    op = node.op_type
+    at = lambda name, default=None: graph.attr(node, name, default)  # noqa: E731
+    used = [bool(v is not None and (v.uses() or v.is_graph_output())) for v in node.outputs]
+    if op == "Constant":
+        if not any(k in node.attributes for k in ("value", "value_float", "value_floats",
+                                                 "value_int", "value_ints")):
+            return "only numeric values"
+    elif op == "Resize":
+        if at("mode", "nearest") not in ("nearest", "linear"):
+            return f"mode {at('mode')!r}"
+        if at("coordinate_transformation_mode") == "tf_crop_and_resize":
+            return "tf_crop_and_resize"
+        if at("antialias", 0):
+            return "antialias"
+    elif op == "Upsample" and at("mode", "nearest") not in ("nearest", "linear"):
+        return f"mode {at('mode')!r}"
+    elif op == "AveragePool" and any(d != 1 for d in at("dilations", ()) or ()):
+        return "dilations"
+    elif op == "MaxPool" and len(used) > 1 and used[1]:
+        return "Indices output"
+    elif op == "BatchNormalization" and (at("training_mode", 0) or any(used[1:])):
+        return "training_mode=1; export the model in eval mode"
+    elif op == "Cast" and at("to") not in dtypes:
+        return f"cast to data type {at('to')}"
+    elif op == "Pad" and at("mode", "constant") not in ("constant", "reflect", "edge", "wrap"):
+        return f"mode {at('mode')!r}"
+    elif op == "DepthToSpace" or op == "SpaceToDepth":
+        if node.inputs[0].shape is not None and len(node.inputs[0].shape) != 4:
+            return "input not 4-D"
+    for a in node.attributes.values():
+        if a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+            return "subgraphs"
+    return None
+
+
+def _uses(value: ir.Value, depth: int = 0):
+    """(node, input slot) pairs where `value` is consumed, looking through PASS_THROUGH ops."""
+    for use in value.uses():
+        node, slot = use.node, use.idx
+        if node.op_type in PASS_THROUGH and slot == 0 and len(node.outputs) == 1 and depth < 16:
+            yield from _uses(node.outputs[0], depth + 1)
+        else:
+            yield node, slot
+
+
+def _is_trainable(value: ir.Value) -> bool:
+    tensor = value.const_value
+    if tensor is None or not tensor.dtype.is_floating_point():
+        return False
+    array = tensor.numpy()
+    if not np.all(np.isfinite(array.astype(np.float32))):
+        return False
+    for node, slot in _uses(value):
+        op = node.op_type
+        if slot in WEIGHT_SLOTS.get(op, ()) or op in ANY_SLOT:
+            return True
+        if op in ARITHMETIC and array.size > 1:
+            return True
+    return False
+
+
+def _private_running_stats(g: ir.Graph) -> dict:
+    """(id(bn node), slot) -> (initializer, bn output, slot, private value key) for shared stats."""
+    rewire = {}
+    for name, value in g.initializers.items():
+        uses = list(_uses(value))
+        stats = [(n, s) for n, s in uses if n.op_type == "BatchNormalization" and s in RUNNING_STATS]
+        if not stats or len(uses) == 1:
+            continue
+        for node, slot in stats:
+            bn_out = node.outputs[0].name
+            rewire[(id(node), slot)] = (name, bn_out, slot, f"{name}::{bn_out}::{slot}")
+    return rewire
+
+
+class _Namer:
+    """Valid, unique torch attribute names from ONNX names."""
+
+    def __init__(self, module):
+        self.taken = set(dir(module)) | set(vars(module))
+
+    def __call__(self, onnx_name: str) -> str:
+        base = re.sub(r"[^0-9A-Za-z_]", "_", onnx_name) or "t"
+        if base[0].isdigit():
+            base = "t_" + base
+        name, i = base, 1
+        while name in self.taken:
+            name, i = f"{base}_{i}", i + 1
+        self.taken.add(name)
+        return name
+
+
+def _register(module, name: str, tensor, trainable: bool) -> None:
+    import torch
+
+    if trainable:
+        module.register_parameter(name, torch.nn.Parameter(tensor))
+    else:
+        module.register_buffer(name, tensor)
+
+
+def _tensor(tensor):
+    """An ir/onnx tensor (or numpy array) as a fresh CPU torch tensor."""
+    import torch
+
+    array = tensor if isinstance(tensor, np.ndarray) else tensor.numpy()
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.uint16).astype(np.int16)).view(torch.bfloat16).clone()
+    try:
+        return torch.from_numpy(np.array(array, copy=True))
+    except TypeError:
+        raise GrowError(
+            f"cannot convert a tensor of type {array.dtype} to PyTorch; only numeric and boolean "
+            "tensors are supported."
+        ) from None
+
+
+def _constant_value(node: ir.Node) -> np.ndarray:
+    value = graph.constant(node.outputs[0])
+    if value is None:
+        raise GrowError(f"Constant node {node.name!r} holds no numeric value onnxgrow can read.")
+    return np.asarray(value)
+
+
+def _attr_value(a: ir.Attr):
+    if a.type == ir.AttributeType.TENSOR:
+        return _tensor(a.value)
+    if a.type == ir.AttributeType.TENSORS:
+        return [_tensor(t) for t in a.value]
+    if isinstance(a.value, (list, tuple)):
+        return tuple(a.value)
+    return a.value
+
+
+# ----------------------------------------------------------------------------- export file
+
+
+def export_file(model, out) -> Path:
+    """`torch.save` the converted module to `out`, atomically; returns the path.
+
+    The file holds the whole module, graph included (as plain data), so it runs on its own:
+    `torch.load(out, weights_only=False)` in any process where onnxgrow and torch import.
+    """
+    import torch
+
+    dest = Path(out)
+    if isinstance(model, (str, os.PathLike)) and Path(model).exists() and dest.exists() \
+            and os.path.samefile(model, dest):
+        raise GrowError(f"refusing to overwrite the input model {str(dest)!r}; choose another -o.")
+    if not dest.parent.is_dir():
+        raise GrowError(f"cannot write {str(dest)!r}: the folder {str(dest.parent)!r} does not exist.")
+    module = to_torch(model)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".onnxgrow-", suffix=".pt", dir=dest.parent)
+    except OSError as exc:
+        raise GrowError(f"cannot write into {str(dest.parent)!r}: {exc.strerror or exc}.") from None
+    os.close(fd)
+    try:
+        torch.save(module, tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise GrowError(f"cannot write {str(dest)!r}: {exc.strerror or exc}.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+# ----------------------------------------------------------------------------- write-back
+
+
+def load_weights(model, module):
+    """`model` (not modified) with its initializers replaced by `module`'s state -> ModelProto.
+
+    `module` is a module from `to_torch(model)` (also inside DistributedDataParallel or another
+    module), or its `state_dict()`. Parameters and persistent buffers (BatchNormalization running
+    statistics included) are written; a shape that differs from the initializer's is an error.
+    """
+    irm = graph.load(model)
+    _apply_weights(irm, module)
+    return graph.to_proto(irm)
+
+
+def import_weights_file(model, trained_pt, out) -> Path:
+    """Write the state in `trained_pt` (from `export_file`, or a state_dict) into `model` -> `out`."""
+    irm = graph.load(model)
+    _apply_weights(irm, _load_trained(trained_pt))
+    return graph.save(irm, out, source=model)
+
+
+def _load_trained(path):
+    """A module saved by `export_file` (or after training), or a state_dict, loaded safely.
+
+    Only onnxgrow's own classes and tensors are unpickled (torch's weights_only mode): a .pt
+    holding other Python objects could run arbitrary code when loaded, so it is refused.
+    """
+    import pickle
+
+    import torch
+
+    from .torch_ops import Node, OnnxModule
+
+    path = Path(path)
+    if not path.is_file():
+        raise GrowError(f"the trained file {str(path)!r} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise GrowError(f"{str(path)!r} is not a PyTorch file (torch.save writes a zip archive); "
+                        "pass the .pt file written by `onnxgrow export` or by torch.save.")
+    try:
+        with torch.serialization.safe_globals([OnnxModule, Node]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise GrowError(
+            f"{str(path)!r} holds Python objects other than an onnxgrow module or tensors; "
+            "loading it could run arbitrary code, so onnxgrow does not. "
+            "Save the trained module's `state_dict()` (of the module `onnxgrow.to_torch` or "
+            "`onnxgrow export` gave you) with torch.save and import that."
+        ) from None
+    except Exception as exc:
+        raise GrowError(f"cannot read {str(path)!r} as a PyTorch file ({_first_line(exc)}).") from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def _resolve(source, irm: ir.Model):
+    """(state dict, state name -> initializer, state name -> (bn output, slot))."""
+    import torch
+
+    from .torch_ops import OnnxModule
+
+    if isinstance(source, torch.nn.Module):
+        found = [m for m in source.modules() if isinstance(m, OnnxModule)]
+        if len(found) != 1:
+            raise GrowError(
+                f"the trained module holds {len(found)} onnxgrow modules; pass the module "
+                "`onnxgrow.to_torch` returned (or its state_dict)."
+            )
+        m = found[0]
+        return m.state_dict(), m.onnx_names, m.onnx_rewire
+    if isinstance(source, dict) and all(isinstance(v, torch.Tensor) for v in source.values()):
+        state = dict(source)
+        if state and all(k.startswith("module.") for k in state):  # saved from DDP
+            state = {k[len("module."):]: v for k, v in state.items()}
+        ref = to_torch(irm)
+        missing = sorted(set(ref.onnx_names) - set(state))
+        if missing:
+            raise GrowError(
+                f"the state dict lacks {len(missing)} entries this model needs, e.g. "
+                f"{', '.join(missing[:5])}: was it saved from a module converted from this model?"
+            )
+        return state, ref.onnx_names, ref.onnx_rewire
+    raise GrowError(
+        f"cannot take weights from a {type(source).__name__}: pass the module from "
+        "`onnxgrow.to_torch` / `onnxgrow export`, or its state_dict()."
+    )
+
+
+def _apply_weights(irm: ir.Model, source) -> None:
+    state, names, rewire = _resolve(source, irm)
+    g = irm.graph
+    missing = sorted({names[s] for s in names if names[s] not in g.initializers})
+    if missing:
+        raise GrowError(
+            f"the model has no initializer named {', '.join(repr(m) for m in missing[:5])}: "
+            "the weights come from a different model. Import them into the model they were "
+            "exported from."
+        )
+    arrays = {}
+    for state_name, onnx_name in names.items():
+        if state_name not in state:
+            raise GrowError(f"the trained weights lack {state_name!r} (initializer {onnx_name!r}).")
+        init = g.initializers[onnx_name].const_value
+        array = _to_numpy(state[state_name], init.dtype.numpy())
+        if tuple(array.shape) != tuple(init.shape.numpy()):
+            raise GrowError(
+                f"the trained tensor {state_name!r} has shape {tuple(array.shape)} but the "
+                f"model's initializer {onnx_name!r} has shape {tuple(init.shape.numpy())}: the "
+                "weights belong to a differently shaped model (grown after export?). Export the "
+                "model you want to update and train that."
+            )
+        arrays[state_name] = array
+    for state_name, onnx_name in names.items():
+        if state_name not in rewire:
+            g.initializers[onnx_name].const_value = ir.tensor(arrays[state_name], name=onnx_name)
+    changed = False
+    for state_name, (bn_out, slot) in sorted(rewire.items()):
+        onnx_name = names[state_name]
+        if np.array_equal(arrays[state_name], g.initializers[onnx_name].const_value.numpy()):
+            continue
+        node = next((n for n in g if n.op_type == "BatchNormalization" and n.outputs[0].name == bn_out), None)
+        if node is None:
+            raise GrowError(f"the model has no BatchNormalization producing {bn_out!r}: the "
+                            "weights come from a different model.")
+        new_name = _unique_name(g, f"{onnx_name}.{bn_out}")
+        value = ir.Value(name=new_name, const_value=ir.tensor(arrays[state_name], name=new_name),
+                         shape=ir.Shape(arrays[state_name].shape),
+                         type=ir.TensorType(g.initializers[onnx_name].const_value.dtype))
+        g.register_initializer(value)
+        node.replace_input_with(slot, value)
+        changed = True
+    if changed:
+        from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+        RemoveUnusedNodesPass()(irm)
+
+
+def _unique_name(g: ir.Graph, base: str) -> str:
+    taken = set(g.initializers) | {v.name for n in g for v in n.outputs} | {v.name for v in g.inputs}
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def _to_numpy(t, dtype) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.numpy().astype(dtype, copy=False)
