@@ -557,10 +557,28 @@ def gather(walk, node, side, index, slot):
     else:
         data_axis = axis
     if data_axis == axis:
-        raise GrowError(f"{_desc(node)} picks entries along the widened channel axis.")
+        _identity_gather(walk, node, side, slot)
+        return
     out_axis = data_axis if data_axis < axis else data_axis + idx_rank - 1
     walk.join_input(node, 0, slot.moved(data_axis))
     walk.join(node.outputs[0], slot.moved(out_axis), node)
+
+
+def _identity_gather(walk, node, side, slot):
+    """Gather of a flat tensor with indices arange(n) in some shape is a reshape (the dynamo
+    exporter writes as_strided so); its indices grow with the channels."""
+    data, out = node.inputs[0], node.outputs[0]
+    idx = g.constant(node.inputs[1])
+    dim = _dim(data, 0)
+    if rank_of(data) != 1 or idx is None or dim is None or not np.array_equal(
+            idx.reshape(-1), np.arange(dim)):
+        raise GrowError(f"{_desc(node)} picks entries along the widened channel axis.")
+    in_slot, out_slot = (slot, _follow_reshape(data, out, slot, node)) if side == "in" else (
+        _follow_reshape(out, data, slot, node), slot)
+    walk.shape_edit(ShapeEdit(node, 1, out_slot.axis, _dim(out, out_slot.axis) // out_slot.total,
+                              attr="arange"))
+    walk.join_input(node, 0, in_slot)
+    walk.join(out, out_slot, node)
 
 
 def expand(walk, node, side, index, slot):

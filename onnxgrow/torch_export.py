@@ -306,8 +306,11 @@ def _attr_value(a: ir.Attr):
 def export_file(model, out) -> Path:
     """`torch.save` the converted module to `out`, atomically; returns the path.
 
-    The file holds the whole module, graph included (as plain data), so it runs on its own:
-    `torch.load(out, weights_only=False)` in any process where onnxgrow and torch import.
+    The file holds the whole module, graph included (as plain data: op types, value names,
+    attributes), so it runs on its own wherever onnxgrow and torch import:
+    `torch.load(out, weights_only=False)`, or, unpickling only onnxgrow's classes and tensors,
+    `with torch.serialization.safe_globals([onnxgrow.torch_ops.OnnxModule, onnxgrow.torch_ops.Node]):
+    torch.load(out)`.
     """
     import torch
 

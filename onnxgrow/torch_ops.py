@@ -713,6 +713,8 @@ NEAREST = {
 
 
 def op_resize(m, node, x, roi=None, scales=None, sizes=None):
+    """Separable, axis by axis: nearest picks source indices; linear blends the two neighbours of
+    the source coordinate, clamped into the input as onnxruntime does."""
     a = node.attrs
     if node.op == "Upsample" or m.opset < 11:  # Upsample and Resize-10: scales only, asymmetric
         scales = roi if roi is not None else a.get("scales")

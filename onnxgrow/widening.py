@@ -208,6 +208,12 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
             f"its channels, which stays exact only when every unit is copied equally often; use a "
             f"multiple of {n} (e.g. {2 * n}).")
     if method == "r2r" and not group.uniform_only and ((width - n) // repeat) % 2:
+        if repeat > 1:
+            unit = "attention heads" if group.block > 1 else "channels per conv group"
+            raise GrowError(
+                f"r2r adds units in ±V pairs, and {name!r} grows by whole {unit} ({repeat} channels "
+                f"each): {width} gives {(width - n) // repeat} new ones, an odd number. Use --width "
+                f"{width - repeat} or {width + repeat}, or another method.")
         raise GrowError(
             f"r2r adds units in ±V pairs, so the increase must be even: {width} - {n} = {width - n} "
             f"is odd. Use --width {width - 1} or {width + 1}, or another method.")
@@ -252,6 +258,12 @@ def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
             node.replace_input_with(1, g.new_initializer(graph, f"{node.name}.split", np.array(sizes, np.int64)))
         return
     value = node.inputs[edit.index]
+    if edit.attr == "arange":  # identity-gather indices: arange over the grown shape
+        shape = list(g.constant(value).shape)
+        shape[edit.position] += edit.per_unit * new
+        indices = np.arange(int(np.prod(shape)), dtype=g.constant(value).dtype).reshape(shape)
+        g.set_input_constant(graph, node, edit.index, indices, f"{value.name}.w")
+        return
     array = np.array(g.constant(value), copy=True)
     array.reshape(-1)[edit.position] += edit.per_unit * new
     g.set_input_constant(graph, node, edit.index, array, f"{value.name}.w")
