@@ -488,19 +488,33 @@ def split(walk, node, side, index, slot):
     dims = [_dim(o, axis) for o in node.outputs]
     if any(d is None for d in dims):
         raise GrowError(f"the output sizes of {_desc(node)} are unknown.")
-    _require_unstrided(walk, node, slot, _dim(node.inputs[0], axis))
+    full = _dim(node.inputs[0], axis)
+    chunk = slot.total * slot.block
+    if len(dims) > 1 and full == len(dims) * chunk and all(d == chunk for d in dims):
+        for i, out in enumerate(node.outputs):  # one repeat per part (q, k, v of a fused qkv)
+            _grow_split_part(walk, node, i, slot.block)
+            walk.join(out, slot, node)
+        return
+    _require_unstrided(walk, node, slot, full)
     starts = [int(x) for x in np.concatenate([[0], np.cumsum(dims)])]
     lo, hi = slot.offset * slot.block, (slot.offset + walk.group.width) * slot.block
     for i, out in enumerate(node.outputs):
         if starts[i] <= lo and hi <= starts[i + 1]:
-            if len(node.inputs) > 1 and node.inputs[1] is not None:
-                walk.shape_edit(ShapeEdit(node, 1, i, slot.block))
-            else:  # sizes in the `split` attribute, or equal parts from `num_outputs`
-                walk.shape_edit(ShapeEdit(node, None, i, slot.block, attr="split"))
+            _grow_split_part(walk, node, i, slot.block)
             walk.join(out, Slot(axis, slot.offset - starts[i] // slot.block,
                                 dims[i] // slot.block, slot.block), node)
             return
+    if slot.offset == 0 and slot.block == 1 and len(set(dims)) == 1:
+        raise Restructure([(len(dims), 1)], f"{_desc(node)} splits the widened channels into "
+                                            f"{len(dims)} equal parts")
     raise GrowError(f"{_desc(node)} splits the widened channels apart; this cannot be widened.")
+
+
+def _grow_split_part(walk, node, part, per_unit):
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        walk.shape_edit(ShapeEdit(node, 1, part, per_unit))
+    else:  # sizes in the `split` attribute, or equal parts from `num_outputs`
+        walk.shape_edit(ShapeEdit(node, None, part, per_unit, attr="split"))
 
 
 def slice_(walk, node, side, index, slot):

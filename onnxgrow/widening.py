@@ -248,13 +248,20 @@ def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> None:
 def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
     node = edit.node
     if edit.attr == "split":
-        sizes = [int(gr._dim(o, g.attr(node, "axis", 0) % len(gr.shape_of(o)))) for o in node.outputs]
+        axis = g.attr(node, "axis", 0) % len(gr.shape_of(node.inputs[0]))
+        if len(node.inputs) > 1 and node.inputs[1] is not None:  # made by an earlier edit
+            sizes = [int(v) for v in g.constant(node.inputs[1])]
+        elif "split" in node.attributes:
+            sizes = [int(v) for v in node.attributes["split"].value]
+        else:
+            sizes = [int(gr._dim(o, axis)) for o in node.outputs]
         sizes[edit.position] += edit.per_unit * new
         if "split" in node.attributes or _opset(graph) < 13:
             node.attributes["split"] = ir.AttrInt64s("split", sizes)
         else:
             node.attributes.pop("num_outputs", None)
-            node.resize_inputs(2)
+            if len(node.inputs) < 2:
+                node.resize_inputs(2)
             node.replace_input_with(1, g.new_initializer(graph, f"{node.name}.split", np.array(sizes, np.int64)))
         return
     value = node.inputs[edit.index]

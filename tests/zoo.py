@@ -730,6 +730,29 @@ class Conv1dNet(nn.Module):
         return self.fc(torch.flatten(self.features(x), 1))
 
 
+class GPTBlock(nn.Module):
+    """GPT-2 style: one fused c_attn projection split into q, k, v, heads by view, causal-free
+    attention, residual stream with pre-LN, MLP with tanh-approximated GELU."""
+
+    def __init__(self, c=16, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.c_attn, self.c_proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.fc, self.out = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.head = nn.Linear(c, 5)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.c_attn(self.ln1(x)).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(c // self.heads), dim=-1)
+        y = self.c_proj((att @ v).transpose(1, 2).reshape(b, t, c))
+        x = x * 1.0 + y
+        x = x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+        return self.head(x)
+
+
 class TwoInTwoOut(nn.Module):
     """An image branch and a vector branch fused by Concat, with two heads."""
 
@@ -794,6 +817,7 @@ ARCHITECTURES: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "convnext_ln2d": lambda: (ConvNeXtLN2d(), _img()),
     "conv1d_net": lambda: (Conv1dNet(), (torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0)),)),
     "two_in_two_out": lambda: (TwoInTwoOut(), (*_img(), torch.randn(1, 8, generator=torch.Generator().manual_seed(1)))),
+    "gpt_block": lambda: (GPTBlock(), (torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(0)),)),
     "shared_weights": lambda: (SharedWeights(), (torch.randn(1, 8, generator=torch.Generator().manual_seed(0)),)),
 }
 
