@@ -63,6 +63,7 @@ def to_torch(model):
     Raises GrowError, listing every offending op type, when the model uses ops the converter
     does not cover.
     """
+    _require_torch()
     from .torch_ops import Node, OnnxModule
 
     irm = graph.load(model)
@@ -75,6 +76,7 @@ def to_torch(model):
     _check_supported(g)
     from onnx_ir.passes.common import NameFixPass
 
+    node_names = {id(n): n.name or "" for n in g}  # as the user knows them, for messages
     NameFixPass()(irm)  # every value named: names are the keys of the interpreter
     g.sort()
 
@@ -118,12 +120,22 @@ def to_torch(model):
     node_outputs = [[v.name if v is not None else "" for v in node.outputs] for node in nodes]
     free = _free_lists(node_inputs, node_outputs, {v.name for v in g.outputs})
     module.nodes = [
-        Node(node.op_type, node.name or "", tuple(node_inputs[i]), tuple(node_outputs[i]),
+        Node(node.op_type, node_names[id(node)], tuple(node_inputs[i]), tuple(node_outputs[i]),
              {k: _attr_value(a) for k, a in node.attributes.items()}, free[i])
         for i, node in enumerate(nodes)
     ]
     module.eval()
     return module
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise GrowError(
+            "PyTorch is not installed, and the export to PyTorch needs it: install it with "
+            "`pip install 'onnxgrow[torch]'` (on a CPU-only machine install torch's CPU build first)."
+        ) from None
 
 
 def _free_lists(node_inputs, node_outputs, keep) -> list[tuple]:
@@ -312,8 +324,6 @@ def export_file(model, out) -> Path:
     `with torch.serialization.safe_globals([onnxgrow.torch_ops.OnnxModule, onnxgrow.torch_ops.Node]):
     torch.load(out)`.
     """
-    import torch
-
     dest = Path(out)
     if isinstance(model, (str, os.PathLike)) and Path(model).exists() and dest.exists() \
             and os.path.samefile(model, dest):
@@ -321,6 +331,8 @@ def export_file(model, out) -> Path:
     if not dest.parent.is_dir():
         raise GrowError(f"cannot write {str(dest)!r}: the folder {str(dest.parent)!r} does not exist.")
     module = to_torch(model)
+    import torch
+
     try:
         fd, tmp = tempfile.mkstemp(prefix=".onnxgrow-", suffix=".pt", dir=dest.parent)
     except OSError as exc:
@@ -354,6 +366,7 @@ def load_weights(model, module):
 
 def import_weights_file(model, trained_pt, out) -> Path:
     """Write the state in `trained_pt` (from `export_file`, or a state_dict) into `model` -> `out`."""
+    _require_torch()
     irm = graph.load(model)
     _apply_weights(irm, _load_trained(trained_pt))
     return graph.save(irm, out, source=model)
