@@ -238,23 +238,11 @@ def _weight_layers(path):
 ZOO_CASES = [(arch, exp) for arch in zoo.ARCHITECTURES for exp in zoo.EXPORTERS]
 
 
-@pytest.fixture(scope="session")
-def zoo_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("zoo")
-
-
-def _zoo_model(zoo_dir, arch, exporter, keep_bn=True):
-    path = zoo_dir / f"{arch}.{exporter}{'' if keep_bn else '.bnfold'}.onnx"
-    if not path.exists():
-        zoo.build(arch, exporter, keep_bn, str(path))
-    return str(path)
-
-
 @pytest.mark.parametrize("arch,exporter", ZOO_CASES)
-def test_zoo_every_layer_widens_exactly_or_is_refused_with_a_reason(zoo_dir, arch, exporter):
+def test_zoo_every_layer_widens_exactly_or_is_refused_with_a_reason(zoo_model, arch, exporter):
     """Every weight layer, methods in rotation, doubled width: exact, or a GrowError that inspect
     predicted (what inspect promises, widen delivers)."""
-    path = _zoo_model(zoo_dir, arch, exporter)
+    path = zoo_model(arch, exporter)
     info = {layer["name"]: layer for layer in og.inspect(path)["layers"]}
     feeds = random_feeds(path)
     reference = run(path, feeds)
@@ -276,8 +264,8 @@ def test_zoo_every_layer_widens_exactly_or_is_refused_with_a_reason(zoo_dir, arc
 
 
 @pytest.mark.parametrize("arch", ["resnet_mini", "mobilenetv2_mini", "senet", "vgg_bn"])
-def test_zoo_folded_batchnorm(zoo_dir, arch):
-    path = _zoo_model(zoo_dir, arch, "legacy", keep_bn=False)
+def test_zoo_folded_batchnorm(zoo_model, arch):
+    path = zoo_model(arch, "legacy", keep_bn=False)
     layers = [l for l in og.inspect(path)["layers"] if l["widen"].get("methods")]
     for i, layer in enumerate(layers[:4]):
         student = og.widen(path, layer=layer["name"], width=layer["width"] + 2, method=METHODS[i % 3])

@@ -1,0 +1,27 @@
+"""Shared fixtures: zoo models are built once per test run and shared by every test file (and
+every xdist worker) through a cache folder beside pytest's temporary directories."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def zoo_model(tmp_path_factory):
+    """zoo_model(arch, exporter="legacy", keep_bn=True) -> path of the built, randomised model."""
+    from tests import zoo
+
+    cache = tmp_path_factory.getbasetemp().parent / "onnxgrow-zoo-cache"
+    cache.mkdir(exist_ok=True)
+
+    def build(arch: str, exporter: str = "legacy", keep_bn: bool = True) -> str:
+        path = cache / zoo.file_name(arch, exporter, keep_bn)
+        if not path.exists():
+            tmp = cache / f".{os.getpid()}-{path.name}"
+            zoo.build(arch, exporter, keep_bn, str(tmp))
+            os.replace(tmp, path)  # atomic: a parallel worker may build the same model
+        return str(path)
+
+    return build
