@@ -932,24 +932,10 @@ def matmul(walk, node, side, index, slot):
     if ra < 2 or rb < 2:
         raise GrowError(f"{_desc(node)} multiplies by a vector; onnxgrow follows only matrices.")
     if cb is not None and ca is None:  # x @ W: W's rows take input features, columns make outputs
-        if side == "in" and slot.axis == ra - 1:
-            walk.weight(node, 1, rb - 2, slot, "consumer")
-        elif side == "out" and slot.axis == out_rank - 1:
-            walk.weight(node, 1, rb - 1, slot, "producer")
-        elif side == "in":
-            walk.join(node.outputs[0], slot.moved(slot.axis + out_rank - ra), node)
-        else:
-            walk.join_input(node, 0, slot.moved(slot.axis - (out_rank - ra)))
+        _matmul_weight(walk, node, side, slot, 0, ra - 1, rb - 2, rb - 1, out_rank - 1)
         return
-    if ca is not None and cb is None:  # W @ x
-        if side == "in" and slot.axis == rb - 2:
-            walk.weight(node, 0, ra - 1, slot, "consumer")
-        elif side == "out" and slot.axis == out_rank - 2:
-            walk.weight(node, 0, ra - 2, slot, "producer")
-        elif side == "in":
-            walk.join(node.outputs[0], slot.moved(slot.axis + out_rank - rb), node)
-        else:
-            walk.join_input(node, 1, slot.moved(slot.axis - (out_rank - rb)))
+    if ca is not None and cb is None:  # W @ x: the mirror image
+        _matmul_weight(walk, node, side, slot, 1, rb - 2, ra - 1, ra - 2, out_rank - 2)
         return
     # two computed tensors (attention): rows of A and columns of B pass, batch axes join
     if side == "in":
@@ -978,6 +964,22 @@ def cast_like(walk, node, side, index, slot):
     if side == "in" and index == 1:
         return
     unary(walk, node, side, index, slot)
+
+
+def _matmul_weight(walk, node, side, slot, data, contracted, w_in, w_out, out_units):
+    """MatMul with one constant operand: the data's `contracted` axis meets the weight's `w_in`
+    axis (a consumer), the weight's `w_out` axis makes the output's `out_units` axis (a
+    producer); the data's other axes pass through."""
+    weight = 1 - data
+    shift = _need_rank(node.outputs[0], node) - _need_rank(node.inputs[data], node)
+    if side == "in" and slot.axis == contracted:
+        walk.weight(node, weight, w_in, slot, "consumer")
+    elif side == "out" and slot.axis == out_units:
+        walk.weight(node, weight, w_out, slot, "producer")
+    elif side == "in":
+        walk.join(node.outputs[0], slot.moved(slot.axis + shift), node)
+    else:
+        walk.join_input(node, data, slot.moved(slot.axis - shift))
 
 
 def softmax(walk, node, side, index, slot):
