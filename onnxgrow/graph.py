@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import shutil
 import tempfile
@@ -113,13 +114,52 @@ def save(model: ir.Model, path, source=None) -> Path:
 
 def write(model: ir.Model, path: Path) -> None:
     """Serialise `model` to `path` (not atomic: see `staged`), external data beside it above 2 GB."""
-    external = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    if not external:
-        _load_external_tensors(model)
     try:
-        ir.save(model, path, external_data=path.name + ".data" if external else None)
+        if weight_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+            ir.save(model, path, external_data=path.name + ".data")
+        else:
+            _write_inline(model, path)
     except OSError as exc:
         raise GrowError(f"cannot write {str(path)!r}: {exc.strerror or exc}.") from None
+
+
+def _write_inline(model: ir.Model, path: Path) -> None:
+    """Write the model without its weights, then each weight as one more `graph` field.
+
+    A protobuf parser merges repeated occurrences of a message field, so the file reads back as
+    one ModelProto; written this way the model is never held twice in memory (a whole-model
+    ModelProto and its bytes would be), and external tensors are read one at a time.
+    """
+    graph = model.graph
+    values = list(graph.initializers.values())
+    for value in values:
+        graph.initializers.pop(value.name)
+    try:
+        head = ir.serde.serialize_model(model).SerializeToString()
+    finally:
+        for value in values:
+            graph.initializers.add(value)
+    with open(path, "wb") as f:
+        f.write(head)
+        for value in values:
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor = ir.tensor(tensor.numpy(), name=value.name)
+            chunk = onnx.GraphProto()
+            ir.serde.serialize_tensor_into(chunk.initializer.add(), tensor)
+            data = chunk.SerializeToString()
+            del chunk
+            f.write(b"\x3a" + _varint(len(data)))  # field 7 (ModelProto.graph), length-delimited
+            f.write(data)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 @contextlib.contextmanager
@@ -155,14 +195,6 @@ def staged(path, source=None):
 
 def weight_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-
-
-def _load_external_tensors(model: ir.Model) -> None:
-    """Bring external tensors into memory, so an inline save does not point at the input's data."""
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor):
-            value.const_value = ir.tensor(tensor.numpy(), name=tensor.name)
 
 
 # ----------------------------------------------------------------------------- nodes and values
@@ -392,11 +424,49 @@ def set_input_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.nda
 
 
 def infer_shapes(model: ir.Model) -> None:
-    """Fill in value shapes with onnx shape inference (weights are left out of the call)."""
-    from onnx_ir.passes.common import ShapeInferencePass
+    """Fill in value shapes with onnx shape inference.
 
-    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    model.graph.meta["onnxgrow.model"] = model
+    Weights over 1 kB go in as data-less inputs (shape constants stay, for data propagation),
+    and the inferred types are copied back by name: cheaper than a whole-model round trip.
+    """
+    graph = model.graph
+    values = list(graph.initializers.values())
+    for value in values:
+        if value.const_value is not None:
+            value.shape = value.shape or value.const_value.shape
+            value.dtype = value.dtype or value.const_value.dtype
+    big = [v for v in values if v.const_value is None or v.const_value.nbytes > 1000]
+    inputs = set(graph.inputs)
+    extra = [v for v in big if v not in inputs]
+    for value in big:
+        graph.initializers.pop(value.name)
+    graph.inputs.extend(extra)
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for _ in extra:
+            graph.inputs.pop()
+        for value in big:
+            graph.initializers.add(value)
+    graph.meta["onnxgrow.model"] = model
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
+                                                     data_prop=True)
+    except Exception:  # inference is a help, not a requirement: unknown shapes get probed
+        return
+    types = {vi.name: vi.type for vi in inferred.graph.value_info}
+    types.update((vi.name, vi.type) for vi in inferred.graph.output)
+    for node in graph:
+        for out in node.outputs:
+            proto_type = types.get(out.name) if out is not None else None
+            if proto_type is None:
+                continue
+            shape = ir.serde.deserialize_type_proto_for_shape(proto_type)
+            if shape is not None and out.shape != shape:
+                out.shape = shape
+            value_type = ir.serde.deserialize_type_proto_for_type(proto_type)
+            if value_type is not None and out.type is None:
+                out.type = value_type
 
 
 def remove_unused(model: ir.Model) -> None:
@@ -406,5 +476,5 @@ def remove_unused(model: ir.Model) -> None:
 
 
 def parameter_count(model: ir.Model) -> int:
-    return sum(int(np.prod(v.const_value.shape.numpy(), dtype=np.int64))
+    return sum(math.prod(v.const_value.shape.dims)
                for v in model.graph.initializers.values() if v.const_value is not None)
