@@ -81,7 +81,8 @@ class OnnxModule(nn.Module):
                     f"shapes {shapes}: {exc}"
                 ) from exc
             if len(node.outputs) == 1:
-                env[node.outputs[0]] = result[0] if isinstance(result, (tuple, list)) else result
+                single = isinstance(result, (tuple, list)) and not isinstance(result, Sequence)
+                env[node.outputs[0]] = result[0] if single else result
             else:
                 for name, value in zip(node.outputs, result):
                     if name:
@@ -552,6 +553,27 @@ def op_split(m, node, x, split=None):
     return torch.split(x, sizes, axis)
 
 
+class Sequence(list):
+    """An ONNX sequence value (a list of tensors), kept whole when it is a node's one output."""
+
+
+def op_split_to_sequence(m, node, x, split=None):
+    axis = _axis(node.attrs.get("axis", 0), x.dim())
+    if split is None:
+        parts = torch.split(x, 1, axis)
+        if not node.attrs.get("keepdims", 1):
+            parts = [p.squeeze(axis) for p in parts]
+    elif split.dim() == 0:
+        parts = torch.split(x, int(split), axis)
+    else:
+        parts = torch.split(x, _ints(split), axis)
+    return Sequence(parts)
+
+
+def op_sequence_at(m, node, sequence, position):
+    return sequence[int(position)]
+
+
 def op_slice(m, node, x, starts=None, ends=None, axes=None, steps=None):
     if m.opset < 10:
         a = node.attrs
@@ -875,6 +897,8 @@ OPS = {
     "Unsqueeze": op_unsqueeze,
     "Concat": op_concat,
     "Split": op_split,
+    "SplitToSequence": op_split_to_sequence,
+    "SequenceAt": op_sequence_at,
     "Slice": op_slice,
     "Gather": op_gather,
     "GatherElements": op_gather_elements,
