@@ -42,7 +42,7 @@ def load(model, what: str = "model") -> ir.Model:
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
         return _from_proto(proto, what)
-    if type(model).__module__.startswith("onnx_graphsurgeon"):
+    if _is_gs_graph(model):
         import onnx_graphsurgeon as gs
 
         return _from_proto(gs.export_onnx(model), what)
@@ -96,6 +96,20 @@ def short_message(exc: Exception) -> str:
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
     return ir.to_proto(model)
+
+
+def like_input(original, model: ir.Model):
+    """The result in the caller's currency: a gs.Graph for a gs.Graph, else an onnx.ModelProto."""
+    proto = ir.to_proto(model)
+    if _is_gs_graph(original):
+        import onnx_graphsurgeon as gs
+
+        return gs.import_onnx(proto)
+    return proto
+
+
+def _is_gs_graph(obj) -> bool:
+    return type(obj).__module__.startswith("onnx_graphsurgeon")
 
 
 # ----------------------------------------------------------------------------- save

@@ -282,10 +282,9 @@ def _opset(graph) -> int:
 
 def widen(model, *, layer: str, width: int, method: str = "net2net", seed: int = 0,
           noise: float | None = None):
-    """Widen `layer` of `model` to `width` units; return the student as an onnx.ModelProto.
-
-    `model` is a path, ModelProto, onnx_ir.Model or gs.Graph and is not modified.
-    """
+    """Widen `layer` of `model` to `width` units; return the student as an onnx.ModelProto (a
+    gs.Graph when given one). `model` is a path, ModelProto, onnx_ir.Model or gs.Graph and is not
+    modified."""
     ir_model = g.load(model)
     widen_model(ir_model, layer=layer, width=width, method=method, seed=seed, noise=noise)
-    return g.to_proto(ir_model)
+    return g.like_input(model, ir_model)

@@ -308,3 +308,11 @@ def test_cli_random_is_reported_not_failed(tmp_path):
     done = _cli("widen", str(src), "--layer", "a", "--width", "6", "--method", "random",
                 "-o", str(tmp_path / "s.onnx"))
     assert done.returncode == 0 and "as expected" in done.stdout
+
+
+def test_graphsurgeon_graph_in_graphsurgeon_graph_out():
+    gs = pytest.importorskip("onnx_graphsurgeon")  # the optional [gs] extra; [dev] installs it
+    teacher = concat_flatten_model()
+    student = og.widen(gs.import_onnx(teacher), layer="b", width=8, method="netmorph")
+    assert isinstance(student, gs.Graph)
+    assert_equivalent(teacher, gs.export_onnx(student))
