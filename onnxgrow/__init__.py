@@ -15,8 +15,8 @@ from .errors import GrowError, MismatchError
 _API = {
     "inspect": ("layers", "describe"),
     "widen": ("widening", "widen"),
-    "deepen": ("deepen", "deepen"),
-    "morph_kernel": ("deepen", "morph_kernel"),
+    "deepen": ("deepening", "deepen"),
+    "morph_kernel": ("deepening", "morph_kernel"),
     "verify": ("verification", "verify"),
     "to_torch": ("torch_export", "to_torch"),
     "load_weights": ("torch_export", "load_weights"),

@@ -261,7 +261,7 @@ def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **v
 @_grow_options
 def deepen(model, after, method, kernel, bn, out, seed, no_verify, as_json, **verify_kw):
     """Insert a new layer (or residual block) after node AFTER of MODEL."""
-    from .deepen import deepen_model
+    from .deepening import deepen_model
 
     summary = _grow(
         model, out,
@@ -278,7 +278,7 @@ def deepen(model, after, method, kernel, bn, out, seed, no_verify, as_json, **ve
 @_grow_options
 def morph_kernel(model, layer, kernel, out, seed, no_verify, as_json, **verify_kw):
     """Grow the k×k kernel of Conv LAYER to KERNEL×KERNEL (zero-padded: exact)."""
-    from .deepen import morph_kernel_model
+    from .deepening import morph_kernel_model
 
     summary = _grow(
         model, out, lambda m: morph_kernel_model(m, layer=layer, kernel=kernel),

@@ -88,7 +88,7 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
 
 
 def _deepen_entry(node: ir.Node) -> dict:
-    from .deepen import deepen_options
+    from .deepening import deepen_options
 
     try:
         return deepen_options(node)

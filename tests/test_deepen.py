@@ -19,7 +19,7 @@ from onnxgrow import graph as G
 from onnxgrow.errors import GrowError
 from tests.helpers import assert_equivalent, random_feeds, run
 
-D = importlib.import_module("onnxgrow.deepen")
+D = importlib.import_module("onnxgrow.deepening")
 METHODS = ("net2net", "r2r", "zero")
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

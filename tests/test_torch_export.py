@@ -633,11 +633,9 @@ def test_grown_model_converts_trains_and_writes_back(tmp_path):
     """What the transforms produce (a widened, then deepened zoo model) is a trainable module too."""
     from onnxgrow import graph
 
-    # `onnxgrow.deepen` is both a submodule and a function: whichever attribute import left there
-    deepen = og.deepen if callable(og.deepen) else og.deepen.deepen
     path = zoo.build("resnet_mini", "legacy", path=tmp_path / "m.onnx", dynamic_batch=True)
     conv = next(n.name for n in onnx.load(path).graph.node if n.op_type == "Conv")
-    grown = deepen(og.widen(path, layer=conv, width=12, method="net2net", seed=0), after=conv, method="r2r")
+    grown = og.deepen(og.widen(path, layer=conv, width=12, method="net2net", seed=0), after=conv, method="r2r")
     model = graph.to_proto(og.load(grown))
     assert len(model.graph.node) > len(onnx.load(path).graph.node)
     module = assert_matches_ort(model, batches=(2, 3))

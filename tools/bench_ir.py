@@ -106,7 +106,7 @@ def run_gs(src, dst, blocks, inserts, _):
 
 def run_onnxgrow(src, dst, blocks, inserts, calls):
     from onnxgrow import graph as g
-    from onnxgrow.deepen import deepen_model
+    from onnxgrow.deepening import deepen_model
 
     t0 = time.perf_counter()
     model = g.load(src)
@@ -132,7 +132,7 @@ def child(variant, src, dst, blocks, inserts, calls):
     if variant == "gs":
         import onnx_graphsurgeon  # noqa: F401
     if variant == "onnxgrow":
-        import onnxgrow.deepen  # noqa: F401
+        import onnxgrow.deepening  # noqa: F401
     result = VARIANTS[variant](src, dst, blocks, inserts, calls)
     import onnx
     out = onnx.load(dst)

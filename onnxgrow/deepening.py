@@ -631,7 +631,7 @@ def deepen(model, *, after: str, method: str = "net2net", kernel: int | None = N
     onnx.ModelProto. The argument is never modified."""
     m = G.load(model)
     deepen_model(m, after=after, method=method, kernel=kernel, bn=bn, seed=seed)
-    return G.to_proto(m)
+    return G.like_input(model, m)
 
 
 def deepen_options(node: ir.Node) -> dict:
@@ -758,4 +758,4 @@ def morph_kernel(model, *, layer: str, kernel: int):
     """Public API: a copy of `model` whose Conv `layer` has a kernel×kernel kernel (exact)."""
     m = G.load(model)
     morph_kernel_model(m, layer=layer, kernel=kernel)
-    return G.to_proto(m)
+    return G.like_input(model, m)
