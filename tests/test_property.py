@@ -52,3 +52,32 @@ def test_widen_any_layer_of_any_network(tmp_path, recipe, data):
         for got, want in zip(run(student, feeds), reference):
             err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
             assert err <= 1e-5, f"{layer['name']} {method} -> {width}: scaled error {err}"
+
+
+@settings(max_examples=max(EXAMPLES // 3, 5), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(recipe=recipes(), data=st.data())
+def test_widen_deepen_chains_stay_exact(tmp_path, recipe, data):
+    """widen → deepen → widen → deepen on a random network: every step that is not refused keeps
+    the function, and what inspect lists for the grown model is what it can do next."""
+    net = zoo.randomize_(RandomNet(recipe), seed=data.draw(st.integers(0, 1000), label="seed"))
+    path = str(tmp_path / f"chain-{abs(hash(str(recipe))) % 10**8}.onnx")
+    zoo.export(net, (example_input(),), path, exporter=data.draw(st.sampled_from(["legacy", "dynamo"])))
+    feeds = random_feeds(path)
+    reference = run(path, feeds)
+    student, grown = path, 0
+    for step in ("widen", "deepen", "widen", "deepen"):
+        layers = og.inspect(student)["layers"]
+        layer = data.draw(st.sampled_from(layers), label=f"{step} layer")
+        methods = layer[step].get("methods", [])
+        if not methods:
+            continue
+        method = data.draw(st.sampled_from([m for m in methods if m != "random"]), label=f"{step} method")
+        if step == "widen":
+            student = og.widen(student, layer=layer["name"], width=2 * layer["width"], method=method, seed=2)
+        else:
+            student = og.deepen(student, after=layer["name"], method=method, seed=2)
+        grown += 1
+    for got, want in zip(run(student, feeds), reference):
+        err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+        assert err <= 1e-5, f"after {grown} grow steps: scaled error {err}"
