@@ -833,12 +833,7 @@ def conv(walk, node, side, index, slot):
         raise GrowError(f"the widened channels reach {_desc(node)} on axis {slot.axis}, not its "
                         "channel axis.")
     if groups == 1:
-        if side == "in":
-            walk.weight(node, 1, 1, slot, "consumer")
-        else:
-            walk.weight(node, 1, 0, slot, "producer")
-            if len(node.inputs) > 2 and node.inputs[2] is not None:
-                walk.weight(node, 2, 0, slot, "producer")
+        _conv_weights(walk, node, side, slot)
         return
     in_ch, out_ch = weight.shape[1] * groups, weight.shape[0]
     if groups == in_ch:  # depthwise: channel-wise, each channel feeding m outputs (a block of m)
@@ -859,12 +854,7 @@ def conv(walk, node, side, index, slot):
     per_group, dim = (weight.shape[1], in_ch) if side == "in" else (out_ch // groups, out_ch)
     outer = dim // (slot.total * slot.block)
     if slot.block == 1 and outer == groups and slot.total == per_group:
-        if side == "in":
-            walk.weight(node, 1, 1, slot, "consumer")
-        else:
-            walk.weight(node, 1, 0, slot, "producer")
-            if len(node.inputs) > 2 and node.inputs[2] is not None:
-                walk.weight(node, 2, 0, slot, "producer")
+        _conv_weights(walk, node, side, slot)
         return
     if outer == 1 and slot.offset == 0 and slot.block == 1 and slot.total == dim:
         raise Restructure([(groups, 1)], f"{_desc(node)} is a grouped convolution (group={groups})")
@@ -872,6 +862,16 @@ def conv(walk, node, side, index, slot):
         f"{_desc(node)} is a grouped convolution (group={groups}) whose groups do not line up with "
         "the widened channels; widening through it is not supported. Widen a layer outside this "
         "block.")
+
+
+def _conv_weights(walk, node, side, slot):
+    """A Conv consumes the channels through its weight's axis 1, produces them on axis 0."""
+    if side == "in":
+        walk.weight(node, 1, 1, slot, "consumer")
+        return
+    walk.weight(node, 1, 0, slot, "producer")
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        walk.weight(node, 2, 0, slot, "producer")
 
 
 class Restructure(GrowError):
