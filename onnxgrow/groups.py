@@ -237,11 +237,18 @@ def _desc(node: ir.Node) -> str:
 
 
 def shape_of(value: ir.Value | None) -> tuple | None:
+    """Static shape: ints, or names for symbolic dims. Dims shape inference could not work out
+    (named unk__N, e.g. behind a Reshape to a computed shape) are taken from the probe run."""
     shape = g.static_shape(value)
     if shape is None and value is not None:
         array = g.constant(value)
         if array is not None:
             return tuple(array.shape)
+    if shape is not None and any(isinstance(d, str) and d.startswith("unk__") for d in shape):
+        probed = g.probed_shape(value)
+        if probed is not None and len(probed) == len(shape):
+            shape = tuple(p if isinstance(d, str) and d.startswith("unk__") else d
+                          for d, p in zip(shape, probed))
     return shape
 
 

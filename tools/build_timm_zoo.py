@@ -3,10 +3,11 @@
     python tools/build_timm_zoo.py OUT_DIR [--only resnet18,vit_tiny_patch16_224] [--exporters legacy,dynamo]
     python ../shared/tools/grow_eval.py OUT_DIR out.json --op widen --per-model 8
 
-This is a development tool, not part of the package: it needs timm and torchvision, and PyPI's
+This is a development tool, not part of the package: it needs timm, torchvision and transformers
+(for small random BERT and GPT-2 encoders with a token head), and PyPI's
 torchvision does not import beside the CPU torch 2.13.0 build the project pins. Run it from a
 separate environment, e.g. `python -m venv /tmp/tv && /tmp/tv/bin/pip install torch==2.14.1
-torchvision==0.29.1 timm onnx onnxscript onnxruntime`. Weights are random (no download): every
+torchvision==0.29.1 timm transformers onnx onnxscript onnxruntime`. Weights are random (no download): every
 per-channel parameter is randomised so a channel mapped to the wrong place shows.
 """
 
@@ -43,7 +44,20 @@ MODELS = [
     ("googlenet", "torchvision", 64, {"aux_logits": False, "init_weights": False}),
     ("vgg11_bn", "torchvision", 64, {}),
     ("swin_t", "torchvision", 64, {}),
+    ("bert_tiny", "transformers", 8, {}),
+    ("gpt2_tiny", "transformers", 8, {}),
 ]
+
+
+class TokenClassifier(torch.nn.Module):
+    """A transformers encoder/decoder with a per-token linear head, fed token ids only."""
+
+    def __init__(self, body, width):
+        super().__init__()
+        self.body, self.head = body, torch.nn.Linear(width, 10)
+
+    def forward(self, ids):
+        return self.head(self.body(input_ids=ids).last_hidden_state)
 
 
 @torch.no_grad()
@@ -64,6 +78,15 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
 
 
 def create(name: str, source: str, kwargs: dict) -> torch.nn.Module:
+    if source == "transformers":
+        import transformers as tf
+
+        if name.startswith("bert"):
+            config = tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, max_position_embeddings=32)
+            return TokenClassifier(tf.BertModel(config), 32)
+        config = tf.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=32)
+        return TokenClassifier(tf.GPT2Model(config), 32)
     if source == "timm":
         import timm
 
@@ -74,7 +97,10 @@ def create(name: str, source: str, kwargs: dict) -> torch.nn.Module:
 
 
 def export(module, size, path, exporter):
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    if isinstance(module, TokenClassifier):  # token ids (the checker feeds ints in [0, 50))
+        x = torch.randint(0, 50, (1, size), generator=torch.Generator().manual_seed(0))
+    else:
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     if exporter == "legacy":
         torch.onnx.export(module, (x,), path, dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["output"])
