@@ -316,3 +316,36 @@ def test_graphsurgeon_graph_in_graphsurgeon_graph_out():
     student = og.widen(gs.import_onnx(teacher), layer="b", width=8, method="netmorph")
     assert isinstance(student, gs.Graph)
     assert_equivalent(teacher, gs.export_onnx(student))
+
+
+@pytest.mark.parametrize("arch", ["resnet_mini", "transformer_mini", "mobilenetv3_mini", "vit_mini"])
+def test_zoo_raw_dynamo_exports(zoo_model, arch):
+    """Unoptimised dynamo graphs: MatMul weights behind Transpose, biases computed from Shape,
+    CastLike(x, like=activation) — the weights must still be found and grown."""
+    path = zoo_model(arch, "dynamo_raw")
+    layers = [l for l in og.inspect(path)["layers"] if l["widen"].get("methods")]
+    assert layers
+    for i, layer in enumerate(layers[:5]):
+        method = METHODS[i % 3]
+        if method not in layer["widen"]["methods"]:
+            continue
+        student = og.widen(path, layer=layer["name"], width=2 * layer["width"], method=method, seed=i)
+        assert_equivalent(path, student)
+
+
+def test_identity_gather_is_followed_like_a_reshape():
+    """dynamo writes timm's ConvNeXt head as a flat tensor gathered by arange(C) indices."""
+    c = 6
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="p"),
+        helper.make_node("ReduceMean", ["a"], ["m"], axes=[2, 3], keepdims=1),
+        helper.make_node("Reshape", ["m", "flat"], ["f"]),
+        helper.make_node("Gather", ["f", "idx"], ["g"], axis=0),
+        helper.make_node("Conv", ["g", "w2"], ["y"], name="c"),
+    ]
+    inits = [_w("w1", c, 3, 1, 1), _w("w2", 4, c, 1, 1),
+             helper.make_tensor("flat", TensorProto.INT64, [1], [-1]),
+             helper.make_tensor("idx", TensorProto.INT64, [1, c, 1, 1], np.arange(c))]
+    teacher = _model(nodes, [_vi("x", 1, 3, 4, 4)], [_vi("y", 1, 4, 1, 1)], inits)
+    for method in METHODS:
+        assert_equivalent(teacher, og.widen(teacher, layer="p", width=2 * c, method=method))

@@ -753,6 +753,32 @@ class GPTBlock(nn.Module):
         return self.head(x)
 
 
+class BertLayerMini(nn.Module):
+    """HF BERT's self-attention shape: separate q, k, v projections viewed into heads with
+    x.size()[:-1] + (heads, head_size) (the legacy exporter computes that shape at run time),
+    post-LN residuals, GELU intermediate, a token head."""
+
+    def __init__(self, c=16, heads=2, vocab=VOCAB):
+        super().__init__()
+        self.heads = heads
+        self.emb, self.pos = nn.Embedding(vocab, c), nn.Parameter(torch.zeros(1, 8, c))
+        self.q, self.k, self.v, self.o = (nn.Linear(c, c) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.fc, self.out, self.head = nn.Linear(c, 2 * c), nn.Linear(2 * c, c), nn.Linear(c, 5)
+
+    def split_heads(self, x):
+        return x.view(x.size()[:-1] + (self.heads, x.size(-1) // self.heads)).permute(0, 2, 1, 3)
+
+    def forward(self, ids):
+        x = self.emb(ids) + self.pos
+        q, k, v = (self.split_heads(f(x)) for f in (self.q, self.k, self.v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.size(-1)), dim=-1) @ v
+        att = att.permute(0, 2, 1, 3).contiguous()
+        x = self.ln1(x + self.o(att.view(att.size()[:-2] + (-1,))))
+        x = self.ln2(x + self.out(F.gelu(self.fc(x))))
+        return self.head(x)
+
+
 class TwoInTwoOut(nn.Module):
     """An image branch and a vector branch fused by Concat, with two heads."""
 
@@ -818,6 +844,7 @@ ARCHITECTURES: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "conv1d_net": lambda: (Conv1dNet(), (torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0)),)),
     "two_in_two_out": lambda: (TwoInTwoOut(), (*_img(), torch.randn(1, 8, generator=torch.Generator().manual_seed(1)))),
     "gpt_block": lambda: (GPTBlock(), (torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(0)),)),
+    "bert_layer": lambda: (BertLayerMini(), (torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0)),)),
     "shared_weights": lambda: (SharedWeights(), (torch.randn(1, 8, generator=torch.Generator().manual_seed(0)),)),
 }
 
