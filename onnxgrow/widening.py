@@ -100,11 +100,16 @@ def scale_channels(array, axis, slot, factors) -> np.ndarray:
 class Plan:
     """The numbers for one widening: method, sizes, sources, splits and the random stream."""
 
-    def __init__(self, n: int, q: int, method: str, seed: int, noise: float, uniform: bool = False):
+    def __init__(self, n: int, q: int, method: str, seed: int, noise: float, uniform: bool = False,
+                 block: int = 1):
         self.n, self.q, self.method = n, q, method
         self.copies_only = uniform and method != "random"  # new units must replicate old ones
+        # r2r on attention heads pairs the channels inside each new head (any number of heads)
+        self.pair_axis = 3 if method == "r2r" and not uniform and block > 1 and block % 2 == 0 else 2
+        self.block = block
         self.rng = np.random.default_rng(seed)
-        self.src = source_units(n, q - n, self.rng, paired=(method == "r2r" and not uniform))
+        paired = method == "r2r" and not uniform and self.pair_axis == 2
+        self.src = source_units(n, q - n, self.rng, paired=paired)
         self.s_old, self.s_new = split_factors(n, self.src, noise if method == "net2net" else 0.0, self.rng)
 
     @property
@@ -112,22 +117,31 @@ class Plan:
         return self.q - self.n
 
     def _random_like(self, array, shape, pairs=False):
+        """N(0, std(array)²) of `shape` (5-D); with `pairs`, equal in pairs along pair_axis."""
         sigma = float(np.std(array)) or 1.0
         if not pairs:
             return self.rng.normal(0.0, sigma, size=shape)
         half = list(shape)
-        half[2] //= 2
-        return np.repeat(self.rng.normal(0.0, sigma, size=half), 2, axis=2)
+        half[self.pair_axis] //= 2
+        return np.repeat(self.rng.normal(0.0, sigma, size=half), 2, axis=self.pair_axis)
+
+    def _pairs_within(self, slot) -> bool:
+        return self.pair_axis == 3 and slot.block == self.block
 
     def grow(self, array: np.ndarray, edit: gr.WeightEdit, is_bias: bool) -> np.ndarray:
         slot, axis = edit.slot, edit.axis
         copies = take_channels(array, axis, slot, self.src)
+        if edit.role == "param" and self._pairs_within(slot):
+            copies = copies.copy()
+            copies[:, :, :, 1::2] = copies[:, :, :, 0::2]  # both channels of a pair agree
         if edit.role == "param" or (edit.role == "producer" and (
                 self.method == "net2net" or self.copies_only)):
             return insert_channels(array, axis, slot, self.n, copies)
         if edit.role == "producer":
             if is_bias:
                 return insert_channels(array, axis, slot, self.n, np.zeros_like(copies))
+            if self.method == "r2r" and self.pair_axis == 3 and not self._pairs_within(slot):
+                raise GrowError("internal: a head's producer without the head's channel blocks")
             part = self._random_like(array, copies.shape, pairs=self.method == "r2r")
             return insert_channels(array, axis, slot, self.n, part)
         # consumer columns
@@ -142,11 +156,12 @@ class Plan:
             view = _view(array, axis, slot).astype(np.float64)
             np.add.at(view, (slice(None), slice(None), slot.offset + self.src), v)
             return insert_channels(view.reshape(array.shape).astype(array.dtype), axis, slot, self.n, -v)
-        if self.method == "r2r":
+        if self.method == "r2r":  # +V, −V on each pair (of units, or of channels in a head)
+            k = self.pair_axis
             half = list(copies.shape)
-            half[2] //= 2
+            half[k] //= 2
             v = self.rng.normal(0.0, float(np.std(array)) or 1.0, size=half)
-            part = np.stack([v, -v], axis=3).reshape(copies.shape[:2] + (-1,) + copies.shape[3:])
+            part = np.stack([v, -v], axis=k + 1).reshape(copies.shape)
             return insert_channels(array, axis, slot, self.n, part)
         return insert_channels(array, axis, slot, self.n, self._random_like(array, copies.shape))
 
@@ -171,7 +186,8 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
     n = group.width * repeat
     check_width(node, n, width, method, group)
     params_before = g.parameter_count(model)
-    plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only))
+    plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
+                block=group.block)
     apply(graph, group, plan)
     g.remove_unused(model)
     params_after = g.parameter_count(model)
@@ -207,7 +223,8 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
             f"cannot widen {name!r} to {width}: {', '.join(group.uniform_only[:3])} normalise over "
             f"its channels, which stays exact only when every unit is copied equally often; use a "
             f"multiple of {n} (e.g. {2 * n}).")
-    if method == "r2r" and not group.uniform_only and ((width - n) // repeat) % 2:
+    heads_pair_inside = group.block > 1 and group.block % 2 == 0
+    if method == "r2r" and not group.uniform_only and not heads_pair_inside and ((width - n) // repeat) % 2:
         if repeat > 1:
             unit = "attention heads" if group.block > 1 else "channels per conv group"
             raise GrowError(

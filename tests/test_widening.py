@@ -349,3 +349,16 @@ def test_identity_gather_is_followed_like_a_reshape():
     teacher = _model(nodes, [_vi("x", 1, 3, 4, 4)], [_vi("y", 1, 4, 1, 1)], inits)
     for method in METHODS:
         assert_equivalent(teacher, og.widen(teacher, layer="p", width=2 * c, method=method))
+
+
+def test_attention_grows_by_whole_heads_and_r2r_pairs_inside_a_head(zoo_model):
+    """transformer_mini: fused qkv 48 = 3 (q, k, v) × 2 heads × 8. One more head (72) is an odd
+    number of new heads; r2r then pairs the channels inside the new head and still cancels."""
+    path = zoo_model("transformer_mini", "legacy")
+    layer = "/blocks/blocks.0/attn/qkv/MatMul"
+    entry = next(l for l in og.inspect(path)["layers"] if l["name"] == layer)
+    assert "heads" in entry["widen"]["note"] and "r2r" in entry["widen"]["methods"]
+    for method in METHODS:
+        assert_equivalent(path, og.widen(path, layer=layer, width=72, method=method, seed=4))
+    with pytest.raises(GrowError, match="multiple of 24"):
+        og.widen(path, layer=layer, width=60)
