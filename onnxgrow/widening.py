@@ -23,6 +23,11 @@ LayerNorm2d: `Group.uniform_only`) keep their statistics only if every unit is c
 often, so there every preserving method makes the new producer units copies (q a multiple of n):
 netmorph then gives the copies zero outgoing weights, and r2r pairs each copy with its original,
 adding +V to the original's outgoing weights and −V to the copy's (W_i·x + V·x − V·x = W_i·x).
+
+When the units are attention heads (groups.Group.block = head size), r2r pairs the channels inside
+each new head instead of pairing heads: a new head's value channels 2i and 2i+1 are equal, so the
+output projection's +V/−V on them cancels whatever the attention weights are, and any number of
+heads can be added.
 """
 
 from __future__ import annotations
