@@ -6,7 +6,7 @@ Concat, …) until they reach *consumers* (Conv/Gemm/MatMul) whose input weights
 they meet another tensor element-wise (a residual Add, a squeeze-excite Mul) that tensor must carry
 the same channels, so the walk goes *backward* from it to the *producers* that made it, which grow
 with the same mapping. The connected set is the coupled group. It is computed once, here, by one
-graph walk; every transform (widen.py) then only decides what numbers the new channels get.
+graph walk; every transform (widening.py) then only decides what numbers the new channels get.
 
 Where the group's channels sit in a tensor is a `Slot`: along `axis`, the tensor's index is
 `outer·(total·block) + (offset + i)·block + r` for group channel i < n, so one description covers
@@ -23,6 +23,11 @@ Some ops mix the channels but stay exact under *uniform replication* (every unit
 number of times, as net2net does when the new width is a multiple of the old): the mean over the
 channel axis is unchanged, so LayerNormalization over channels and ReduceMean over channels
 (RMSNorm, hand-written LayerNorm2d) keep their outputs. They mark the group `uniform_only`.
+
+Some channels come in structure the walk discovers on the way: a grouped Conv needs every conv
+group to grow alike, a Reshape into attention heads needs whole heads (q, k and v together). The
+rule raises `Restructure` with the views worth trying — the layer's channels as `outer` repeats
+of `width` units of `block` channels — and `find_group` walks again with each.
 """
 
 from __future__ import annotations
