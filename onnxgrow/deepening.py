@@ -323,7 +323,7 @@ def _absorbable(node: ir.Node, avail: set, shape: tuple | None, channels: int, g
         if v is None:
             continue
         if v in avail:
-            if op in UNARY and i > 0 or op == "PRelu" and i > 0:
+            if i > 0 and (op in UNARY or op == "PRelu"):
                 return False
             walked = True
             continue
