@@ -150,9 +150,17 @@ def _clip_range(node: ir.Node) -> str:
     return f"({bounds[0]},{bounds[1]})"
 
 
+def _deepen_cell(deepen: dict) -> str:
+    """Methods, and where the new layer goes: after the layer and the ops listed (+BN→Relu)."""
+    if "methods" not in deepen:
+        return "no"
+    through = deepen.get("through") or []
+    return ",".join(deepen["methods"]) + (f" (+{'→'.join(through)})" if through else "")
+
+
 def format_table(info: dict) -> str:
     """The human-readable inspect output."""
-    rows = [("layer", "op", "in->out", "kernel", "act", "widen", "deepen")]
+    rows = [("layer", "op", "in->out", "kernel", "act", "widen", "deepen (inserted after +ops)")]
     for layer in info["layers"]:
         widen, deepen = layer["widen"], layer["deepen"]
         rows.append((
@@ -161,7 +169,7 @@ def format_table(info: dict) -> str:
             layer["activation"] or "-",
             ",".join(widen["methods"]) + (f" (+{len(widen['group'])} coupled)" if widen.get("group") else "")
             if "methods" in widen else "no",
-            ",".join(deepen["methods"]) if "methods" in deepen else "no",
+            _deepen_cell(deepen),
         ))
     widths = [min(max(len(str(r[i])) for r in rows), 60) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c)[:w].ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
