@@ -232,7 +232,16 @@ class Walk:
                 f"{node.op_type} treats the channel axis, so it cannot widen exactly through it. "
                 "Widen another layer (`onnxgrow inspect` lists which ones work)."
             )
-        rule(self, node, side, index, slot)
+        try:
+            rule(self, node, side, index, slot)
+        except GrowError:
+            raise
+        except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
+            # a shape or attribute the rule did not expect: refuse rather than guess
+            raise GrowError(
+                f"onnxgrow could not follow the widened channels through {_desc(node)} "
+                f"({type(exc).__name__}: {exc}); this pattern is not supported. Please report it "
+                "with the model; `onnxgrow inspect` lists the layers that can be widened.") from None
 
 
 def _desc(node: ir.Node) -> str:
@@ -1090,6 +1099,9 @@ def find_group(node: ir.Node) -> Group:
             f"{_desc(node)} is not a Conv, ConvTranspose, Gemm or MatMul with a constant weight; "
             "only those layers can be widened.")
     width = layer_width(node)
+    if width is None:
+        raise GrowError(f"the weight of {_desc(node)} is computed at run time, not a constant; "
+                        "only layers with constant weights can be widened.")
     out = node.outputs[0]
     axis = 1 if node.op_type in ("Conv", "ConvTranspose", "Gemm") else _need_rank(out, node) - 1
     if node.op_type == "MatMul" and g.constant(node.inputs[1]) is None:

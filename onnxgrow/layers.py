@@ -68,6 +68,9 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
             group = gr.find_group(node)
         except GrowError as exc:
             return {"reason": str(exc)}
+        except Exception as exc:  # one layer's analysis failing must not take inspect down
+            return {"reason": f"internal error while analysing this layer ({type(exc).__name__}: "
+                              f"{exc}); please report it"}
         for producer in group.producers:
             groups_by_producer[id(producer)] = group
     methods, why = group.methods()
@@ -94,6 +97,9 @@ def _deepen_entry(node: ir.Node) -> dict:
         return deepen_options(node)
     except GrowError as exc:
         return {"reason": str(exc)}
+    except Exception as exc:  # one layer's analysis failing must not take inspect down
+        return {"reason": f"internal error while analysing this layer ({type(exc).__name__}: "
+                          f"{exc}); please report it"}
 
 
 def _in_width(node: ir.Node) -> int | None:
