@@ -58,6 +58,8 @@ def _describe_layer(node: ir.Node, groups_by_producer: dict) -> dict:
         "widen": _widen_entry(node, groups_by_producer),
         "deepen": _deepen_entry(node),
     }
+    if node.op_type in ("Conv", "ConvTranspose"):
+        entry["morph_kernel"] = _kernel_entry(node)
     return entry
 
 
@@ -100,6 +102,16 @@ def _deepen_entry(node: ir.Node) -> dict:
     except Exception as exc:  # one layer's analysis failing must not take inspect down
         return {"reason": f"internal error while analysing this layer ({type(exc).__name__}: "
                           f"{exc}); please report it"}
+
+
+def _kernel_entry(node: ir.Node) -> dict:
+    """Whether `onnxgrow morph-kernel` can grow this layer's kernel: {"kernel": [...]} or a reason."""
+    from .deepening import kernel_options
+
+    try:
+        return kernel_options(node)
+    except Exception as exc:  # one layer's analysis failing must not take inspect down
+        return {"reason": f"internal error while analysing this layer ({type(exc).__name__}: {exc})"}
 
 
 def _in_width(node: ir.Node) -> int | None:

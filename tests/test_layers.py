@@ -42,6 +42,8 @@ def test_every_weight_layer_is_listed_with_methods_or_a_reason(path):
             assert ("methods" in entry and entry["methods"]) or entry.get("reason"), (layer["name"], key)
         if "methods" in layer["widen"]:
             assert isinstance(layer["widen"]["group"], list)
+        if layer["op"] in ("Conv", "ConvTranspose"):
+            assert layer["morph_kernel"].get("kernel") or layer["morph_kernel"].get("reason")
 
 
 def test_cli_json_and_table(tmp_path):
