@@ -60,8 +60,8 @@ UNARY = {
 }
 BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"}
 IDEMPOTENT = {"Relu", "Clip", "Max", "Min"}
+SUPPORTED_DTYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
 FAMILY = {"Conv": "conv", "ConvTranspose": "conv", "Gemm": "gemm", "MatMul": "matmul"}
-FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -190,14 +190,6 @@ def _shape(value: ir.Value) -> tuple | None:
     if value.shape is None:
         return None
     return tuple(d if isinstance(d, int) else None for d in value.shape)
-
-
-def _infer_shapes(model: ir.Model) -> None:
-    """Fill in value shapes as `inspect` does, so deepen sees the graph inspect saw."""
-    try:
-        G.infer_shapes(model)
-    except Exception:  # shapes only sharpen the walk; without them it stops earlier, still exact
-        pass
 
 
 def _constant_derived(value: ir.Value | None, depth: int = 0) -> bool:
@@ -393,7 +385,7 @@ def _plan(node: ir.Node) -> _Plan:
     if dtype is None:
         w = G.constant(node.inputs[1]) if len(node.inputs) > 1 else None
         dtype = ir.DataType.from_numpy(w.dtype) if w is not None else ir.DataType.FLOAT
-    if dtype not in FLOAT_TYPES:
+    if dtype not in SUPPORTED_DTYPES:
         raise GrowError(
             f"cannot deepen after {node.name!r}: its output is {dtype.name}, and onnxgrow builds new "
             "layers in float32, float16 or float64 only. Deepen a float model (before quantisation)."
@@ -419,7 +411,7 @@ class _Builder:
 
     def __init__(self, graph: ir.Graph, prefix: str, dtype: ir.DataType):
         self.graph, self.dtype = graph, dtype
-        names = _all_names(graph)
+        names = G.taken_names(graph)
         i = 0
         while any(n.startswith(f"{prefix}{i}/") for n in names):
             i += 1
@@ -430,9 +422,7 @@ class _Builder:
     def _name(self, base: str) -> str:
         k = self.counts.get(base, 0)
         self.counts[base] = k + 1
-        name = f"{self.prefix}{base}" + (f"_{k}" if k else "")
-        _claim(self.graph, name)
-        return name
+        return G.unique_name(self.graph, f"{self.prefix}{base}" + (f"_{k}" if k else ""))
 
     def init(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
         arr = np.ascontiguousarray(array, dtype=(dtype or self.dtype).numpy())
@@ -445,7 +435,7 @@ class _Builder:
     def op(self, op_type: str, inputs, attrs=None, base: str | None = None, **kw) -> ir.Value:
         name = self._name(base or op_type)
         node = ir.Node("", op_type, inputs, ir.convenience.convert_attributes(attrs or {}), name=name, **kw)
-        node.outputs[0].name = name + "/out"
+        node.outputs[0].name = G.unique_name(self.graph, name + "/out")
         self.nodes.append(node)
         return node.outputs[0]
 
@@ -456,25 +446,10 @@ class _Builder:
             name = self._name(n.op_type)
             new = ir.Node(n.domain, n.op_type, [mapping.get(v, v) for v in n.inputs],
                           list(n.attributes.values()), num_outputs=1, name=name)
-            new.outputs[0].name = name + "/out"
+            new.outputs[0].name = G.unique_name(self.graph, name + "/out")
             mapping[n.outputs[0]] = new.outputs[0]
             self.nodes.append(new)
         return mapping[step.end]
-
-
-def _claim(graph: ir.Graph, name: str) -> None:
-    """Keep graph.unique_name's cache (if another transform built one) aware of our names."""
-    taken = graph.meta.get("onnxgrow.names")
-    if taken is not None:
-        taken.update((name, name + "/out"))
-
-
-def _all_names(graph: ir.Graph) -> set:
-    names = {v.name for v in graph.inputs} | set(graph.initializers)
-    for n in graph.all_nodes():
-        names.add(n.name or "")
-        names.update(o.name or "" for o in n.outputs)
-    return names
 
 
 def _layer(b: _Builder, plan: _Plan, x: ir.Value, w: np.ndarray, kernel: tuple, groups: int, base: str) -> ir.Value:
@@ -542,16 +517,10 @@ def _rewire(graph: ir.Graph, t: ir.Value, out: ir.Value, new_nodes: list) -> Non
             if v is t:
                 graph.outputs[i] = out
         name = t.name
-        t.name = name + "/pre_deepen"
-        _claim(graph, t.name)
+        t.name = G.unique_name(graph, name + "/pre_deepen")
         out.name = name
         out.type = t.type
         out.shape = None if t.shape is None else ir.Shape(t.shape)
-
-
-def _params(graph: ir.Graph) -> int:
-    return sum(v.const_value.size for v in graph.initializers.values()
-               if v.const_value is not None and v.const_value.dtype in FLOAT_TYPES)
 
 
 def _fmt_kernel(kernel: tuple) -> str:
@@ -564,11 +533,11 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     editing `model` in place. Returns a summary with human-readable "lines"."""
     graph = model.graph
     node = G.find_node(graph, after)
-    _infer_shapes(model)
+    G.infer_shapes(model)
     plan = _plan(node)
     opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 0))
     k = _check_request(plan, method, kernel, bn, opset)
-    before = _params(graph)
+    before = G.parameter_count(model)
     rng = np.random.default_rng(seed)
     b = _Builder(graph, "onnxgrow/deepen", plan.dtype)
     t, c = plan.insert, plan.channels
@@ -610,7 +579,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     insert_name = t.name
     graph.insert_after(t.producer(), b.nodes)
     _rewire(graph, t, out, b.nodes)
-    after_params = _params(graph)
+    after_params = G.parameter_count(model)
     where = f"after {', '.join(plan.through)}" if plan.steps else "directly on its output"
     lines = [
         f"deepen after {node.name!r} ({node.op_type}), method {method}: the new "
@@ -689,7 +658,7 @@ def morph_kernel_model(model: ir.Model, *, layer: str, kernel: int) -> dict:
     graph = model.graph
     node = G.find_node(graph, layer)
     w, old = _kernel_plan(node)
-    _infer_shapes(model)
+    G.infer_shapes(model)
     sd = len(old)
     if kernel < 1 or any(kernel < k or (kernel - k) % 2 for k in old) or all(kernel == k for k in old):
         raise GrowError(
@@ -724,13 +693,13 @@ def morph_kernel_model(model: ir.Model, *, layer: str, kernel: int) -> dict:
     attrs["kernel_shape"] = ir.AttrInt64s("kernel_shape", list(new))
     for a in attrs.values():
         node.attributes[a.name] = a
-    before = _params(graph)
+    before = G.parameter_count(model)
     b = _Builder(graph, "onnxgrow/kernel", ir.DataType.from_numpy(w.dtype))
     old_w = node.inputs[1]
     node.replace_input_with(1, b.init(f"{node.name}.weight", grow_kernel(w, new), ir.DataType.from_numpy(w.dtype)))
     if old_w.is_initializer() and not old_w.uses() and not old_w.is_graph_output():
         graph.initializers.pop(old_w.name)
-    after = _params(graph)
+    after = G.parameter_count(model)
     return {
         "lines": [
             f"grew the kernel of {layer!r} ({node.op_type}) from {_fmt_kernel(old).strip()} to "

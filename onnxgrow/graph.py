@@ -407,13 +407,21 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
-def unique_name(graph: ir.Graph, hint: str) -> str:
-    """A value name not used in `graph`, derived from `hint`."""
-    taken = graph.meta.setdefault("onnxgrow.names", None)
+def taken_names(graph: ir.Graph) -> set:
+    """Every value and node name in `graph`, computed once; `unique_name` keeps it current."""
+    taken = graph.meta.get("onnxgrow.names")
     if taken is None:
         taken = {v.name for v in graph.inputs} | set(graph.initializers)
-        taken |= {o.name for node in graph for o in node.outputs if o is not None}
+        for node in graph.all_nodes():
+            taken.add(node.name or "")
+            taken.update(o.name or "" for o in node.outputs)
         graph.meta["onnxgrow.names"] = taken
+    return taken
+
+
+def unique_name(graph: ir.Graph, hint: str) -> str:
+    """A name not used in `graph`, derived from `hint` (and from now on taken)."""
+    taken = taken_names(graph)
     name, k = hint, 1
     while name in taken:
         k += 1
@@ -489,6 +497,10 @@ def remove_unused(model: ir.Model) -> None:
     RemoveUnusedNodesPass()(model)
 
 
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+
+
 def parameter_count(model: ir.Model) -> int:
-    return sum(math.prod(v.const_value.shape.dims)
-               for v in model.graph.initializers.values() if v.const_value is not None)
+    """Number of float weights (integer shape constants are not parameters)."""
+    return sum(math.prod(v.const_value.shape.dims) for v in model.graph.initializers.values()
+               if v.const_value is not None and v.const_value.dtype in FLOAT_TYPES)

@@ -886,12 +886,13 @@ def conv(walk, node, side, index, slot):
         "block.")
 
 
-def _conv_weights(walk, node, side, slot):
-    """A Conv consumes the channels through its weight's axis 1, produces them on axis 0."""
+def _conv_weights(walk, node, side, slot, in_axis=1, out_axis=0):
+    """A Conv consumes the channels through its weight's axis 1 and produces them on axis 0
+    (a ConvTranspose the other way round); the bias grows with the outputs."""
     if side == "in":
-        walk.weight(node, 1, 1, slot, "consumer")
+        walk.weight(node, 1, in_axis, slot, "consumer")
         return
-    walk.weight(node, 1, 0, slot, "producer")
+    walk.weight(node, 1, out_axis, slot, "producer")
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         walk.weight(node, 2, 0, slot, "producer")
 
@@ -912,12 +913,7 @@ def conv_transpose(walk, node, side, index, slot):
     if g.attr(node, "group", 1) != 1 or slot.axis != 1 or (side == "in" and index != 0):
         raise GrowError(f"{_desc(node)}: only an ungrouped ConvTranspose, on its channel axis, can "
                         "be widened through.")
-    if side == "in":
-        walk.weight(node, 1, 0, slot, "consumer")
-        return
-    walk.weight(node, 1, 1, slot, "producer")
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        walk.weight(node, 2, 0, slot, "producer")
+    _conv_weights(walk, node, side, slot, in_axis=0, out_axis=1)
 
 
 def gemm(walk, node, side, index, slot):

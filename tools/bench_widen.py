@@ -171,17 +171,24 @@ def _net2net_arrays(w1, b1, w2, seed=0):
             np.concatenate([w2 * 0.5, w2[src] * 0.5], axis=0).astype(w2.dtype))
 
 
+def _onnx_save(model, dst: str, big: bool) -> None:
+    """The baseline's save: one file, or one external data file beside it."""
+    import onnx
+
+    if big:
+        onnx.save(model, dst, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=Path(dst).name + ".data", size_threshold=1024)
+    else:
+        onnx.save(model, dst)
+
+
 def step_onnx(src: str, dst: str, args) -> dict:
     import onnx
 
     t0 = time.perf_counter()
     model = onnx.load(src, load_external_data=True)
     t1 = time.perf_counter()
-    if args["big"]:
-        onnx.save(model, dst, save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=Path(dst).name + ".data", size_threshold=1024)
-    else:
-        onnx.save(model, dst)
+    _onnx_save(model, dst, args["big"])
     return {"phases": {"load": t1 - t0, "save": time.perf_counter() - t1}}
 
 
@@ -260,11 +267,7 @@ def step_gs(src: str, dst: str, args) -> dict:
     graph.cleanup().toposort()
     proto = gs.export_onnx(graph)
     t2 = time.perf_counter()
-    if args["big"]:
-        onnx.save(proto, dst, save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=Path(dst).name + ".data", size_threshold=1024)
-    else:
-        onnx.save(proto, dst)
+    _onnx_save(proto, dst, args["big"])
     return {"phases": {"load": t1 - t0, "edit": t2 - t1, "save": time.perf_counter() - t2}}
 
 
