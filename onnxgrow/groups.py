@@ -1064,7 +1064,8 @@ def output_axis(node: ir.Node) -> int:
     """The axis of `node`'s output that holds its units (channels or features)."""
     if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
         return 1
-    return _need_rank(node.outputs[0], node) - 1
+    rank = _need_rank(node.outputs[0], node)
+    return rank - 1 if g.constant(node.inputs[1]) is not None else rank - 2  # x @ W or W @ x
 
 
 def layer_width(node: ir.Node) -> int | None:
@@ -1099,9 +1100,7 @@ def find_group(node: ir.Node) -> Group:
         raise GrowError(f"the weight of {_desc(node)} is computed at run time, not a constant; "
                         "only layers with constant weights can be widened.")
     out = node.outputs[0]
-    axis = 1 if node.op_type in ("Conv", "ConvTranspose", "Gemm") else _need_rank(out, node) - 1
-    if node.op_type == "MatMul" and g.constant(node.inputs[1]) is None:
-        axis = _need_rank(out, node) - 2
+    axis = output_axis(node)
     if out.is_graph_output():
         raise GrowError(
             f"the output of {_desc(node)} is the graph output {out.name!r}: widening it would "
