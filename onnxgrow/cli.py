@@ -16,7 +16,7 @@ import traceback
 
 import click
 
-from .errors import GrowError, MismatchError
+from .errors import GrowError, InternalError, MismatchError
 
 METHODS_WIDEN = ("net2net", "netmorph", "r2r", "random")
 METHODS_DEEPEN = ("net2net", "r2r", "zero")
@@ -66,8 +66,9 @@ def main(argv=None) -> None:
         if _ctx.debug:
             traceback.print_exc()
         else:
+            what = str(exc) if isinstance(exc, InternalError) else f"{type(exc).__name__}: {exc}"
             click.echo(
-                f"internal error: {type(exc).__name__}: {exc}\n"
+                f"internal error: {what}\n"
                 "This is a bug in onnxgrow. Run again with `onnxgrow --debug ...` for the "
                 "traceback and report it.",
                 err=True,

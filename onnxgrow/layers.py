@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from . import graph as g
 from . import groups as gr
-from .errors import GrowError
+from .errors import GrowError, tolerate
 
 ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
                "Elu", "Selu", "Celu", "Softplus", "Gelu", "Mish", "Swish"}
@@ -71,8 +71,7 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
         except GrowError as exc:
             return {"reason": str(exc)}
         except Exception as exc:  # one layer's analysis failing must not take inspect down
-            return {"reason": f"internal error while analysing this layer ({type(exc).__name__}: "
-                              f"{exc}); please report it"}
+            return _internal(exc)
         for producer in group.producers:
             groups_by_producer[id(producer)] = group
     methods, why = group.methods()
@@ -100,8 +99,14 @@ def _deepen_entry(node: ir.Node) -> dict:
     except GrowError as exc:
         return {"reason": str(exc)}
     except Exception as exc:  # one layer's analysis failing must not take inspect down
-        return {"reason": f"internal error while analysing this layer ({type(exc).__name__}: "
-                          f"{exc}); please report it"}
+        return _internal(exc)
+
+
+def _internal(exc: Exception) -> dict:
+    """A layer whose analysis hit a bug: nothing is promised for it (strict mode: raise)."""
+    tolerate(exc)
+    return {"reason": f"internal error while analysing this layer ({type(exc).__name__}: {exc}); "
+                      "this is a bug in onnxgrow, please report it", "internal": True}
 
 
 def _kernel_entry(node: ir.Node) -> dict:
@@ -111,7 +116,7 @@ def _kernel_entry(node: ir.Node) -> dict:
     try:
         return kernel_options(node)
     except Exception as exc:  # one layer's analysis failing must not take inspect down
-        return {"reason": f"internal error while analysing this layer ({type(exc).__name__}: {exc})"}
+        return _internal(exc)
 
 
 def _in_width(node: ir.Node) -> int | None:

@@ -37,7 +37,7 @@ import onnx_ir as ir
 
 from . import graph as g
 from . import groups as gr
-from .errors import GrowError
+from .errors import GrowError, InternalError
 
 METHODS = ("net2net", "netmorph", "r2r", "random")
 DEFAULT_NOISE = 0.1
@@ -73,7 +73,7 @@ def _view(array: np.ndarray, axis: int, slot: gr.Slot) -> np.ndarray:
     after = int(np.prod(array.shape[axis + 1:], dtype=np.int64))
     dim = array.shape[axis]
     if dim % (slot.total * slot.block):
-        raise GrowError(f"internal: axis {axis} of size {dim} does not hold {slot}")
+        raise InternalError(f"axis {axis} of size {dim} does not hold {slot}")
     outer = dim // (slot.total * slot.block)
     return array.reshape(before, outer, slot.total, slot.block, after)
 
@@ -146,7 +146,7 @@ class Plan:
             if is_bias:
                 return insert_channels(array, axis, slot, self.n, np.zeros_like(copies))
             if self.method == "r2r" and self.pair_axis == 3 and not self._pairs_within(slot):
-                raise GrowError("internal: a head's producer without the head's channel blocks")
+                raise InternalError("a head's producer without the head's channel blocks")
             part = self._random_like(array, copies.shape, pairs=self.method == "r2r")
             return insert_channels(array, axis, slot, self.n, part)
         # consumer columns
@@ -276,7 +276,7 @@ def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
         elif "split" in node.attributes:
             sizes = [int(v) for v in node.attributes["split"].value]
         else:
-            sizes = [int(gr._dim(o, axis)) for o in node.outputs]
+            sizes = [int(gr.static_dim(o, axis)) for o in node.outputs]
         sizes[edit.position] += edit.per_unit * new
         if "split" in node.attributes or _opset(graph) < 13:
             node.attributes["split"] = ir.AttrInt64s("split", sizes)

@@ -7,6 +7,9 @@ import os
 
 import pytest
 
+# unexpected exceptions are bugs: never tolerated under test (see onnxgrow/errors.py)
+os.environ["ONNXGROW_STRICT"] = "1"
+
 
 @pytest.fixture(scope="session")
 def zoo_model(tmp_path_factory):

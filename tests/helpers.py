@@ -52,7 +52,7 @@ def scaled_errors(teacher, student, seed: int = 0, **kw) -> list[float]:
     """max|a-b| / max|b| for each output, on the same random inputs."""
     feeds = random_feeds(teacher, seed, **kw)
     errs = []
-    for a, b in zip(run(student, feeds), run(teacher, feeds)):
+    for a, b in zip(run(student, feeds), run(teacher, feeds), strict=True):
         assert a.shape == b.shape, f"output shape changed: {a.shape} vs {b.shape}"
         scale = max(float(np.abs(b).max()), 1e-12)
         errs.append(float(np.abs(a.astype(np.float64) - b).max() / scale))

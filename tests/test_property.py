@@ -49,7 +49,7 @@ def test_widen_any_layer_of_any_network(tmp_path, recipe, data):
                 assert method not in layer["widen"].get("methods", []), f"broken promise: {exc}"
             assert str(exc) and "Traceback" not in str(exc)
             continue
-        for got, want in zip(run(student, feeds), reference):
+        for got, want in zip(run(student, feeds), reference, strict=True):
             err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
             assert err <= 1e-5, f"{layer['name']} {method} -> {width}: scaled error {err}"
 
@@ -78,6 +78,6 @@ def test_widen_deepen_chains_stay_exact(tmp_path, recipe, data):
         else:
             student = og.deepen(student, after=layer["name"], method=method, seed=2)
         grown += 1
-    for got, want in zip(run(student, feeds), reference):
+    for got, want in zip(run(student, feeds), reference, strict=True):
         err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
         assert err <= 1e-5, f"after {grown} grow steps: scaled error {err}"

@@ -73,7 +73,7 @@ def assert_matches_ort(model, module=None, batches=(2,)):
         ref = run(model, feeds)
         got = torch_outputs(module, feeds)
         assert len(got) == len(ref)
-        errs = [scaled_error(g.detach().numpy(), r) for g, r in zip(got, ref)]
+        errs = [scaled_error(g.detach().numpy(), r) for g, r in zip(got, ref, strict=True)]
         assert max(errs) <= TOL, f"torch differs from onnxruntime (batch {batch}): {errs}"
     return module
 

@@ -256,7 +256,7 @@ def test_zoo_every_layer_widens_exactly_or_is_refused_with_a_reason(zoo_model, a
             assert not promised, f"inspect promised {method} for {name}, widen refused: {exc}"
             continue
         assert promised, f"{name}: widen worked but inspect did not list {method}"
-        for got, want in zip(run(student, feeds), reference):
+        for got, want in zip(run(student, feeds), reference, strict=True):
             err = np.abs(got - want).max() / np.abs(want).max()
             assert err < 1e-5, f"{name} ({method}): scaled error {err}"
         exact += 1

@@ -1,0 +1,230 @@
+"""The walk: breadth-first over (tensor, Slot) pairs, each op's rule saying where the group goes
+next; and `find_group`, which restarts it with the structures a rule discovers."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import onnx_ir as ir
+
+from .. import graph as g
+from .. import ops
+from ..errors import GrowError, InternalError
+from . import elementwise as ew
+from . import layers as ly
+from . import layout as lo
+from .core import Group, Restructure, ShapeEdit, Slot, WeightEdit, desc
+from .shapes import need_rank
+
+
+class Walk:
+    """Breadth-first walk over (value, slot) pairs; rules add members and edits."""
+
+    def __init__(self, width: int, outer: int = 1, block: int = 1):
+        self.group = Group(width, outer, block)
+        self.queue: deque[ir.Value] = deque()
+        self.done: set[tuple] = set()
+        self.edited: set[tuple] = set()
+        self.came_from: dict = {}  # value -> the node whose rule added it (not walked back into)
+
+    # rules call these ------------------------------------------------------
+    def join(self, value: ir.Value | None, slot: Slot, via: ir.Node, index: int | None = None) -> None:
+        """`value` carries the group at `slot`; constants become per-channel params of `via`."""
+        if value is None:
+            return
+        if index is not None and g.constant(value) is not None:
+            self.param(via, index, slot)
+            return
+        known = self.group.members.get(value)
+        if known is not None:
+            if known != slot:
+                raise GrowError(
+                    f"tensor {value.name!r} would carry the widened channels in two places "
+                    f"({known} and {slot}) around {desc(via)}; this pattern cannot be widened."
+                )
+            return
+        if value.is_graph_output():
+            raise GrowError(
+                f"the widened channels reach the graph output {value.name!r} (through {desc(via)}): "
+                "widening would change the model's output shape. Widen a layer whose channels are "
+                "consumed inside the model."
+            )
+        if value.is_graph_input():
+            raise GrowError(
+                f"the widened channels reach the graph input {value.name!r} (through {desc(via)}): "
+                "widening would change what the model takes as input."
+            )
+        self.group.members[value] = slot
+        self.came_from[value] = via
+        self.queue.append(value)
+
+    def join_input(self, node: ir.Node, index: int, slot: Slot) -> None:
+        if index < len(node.inputs):
+            self.join(node.inputs[index], slot, node, index)
+
+    def join_outputs(self, node: ir.Node, slot: Slot) -> None:
+        for out in node.outputs:
+            if out is not None and out.name:
+                self.join(out, slot, node)
+
+    def param(self, node: ir.Node, index: int, slot: Slot) -> None:
+        """A constant input of `node` holding one value per channel: copied for new channels."""
+        array = g.constant(node.inputs[index])
+        if array.ndim == 0 or array.ndim <= slot.axis or array.shape[slot.axis] == 1:
+            return  # broadcast along the group axis: nothing to grow
+        self.weight(node, index, slot.axis, slot, "param")
+
+    def weight(self, node: ir.Node, index: int, axis: int, slot: Slot, role: str) -> None:
+        """Input `index` of `node` is a constant that grows along `axis` (once, however often
+        the walk passes)."""
+        if ("w", id(node), index, axis) not in self.edited:
+            self.edited.add(("w", id(node), index, axis))
+            self.group.edits.append(WeightEdit(node, index, axis, slot, role))
+
+    def shape_edit(self, edit: ShapeEdit) -> None:
+        key = ("s", id(edit.node), edit.index, edit.position, edit.attr)
+        if key not in self.edited:
+            self.edited.add(key)
+            self.group.shape_edits.append(edit)
+
+    # -----------------------------------------------------------------------
+
+    def run(self) -> Group:
+        while self.queue:
+            value = self.queue.popleft()
+            slot = self.group.members[value]
+            origin = self.came_from.get(value)
+            producer = value.producer()
+            if producer is not None and producer is not origin:
+                self.visit(producer, "out", value.index(), slot)
+            for use in list(value.uses()):
+                if use.node is not origin:
+                    self.visit(use.node, "in", use.idx, slot)
+        return self.group
+
+    def visit(self, node: ir.Node, side: str, index: int, slot: Slot) -> None:
+        # Once per (node, port): a Conv whose input and output both carry the group is both
+        # a consumer and a producer; channel-wise rules re-run idempotently.
+        key = (id(node), side, index)
+        if key in self.done:
+            return
+        self.done.add(key)
+        if node not in self.group.nodes:
+            self.group.nodes.append(node)
+        if not ops.is_onnx(node):
+            raise GrowError(
+                f"the widened channels reach {desc(node)}, an op of domain {node.domain!r} that "
+                "onnxgrow has no rule for; widening through it is not supported."
+            )
+        rule = RULES.get(node.op_type)
+        if rule is None:
+            raise GrowError(
+                f"the widened channels reach {desc(node)}, and onnxgrow has no rule for how "
+                f"{node.op_type} treats the channel axis, so it cannot widen exactly through it. "
+                "Widen another layer (`onnxgrow inspect` lists which ones work)."
+            )
+        try:
+            rule(self, node, side, index, slot)
+        except (GrowError, InternalError):
+            raise
+        except Exception as exc:  # a rule met a shape or attribute it did not anticipate: a bug
+            raise InternalError(f"the {node.op_type} rule failed at {desc(node)} "
+                                f"({type(exc).__name__}: {exc})") from exc
+
+
+RULES = {
+    **{op: ew.elementwise for op in ops.BROADCAST_BINARY},
+    **{op: ew.unary for op in ops.UNARY},
+    "PRelu": ew.prelu,
+    "BatchNormalization": ew.batchnorm,
+    "InstanceNormalization": ew.instancenorm,
+    "LayerNormalization": ew.layernorm,
+    **{op: ew.pool for op in ops.POOLS},
+    **{op: ew.reduce for op in ops.REDUCTIONS},
+    "Softmax": ew.softmax, "LogSoftmax": ew.softmax,
+    "CastLike": ew.cast_like,
+    "Shape": ew.stop, "Size": ew.stop,
+    "GroupNormalization": ew.refuse("GroupNormalization normalises over groups of channels; new "
+                                    "channels would change every group's statistics."),
+    "LRN": ew.refuse("LRN normalises across neighbouring channels."),
+    "Einsum": ew.refuse("Einsum has no channel rule in onnxgrow."),
+    "Transpose": lo.transpose,
+    "Squeeze": lo.squeeze, "Unsqueeze": lo.squeeze,
+    "Concat": lo.concat,
+    "Split": lo.split,
+    "Slice": lo.slice_,
+    "Gather": lo.gather,
+    "Expand": lo.expand,
+    "Pad": lo.pad,
+    "Resize": lo.resize, "Upsample": lo.resize,
+    "Reshape": lo.reshape, "Flatten": lo.reshape,
+    "Conv": ly.conv,
+    "ConvTranspose": ly.conv_transpose,
+    "Gemm": ly.gemm,
+    "MatMul": ly.matmul,
+}
+
+
+def output_axis(node: ir.Node) -> int:
+    """The axis of `node`'s output that holds its units (channels or features)."""
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+        return 1
+    rank = need_rank(node.outputs[0], node)
+    return rank - 1 if g.constant(node.inputs[1]) is not None else rank - 2  # x @ W or W @ x
+
+
+def layer_width(node: ir.Node) -> int | None:
+    """Output channels/features of a weight layer, read from its constant weight."""
+    weight = g.constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if node.op_type == "MatMul" and weight is None:
+        weight = g.constant(node.inputs[0])
+        return None if weight is None else int(weight.shape[-2])
+    if weight is None:
+        return None
+    if node.op_type == "Conv":
+        return int(weight.shape[0])
+    if node.op_type == "ConvTranspose":
+        return int(weight.shape[1] * g.attr(node, "group", 1))
+    if node.op_type == "Gemm":
+        return int(weight.shape[0] if g.attr(node, "transB", 0) else weight.shape[1])
+    return int(weight.shape[-1])
+
+
+def find_group(node: ir.Node) -> Group:
+    """The coupled group of `node`'s output units. Raises GrowError if it cannot be widened.
+
+    A grouped Conv in the way restarts the walk with the channels seen as `groups` repeats of
+    width/groups units, so every conv group grows alike (and the new width must be a multiple).
+    """
+    if not g.is_weight_layer(node):
+        raise GrowError(
+            f"{desc(node)} is not a Conv, ConvTranspose, Gemm or MatMul with a constant weight; "
+            "only those layers can be widened.")
+    width = layer_width(node)
+    if width is None:
+        raise GrowError(f"the weight of {desc(node)} is computed at run time, not a constant; "
+                        "only layers with constant weights can be widened.")
+    out = node.outputs[0]
+    axis = output_axis(node)
+    if out.is_graph_output():
+        raise GrowError(
+            f"the output of {desc(node)} is the graph output {out.name!r}: widening it would "
+            "change the model's output shape. Widen an inner layer.")
+    tried, pending, error = set(), [(1, 1)], None
+    while pending:
+        outer, block = pending.pop(0)
+        tried.add((outer, block))
+        units = width // (outer * block)
+        walk = Walk(units, outer, block)
+        walk.join(out, Slot(axis, 0, units, block), via=None)  # None: start at the layer
+        try:
+            return walk.run()
+        except Restructure as exc:
+            error = exc if error is None else error
+            if block == 1:  # compose: the split applies to the units of this view
+                composed = [(outer * o, b) for o, b in exc.candidates]
+                pending += [c for c in composed if c not in tried and width % (c[0] * c[1]) == 0]
+        except GrowError as exc:  # a restructured walk got further: its reason is the useful one
+            error = exc
+    raise GrowError(str(error)) from None
+
