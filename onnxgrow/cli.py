@@ -17,9 +17,7 @@ import traceback
 import click
 
 from .errors import GrowError, InternalError, MismatchError
-
-METHODS_WIDEN = ("net2net", "netmorph", "r2r", "random")
-METHODS_DEEPEN = ("net2net", "r2r", "zero")
+from .methods import DEEPEN_METHODS, WIDEN_METHODS
 
 
 class _Context:
@@ -237,7 +235,7 @@ def _grow_options(f):
 @click.argument("model")
 @click.option("--layer", required=True, help="Name of the Conv/Gemm/MatMul node to widen.")
 @click.option("--width", type=int, required=True, help="New output width (channels/features).")
-@click.option("--method", type=click.Choice(METHODS_WIDEN), default="net2net", show_default=True)
+@click.option("--method", type=click.Choice(list(WIDEN_METHODS)), default="net2net", show_default=True)
 @click.option("--noise", type=float, default=None,
               help="net2net: spread of the random replica split (default 0.1; 0 = textbook 1/c).")
 @_grow_options
@@ -256,7 +254,7 @@ def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **v
 @cli.command()
 @click.argument("model")
 @click.option("--after", required=True, help="Name of the Conv/Gemm/MatMul node to insert after.")
-@click.option("--method", type=click.Choice(METHODS_DEEPEN), default="net2net", show_default=True)
+@click.option("--method", type=click.Choice(list(DEEPEN_METHODS)), default="net2net", show_default=True)
 @click.option("--kernel", type=int, default=None, help="Kernel size of an inserted Conv (odd).")
 @click.option("--bn", is_flag=True, help="Add an identity BatchNormalization after the new layer.")
 @_grow_options

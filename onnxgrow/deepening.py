@@ -47,8 +47,8 @@ import onnx_ir as ir
 
 from . import graph as G
 from .errors import GrowError
+from .methods import DEEPEN_METHODS, deepen_method
 
-METHODS = ("net2net", "r2r", "zero")
 MAX_STEP_NODES = 16
 
 # Elementwise ops a walk may pass through. Inputs other than the walked tensor must be constants
@@ -477,9 +477,7 @@ def _bn(b: _Builder, x: ir.Value, channels: int, base: str) -> ir.Value:
 
 def _check_request(plan: _Plan, method: str, kernel, bn: bool, opset: int) -> tuple:
     name = plan.node.name
-    if method not in METHODS:
-        raise GrowError(f"unknown deepen method {method!r}: choose one of {', '.join(METHODS)}.")
-    if method == "net2net" and plan.net2net_reason:
+    if not deepen_method(method).residual and plan.net2net_reason:
         raise GrowError(f"cannot deepen after {name!r} with net2net: {plan.net2net_reason}")
     k = plan.kernel
     if kernel is not None:
@@ -537,6 +535,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     plan = _plan(node)
     opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 0))
     k = _check_request(plan, method, kernel, bn, opset)
+    spec = deepen_method(method)
     before = G.parameter_count(model)
     rng = np.random.default_rng(seed)
     b = _Builder(graph, "onnxgrow/deepen", plan.dtype)
@@ -544,7 +543,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     dt = plan.dtype.numpy()
     groups = plan.groups if plan.family == "conv" else 1
     desc = []
-    if method == "net2net":
+    if not spec.residual:
         y = _layer(b, plan, t, identity_weight(c, groups, k, dt), k, groups, "identity")
         desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{c}→{c} identity" + (f" (group {groups})" if groups > 1 else ""))
         if bn:
@@ -561,9 +560,9 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
             x = b.op("LayerNormalization", [x, b.init("ln.weight", np.ones(c)), b.init("ln.bias", np.zeros(c))],
                      {"axis": -1, "epsilon": 1e-5}, base="ln")
             desc.append("LayerNormalization")
-        w1, w2 = paired_weights(rng, c, groups, k, zero=(method == "zero"), dtype=dt)
+        w1, w2 = paired_weights(rng, c, groups, k, zero=not spec.paired, dtype=dt)
         h = _layer(b, plan, x, w1, k, groups, "fc1" if plan.family != "conv" else "conv1")
-        desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{c}→{w1.shape[0]}" + (" (paired units)" if method == "r2r" else ""))
+        desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{c}→{w1.shape[0]}" + (" (paired units)" if spec.paired else ""))
         if bn:
             h = _bn(b, h, w1.shape[0], "bn")
             desc.append("BatchNormalization")
@@ -571,7 +570,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
         h = b.clone(act, h) if act is not None else b.op("Relu", [h], base="relu")
         desc.append(act.describe() if act is not None else "Relu")
         y = _layer(b, plan, h, w2, k, groups, "fc2" if plan.family != "conv" else "conv2")
-        desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{w1.shape[0]}→{c}" + (" (+V/−V)" if method == "r2r" else " (zeros)"))
+        desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{w1.shape[0]}→{c}" + (" (+V/−V)" if spec.paired else " (zeros)"))
         out = b.op("Add", [t, y], base="residual")
         desc.append("Add (residual)")
     if t.type is not None:
@@ -583,7 +582,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     where = f"after {', '.join(plan.through)}" if plan.steps else "directly on its output"
     lines = [
         f"deepen after {node.name!r} ({node.op_type}), method {method}: the new "
-        f"{'layer' if method == 'net2net' else 'block'} reads {insert_name!r} ({where}), {c} "
+        f"{'block' if spec.residual else 'layer'} reads {insert_name!r} ({where}), {c} "
         + ("channels" if plan.family == "conv" else "features"),
         "inserted: " + " → ".join(desc),
         f"parameters: {before:,} → {after_params:,} (+{after_params - before:,})",
@@ -610,7 +609,7 @@ def deepen_options(node: ir.Node) -> dict:
         plan = _plan(node)
     except GrowError as exc:
         return {"reason": str(exc)}
-    info = {"methods": [m for m in METHODS if m != "net2net" or plan.net2net_reason is None],
+    info = {"methods": [name for name, m in DEEPEN_METHODS.items() if m.residual or plan.net2net_reason is None],
             "after": plan.insert.name, "through": plan.through}
     if plan.net2net_reason:
         info["unavailable"] = {"net2net": plan.net2net_reason}

@@ -14,6 +14,7 @@ import onnx_ir as ir
 from . import graph as g
 from . import groups as gr
 from .errors import GrowError, tolerate
+from .methods import widen_methods_for
 
 ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
                "Elu", "Selu", "Celu", "Softplus", "Gelu", "Mish", "Swish"}
@@ -74,7 +75,7 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
             return _internal(exc)
         for producer in group.producers:
             groups_by_producer[id(producer)] = group
-    methods, why = group.methods()
+    methods, why = widen_methods_for(group)
     others = [n.name for n in group.producers + group.consumers if n is not node]
     entry = {"methods": methods, "group": others}
     if why:

@@ -2,7 +2,8 @@
 
 New unit j (n ≤ j < q) takes a source unit src(j) < n; c_i counts the units (old and new) that
 are copies of unit i. Where a group's tensors carry the n channels (see groups.Slot), the new
-channels are inserted right after them. What each kind of weight gets:
+channels are inserted right after them. What each kind of weight gets (the methods themselves live
+in methods.py, one object each):
 
                       net2net            netmorph         r2r                   random
   producer rows       copy of src(j)     random           random, in equal      random
@@ -38,8 +39,8 @@ import onnx_ir as ir
 from . import graph as g
 from . import groups as gr
 from .errors import GrowError, InternalError
+from .methods import R2R, Net2Net, widen_method
 
-METHODS = ("net2net", "netmorph", "r2r", "random")
 DEFAULT_NOISE = 0.1
 
 
@@ -103,25 +104,28 @@ def scale_channels(array, axis, slot, factors) -> np.ndarray:
 
 
 class Plan:
-    """The numbers for one widening: method, sizes, sources, splits and the random stream."""
+    """The numbers for one widening: sizes, sources, splits and the random stream; the method
+    (methods.WIDEN_METHODS) decides what the new producer rows and consumer columns get."""
 
     def __init__(self, n: int, q: int, method: str, seed: int, noise: float, uniform: bool = False,
                  block: int = 1):
-        self.n, self.q, self.method = n, q, method
-        self.copies_only = uniform and method != "random"  # new units must replicate old ones
+        self.n, self.q = n, q
+        self.method = widen_method(method)
+        self.copies_only = uniform and self.method.preserving  # new units must replicate old ones
         # r2r on attention heads pairs the channels inside each new head (any number of heads)
-        self.pair_axis = 3 if method == "r2r" and not uniform and block > 1 and block % 2 == 0 else 2
+        is_r2r = isinstance(self.method, R2R)
+        self.pair_axis = 3 if is_r2r and not uniform and block > 1 and block % 2 == 0 else 2
         self.block = block
         self.rng = np.random.default_rng(seed)
-        paired = method == "r2r" and not uniform and self.pair_axis == 2
-        self.src = source_units(n, q - n, self.rng, paired=paired)
-        self.s_old, self.s_new = split_factors(n, self.src, noise if method == "net2net" else 0.0, self.rng)
+        self.src = source_units(n, q - n, self.rng, paired=is_r2r and not uniform and self.pair_axis == 2)
+        split_noise = noise if isinstance(self.method, Net2Net) else 0.0
+        self.s_old, self.s_new = split_factors(n, self.src, split_noise, self.rng)
 
     @property
     def new(self) -> int:
         return self.q - self.n
 
-    def _random_like(self, array, shape, pairs=False):
+    def random_like(self, array, shape, pairs=False):
         """N(0, std(array)²) of `shape` (5-D); with `pairs`, equal in pairs along pair_axis."""
         sigma = float(np.std(array)) or 1.0
         if not pairs:
@@ -130,45 +134,35 @@ class Plan:
         half[self.pair_axis] //= 2
         return np.repeat(self.rng.normal(0.0, sigma, size=half), 2, axis=self.pair_axis)
 
-    def _pairs_within(self, slot) -> bool:
+    def pairs_within(self, slot) -> bool:
         return self.pair_axis == 3 and slot.block == self.block
+
+    def view(self, array, axis, slot):
+        return _view(array, axis, slot)
+
+    def scale(self, array, axis, slot, factors):
+        return scale_channels(array, axis, slot, factors)
+
+    def insert(self, array, axis, slot, part):
+        return insert_channels(array, axis, slot, self.n, part)
 
     def grow(self, array: np.ndarray, edit: gr.WeightEdit, is_bias: bool) -> np.ndarray:
         slot, axis = edit.slot, edit.axis
         copies = take_channels(array, axis, slot, self.src)
-        if edit.role == "param" and self._pairs_within(slot):
-            copies = copies.copy()
-            copies[:, :, :, 1::2] = copies[:, :, :, 0::2]  # both channels of a pair agree
-        if edit.role == "param" or (edit.role == "producer" and (
-                self.method == "net2net" or self.copies_only)):
-            return insert_channels(array, axis, slot, self.n, copies)
+        if edit.role == "param":  # per-channel values: copied (both channels of a pair agree)
+            if self.pairs_within(slot):
+                copies = copies.copy()
+                copies[:, :, :, 1::2] = copies[:, :, :, 0::2]
+            return self.insert(array, axis, slot, copies)
         if edit.role == "producer":
-            if is_bias:
-                return insert_channels(array, axis, slot, self.n, np.zeros_like(copies))
-            if self.method == "r2r" and self.pair_axis == 3 and not self._pairs_within(slot):
-                raise InternalError("a head's producer without the head's channel blocks")
-            part = self._random_like(array, copies.shape, pairs=self.method == "r2r")
-            return insert_channels(array, axis, slot, self.n, part)
-        # consumer columns
-        if self.method == "net2net":
-            scaled = scale_channels(array, axis, slot, self.s_old)
-            part = copies * self.s_new[None, None, :, None, None]
-            return insert_channels(scaled, axis, slot, self.n, part)
-        if self.method == "netmorph":
-            return insert_channels(array, axis, slot, self.n, np.zeros_like(copies))
-        if self.method == "r2r" and self.copies_only:  # pair each copy with its original
-            v = self.rng.normal(0.0, float(np.std(array)) or 1.0, size=copies.shape)
-            view = _view(array, axis, slot).astype(np.float64)
-            np.add.at(view, (slice(None), slice(None), slot.offset + self.src), v)
-            return insert_channels(view.reshape(array.shape).astype(array.dtype), axis, slot, self.n, -v)
-        if self.method == "r2r":  # +V, −V on each pair (of units, or of channels in a head)
-            k = self.pair_axis
-            half = list(copies.shape)
-            half[k] //= 2
-            v = self.rng.normal(0.0, float(np.std(array)) or 1.0, size=half)
-            part = np.stack([v, -v], axis=k + 1).reshape(copies.shape)
-            return insert_channels(array, axis, slot, self.n, part)
-        return insert_channels(array, axis, slot, self.n, self._random_like(array, copies.shape))
+            if self.copies_only or (is_bias and self.method.copies_bias):
+                part = copies
+            elif is_bias:
+                part = np.zeros_like(copies)
+            else:
+                part = self.method.new_rows(self, array, copies, slot)
+            return self.insert(array, axis, slot, part)
+        return self.method.grow_consumer(self, array, axis, slot, copies)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -177,8 +171,7 @@ class Plan:
 def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2net", seed: int = 0,
                 noise: float | None = None) -> dict:
     """Widen `layer` of `model` (in place) to `width` units; return a summary for the CLI."""
-    if method not in METHODS:
-        raise GrowError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    widen_method(method)
     noise = DEFAULT_NOISE if noise is None else float(noise)
     if not 0.0 <= noise < 1.0:
         raise GrowError(f"--noise {noise}: the replica split needs 0 <= noise < 1 to keep every "
@@ -228,17 +221,7 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
             f"cannot widen {name!r} to {width}: {', '.join(group.uniform_only[:3])} normalise over "
             f"its channels, which stays exact only when every unit is copied equally often; use a "
             f"multiple of {n} (e.g. {2 * n}).")
-    heads_pair_inside = group.block > 1 and group.block % 2 == 0
-    if method == "r2r" and not group.uniform_only and not heads_pair_inside and ((width - n) // repeat) % 2:
-        if repeat > 1:
-            unit = "attention heads" if group.block > 1 else "channels per conv group"
-            raise GrowError(
-                f"r2r adds units in ±V pairs, and {name!r} grows by whole {unit} ({repeat} channels "
-                f"each): {width} gives {(width - n) // repeat} new ones, an odd number. Use --width "
-                f"{width - repeat} or {width + repeat}, or another method.")
-        raise GrowError(
-            f"r2r adds units in ±V pairs, so the increase must be even: {width} - {n} = {width - n} "
-            f"is odd. Use --width {width - 1} or {width + 1}, or another method.")
+    widen_method(method).check_width(name, n, width, group)
 
 
 def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> None:

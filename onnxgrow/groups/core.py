@@ -72,15 +72,6 @@ class Group:
     def consumers(self) -> list[ir.Node]:
         return _unique(e.node for e in self.edits if e.role == "consumer")
 
-    def methods(self) -> tuple[list[str], dict[str, str]]:
-        """The widening methods that apply, and why the others don't."""
-        why = {}
-        heads_pair_inside = self.block > 1 and self.block % 2 == 0  # see widening.Plan
-        if self.width % 2 and not self.uniform_only and not heads_pair_inside:
-            why["r2r"] = (f"r2r adds units in ±V pairs; the current width {self.width} is odd, so "
-                          "doubling it adds an odd number (widths of the same parity work)")
-        return [m for m in ("net2net", "netmorph", "r2r", "random") if m not in why], why
-
 
 def _unique(items):
     seen, out = set(), []
