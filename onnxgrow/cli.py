@@ -48,7 +48,7 @@ def main(argv=None) -> None:
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
+        sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except MismatchError as exc:
@@ -200,7 +200,8 @@ def _grow(model_path, out, transform, no_verify, verify_args, preserving=True):
                 click.echo(report.format(), err=True)
                 raise MismatchError(
                     "the student does not match the teacher; nothing was written. Run with "
-                    "--no-verify to keep it for inspection, and please report the model."
+                    "--no-verify to keep it for inspection, and please report the model.",
+                    report=report,
                 )
     summary["output"] = str(out)
     return summary
@@ -219,7 +220,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
             "MISMATCH" if summary.get("preserving", True) else "differs, as expected of a "
             "non-preserving method")
         click.echo(f"verified on {rep['provider']}: max abs error {worst:.3g} "
-                   f"({rep['samples']} samples) -> {verdict}")
+                   f"({rep['samples']} samples) → {verdict}")
     click.echo(f"wrote {summary['output']}")
 
 

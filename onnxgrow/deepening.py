@@ -46,22 +46,18 @@ import numpy as np
 import onnx_ir as ir
 
 from . import graph as G
+from . import ops
 from .errors import GrowError
+from .layerspec import FAMILY, layer_spec
 from .methods import DEEPEN_METHODS, deepen_method
+from .summary import summary
 
 MAX_STEP_NODES = 16
 
 # Elementwise ops a walk may pass through. Inputs other than the walked tensor must be constants
 # that do not change the tensor's shape (scalars or per-channel vectors).
-UNARY = {
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu",
-    "Softplus", "Softsign", "Gelu", "Mish", "Erf", "ThresholdedRelu", "Abs", "Neg", "Exp", "Log",
-    "Sqrt", "Reciprocal", "Identity", "Dropout", "Clip",
-}
 BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"}
-IDEMPOTENT = {"Relu", "Clip", "Max", "Min"}
 SUPPORTED_DTYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
-FAMILY = {"Conv": "conv", "ConvTranspose": "conv", "Gemm": "gemm", "MatMul": "matmul"}
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -128,27 +124,43 @@ class _Step:
 
     @property
     def kind(self) -> str:
-        ops = [n.op_type for n in self.nodes]
-        if len(ops) == 1:
+        op_types = [n.op_type for n in self.nodes]
+        if len(op_types) == 1:
             n = self.nodes[0]
-            if ops[0] in ("BatchNormalization", "Identity", "Dropout", "Neg"):
+            if op_types[0] in ("BatchNormalization", "Identity", "Dropout", "Neg"):
                 return "affine"
             walked = [v is self.start for v in n.inputs]
-            if walked.count(True) == 1 and (ops[0] in ("Add", "Sub", "Mul") or ops[0] == "Div" and walked[0]):
+            if walked.count(True) == 1 and (op_types[0] in ("Add", "Sub", "Mul") or op_types[0] == "Div" and walked[0]):
                 return "affine"
-            if ops[0] in IDEMPOTENT:
+            if op_types[0] in ops.IDEMPOTENT:
                 return "idempotent"
         return "activation"
 
+    @property
+    def name(self) -> str:
+        """What the step computes: its op (Clip with its range), or a known pattern's name."""
+        op_types = [n.op_type for n in self.nodes]
+        if len(op_types) == 1:
+            return "Clip" + _clip_range(self.nodes[0]) if op_types[0] == "Clip" else op_types[0]
+        kinds = set(op_types)
+        return ("SiLU" if kinds == {"Sigmoid", "Mul"} else "HardSwish" if kinds == {"HardSigmoid", "Mul"}
+                else "GELU" if "Erf" in kinds or {"Tanh", "Pow"} <= kinds else "→".join(op_types))
+
     def describe(self) -> str:
-        ops = [n.op_type for n in self.nodes]
-        if len(ops) == 1:
-            return ops[0]
-        kinds = set(ops)
-        name = ("SiLU" if kinds == {"Sigmoid", "Mul"} else "HardSwish" if kinds == {"HardSigmoid", "Mul"}
-                else "GELU" if "Erf" in kinds or {"Tanh", "Pow"} <= kinds else None)
-        pattern = "→".join(ops)
-        return f"{name} ({pattern})" if name else pattern
+        if len(self.nodes) == 1:
+            return self.nodes[0].op_type
+        pattern = "→".join(n.op_type for n in self.nodes)
+        return pattern if self.name == pattern else f"{self.name} ({pattern})"
+
+
+def _clip_range(node: ir.Node) -> str:
+    bounds = []
+    for i, key in ((1, "min"), (2, "max")):
+        v = G.constant(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None
+        v = G.attr(node, key) if v is None else float(v)
+        bounds.append("" if v is None else f"{float(v):g}")
+    return f"({bounds[0]},{bounds[1]})"
+
 
 
 @dataclass
@@ -214,7 +226,7 @@ def _const_shape(value: ir.Value | None) -> tuple | None:
 def _layer_geometry(node: ir.Node) -> tuple[str, int, tuple | None, int, tuple]:
     """(family, channels, output shape, groups, kernel) of a Conv/ConvTranspose/Gemm/MatMul."""
     op = node.op_type
-    if node.domain not in ("", "ai.onnx") or op not in FAMILY:
+    if not ops.is_onnx(node) or op not in FAMILY:
         raise GrowError(
             f"cannot deepen after {node.name!r}: it is a {op}, not a Conv, ConvTranspose, Gemm or "
             "MatMul layer. Name a layer node; `onnxgrow inspect MODEL` lists them."
@@ -224,10 +236,10 @@ def _layer_geometry(node: ir.Node) -> tuple[str, int, tuple | None, int, tuple]:
     w_shape = _const_shape(node.inputs[1]) if len(node.inputs) > 1 else None
     groups, kernel, channels = 1, (), None
     if family == "conv":
-        groups = int(G.attr(node, "group", 1))
+        spec = layer_spec(node, w_shape)
+        groups = spec.groups
         if w_shape is not None and len(w_shape) >= 3:
-            channels = w_shape[0] if op == "Conv" else w_shape[1] * groups
-            kernel = tuple(w_shape[2:])
+            channels, kernel = spec.width, spec.kernel
         kernel = tuple(G.attr(node, "kernel_shape", kernel) or kernel)
         if not kernel:
             raise GrowError(
@@ -238,7 +250,7 @@ def _layer_geometry(node: ir.Node) -> tuple[str, int, tuple | None, int, tuple]:
             out_shape = (None, channels) + (None,) * len(kernel)
     elif family == "gemm":
         if w_shape is not None and len(w_shape) == 2:
-            channels = w_shape[0] if G.attr(node, "transB", 0) else w_shape[1]
+            channels = layer_spec(node, w_shape).width
         if out_shape is None or len(out_shape) != 2:
             out_shape = (None, channels)
     else:
@@ -254,7 +266,7 @@ def _layer_geometry(node: ir.Node) -> tuple[str, int, tuple | None, int, tuple]:
                 "feature axis to keep. Deepen after a layer with a 2-D weight."
             )
         if w_shape is not None:
-            channels = w_shape[-1]
+            channels = layer_spec(node, w_shape).width
     if out_shape is not None:
         axis = 1 if family == "conv" else -1
         known = out_shape[axis]
@@ -285,7 +297,7 @@ def _const_fits(arr: np.ndarray, shape: tuple | None, channels: int) -> bool:
 def _absorbable(node: ir.Node, avail: set, shape: tuple | None, channels: int, graph: ir.Graph,
                 consts: list) -> bool:
     """Can `node` join the region? All non-constant inputs must be region tensors."""
-    if node.graph is not graph or node.domain not in ("", "ai.onnx"):
+    if node.graph is not graph or not ops.is_onnx(node):
         return False
     op = node.op_type
     if op == "BatchNormalization":
@@ -298,7 +310,7 @@ def _absorbable(node: ir.Node, avail: set, shape: tuple | None, channels: int, g
             return False
         consts.extend(params)
         return True
-    if op not in UNARY and op not in BINARY:
+    if op not in ops.UNARY_FLOAT and op not in BINARY:
         return False
     if op == "Dropout":
         if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
@@ -315,11 +327,11 @@ def _absorbable(node: ir.Node, avail: set, shape: tuple | None, channels: int, g
         if v is None:
             continue
         if v in avail:
-            if i > 0 and (op in UNARY or op == "PRelu"):
+            if i > 0 and (op in ops.UNARY_FLOAT or op == "PRelu"):
                 return False
             walked = True
             continue
-        if op in UNARY and op not in ("Clip", "Dropout"):
+        if op in ops.UNARY_FLOAT and op not in ("Clip", "Dropout"):
             return False
         arr = G.constant(v)
         if arr is None or v.is_graph_input():
@@ -533,7 +545,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     node = G.find_node(graph, after)
     G.infer_shapes(model)
     plan = _plan(node)
-    opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 0))
+    opset = ops.opset(graph, default=0)
     k = _check_request(plan, method, kernel, bn, opset)
     spec = deepen_method(method)
     before = G.parameter_count(model)
@@ -578,19 +590,15 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     insert_name = t.name
     graph.insert_after(t.producer(), b.nodes)
     _rewire(graph, t, out, b.nodes)
-    after_params = G.parameter_count(model)
     where = f"after {', '.join(plan.through)}" if plan.steps else "directly on its output"
     lines = [
         f"deepen after {node.name!r} ({node.op_type}), method {method}: the new "
         f"{'block' if spec.residual else 'layer'} reads {insert_name!r} ({where}), {c} "
         + ("channels" if plan.family == "conv" else "features"),
         "inserted: " + " → ".join(desc),
-        f"parameters: {before:,} → {after_params:,} (+{after_params - before:,})",
     ]
-    return {
-        "lines": lines, "after": node.name, "method": method, "insert_on": insert_name, "through": plan.through,
-        "channels": c, "nodes": [n.name for n in b.nodes], "params_before": before, "params_after": after_params,
-    }
+    return summary("deepen", lines, before, G.parameter_count(model), after=node.name, method=method,
+                   insert_on=insert_name, through=plan.through, channels=c, nodes=[n.name for n in b.nodes])
 
 
 def deepen(model, *, after: str, method: str = "net2net", kernel: int | None = None, bn: bool = False,
@@ -603,14 +611,17 @@ def deepen(model, *, after: str, method: str = "net2net", kernel: int | None = N
 
 
 def deepen_options(node: ir.Node) -> dict:
-    """For inspect: {"methods", "after" (the tensor the block reads), "through", "unavailable"}
-    or {"reason"}. deepen_model with default options succeeds for every method listed."""
+    """For inspect: {"methods", "after" (the tensor the block reads), "through", "unavailable",
+    "activation" (the first non-affine step, if any)} or {"reason"}. deepen_model with default options succeeds for every method listed."""
     try:
         plan = _plan(node)
     except GrowError as exc:
         return {"reason": str(exc)}
     info = {"methods": [name for name, m in DEEPEN_METHODS.items() if m.residual or plan.net2net_reason is None],
             "after": plan.insert.name, "through": plan.through}
+    act = next((s for s in plan.steps if s.kind != "affine"), None)
+    if act is not None:
+        info["activation"] = act.name
     if plan.net2net_reason:
         info["unavailable"] = {"net2net": plan.net2net_reason}
     return info
@@ -621,7 +632,7 @@ def deepen_options(node: ir.Node) -> dict:
 
 def _kernel_plan(node: ir.Node) -> tuple[np.ndarray, tuple]:
     name = node.name
-    if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "ConvTranspose"):
+    if not ops.is_onnx(node) or node.op_type not in ("Conv", "ConvTranspose"):
         raise GrowError(
             f"cannot grow the kernel of {name!r}: it is a {node.op_type}; kernel growth applies to "
             "Conv and ConvTranspose nodes."
@@ -698,17 +709,11 @@ def morph_kernel_model(model: ir.Model, *, layer: str, kernel: int) -> dict:
     node.replace_input_with(1, b.init(f"{node.name}.weight", grow_kernel(w, new), ir.DataType.from_numpy(w.dtype)))
     if old_w.is_initializer() and not old_w.uses() and not old_w.is_graph_output():
         graph.initializers.pop(old_w.name)
-    after = G.parameter_count(model)
-    return {
-        "lines": [
-            f"grew the kernel of {layer!r} ({node.op_type}) from {_fmt_kernel(old).strip()} to "
+    line = (f"grew the kernel of {layer!r} ({node.op_type}) from {_fmt_kernel(old).strip()} to "
             f"{_fmt_kernel(new).strip()}: zero taps around the old kernel, padding "
-            + ("kept SAME (stride 1)" if auto != "NOTSET" else f"now {list(node.attributes['pads'].value)}"),
-            f"parameters: {before:,} → {after:,} (+{after - before:,})",
-        ],
-        "layer": layer, "kernel_before": list(old), "kernel_after": list(new),
-        "params_before": before, "params_after": after,
-    }
+            + ("kept SAME (stride 1)" if auto != "NOTSET" else f"now {list(node.attributes['pads'].value)}"))
+    return summary("morph-kernel", [line], before, G.parameter_count(model), layer=layer,
+                   kernel={"before": list(old), "after": list(new)})
 
 
 def _same_pads(size, kernel, strides, dil, auto) -> list:

@@ -25,10 +25,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from . import ops
 from .errors import GrowError
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot hold a message over 2 GiB
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 # ----------------------------------------------------------------------------- load
@@ -222,7 +222,7 @@ def find_node(graph: ir.Graph, name: str) -> ir.Node:
     names = [n.name for n in graph if n.name]
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     if not close:
-        close = [n.name for n in graph if n.name and n.op_type in WEIGHT_OPS][:5]
+        close = [n.name for n in graph if n.name and n.op_type in ops.WEIGHT_OPS][:5]
     hint = ", ".join(repr(c) for c in close)
     raise GrowError(
         f"no node named {name!r} in the model. Closest names: {hint}. "
@@ -238,7 +238,7 @@ def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
     if value.const_value is not None and not value.is_graph_input():
         return value.const_value.numpy()
     node = value.producer()
-    if node is None or node.domain not in ("", "ai.onnx"):
+    if node is None or not ops.is_onnx(node):
         return None
     if node.op_type == "Constant":
         attr = node.attributes.get("value")
@@ -257,7 +257,7 @@ def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
         if inp is not None and arg is None:
             return None
         args.append(arg)
-    if node.op_type not in _LAYOUT_OPS and any(a is not None and a.size > 4096 for a in args):
+    if node.op_type not in ops.FOLD_AT_ANY_SIZE and any(a is not None and a.size > 4096 for a in args):
         return None  # fold shape arithmetic and weight layouts, not weight computations
     try:
         result = np.asarray(fold(node, *args))
@@ -288,8 +288,6 @@ def _slice(node, x, starts, ends, axes=None, steps=None):
     return x[tuple(index)]
 
 
-# ops that only re-lay out a constant (exporters put weights behind them): folded at any size
-_LAYOUT_OPS = ("Identity", "Cast", "Transpose", "Shape", "Expand")
 
 _FOLD = {
     "Transpose": lambda n, x: np.transpose(x, n.attributes["perm"].value if "perm" in n.attributes else None),
@@ -338,7 +336,7 @@ def attr(node: ir.Node, name: str, default=None):
 
 def is_weight_layer(node: ir.Node) -> bool:
     """Conv, ConvTranspose, Gemm, and MatMul whose second input is a constant weight."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHT_OPS:
+    if not ops.is_onnx(node) or node.op_type not in ops.WEIGHT_OPS:
         return False
     if node.op_type == "MatMul":
         return len(node.inputs) > 1 and constant(node.inputs[1]) is not None

@@ -14,11 +14,8 @@ import onnx_ir as ir
 from . import graph as g
 from . import groups as gr
 from .errors import GrowError, tolerate
+from .layerspec import layer_spec
 from .methods import widen_methods_for
-
-ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-               "Elu", "Selu", "Celu", "Softplus", "Gelu", "Mish", "Swish"}
-PASS_TO_ACTIVATION = {"BatchNormalization", "Add", "Identity", "Dropout"}
 
 
 def describe(model) -> dict:
@@ -49,16 +46,17 @@ def _describe_value(value: ir.Value) -> dict:
 
 
 def _describe_layer(node: ir.Node, groups_by_producer: dict) -> dict:
+    spec = layer_spec(node)
     entry = {
         "name": node.name,
         "op": node.op_type,
-        "width": gr.layer_width(node),
-        "in_width": _in_width(node),
-        "kernel": _kernel(node),
-        "activation": _activation(node),
+        "width": spec.width,
+        "in_width": spec.in_width,
+        "kernel": list(spec.kernel) if spec.kernel is not None else None,
         "widen": _widen_entry(node, groups_by_producer),
         "deepen": _deepen_entry(node),
     }
+    entry["activation"] = entry["deepen"].pop("activation", None)
     if node.op_type in ("Conv", "ConvTranspose"):
         entry["morph_kernel"] = _kernel_entry(node)
     return entry
@@ -118,60 +116,6 @@ def _kernel_entry(node: ir.Node) -> dict:
         return kernel_options(node)
     except Exception as exc:  # one layer's analysis failing must not take inspect down
         return _internal(exc)
-
-
-def _in_width(node: ir.Node) -> int | None:
-    weight = g.constant(node.inputs[1])
-    if weight is None:
-        return None
-    if node.op_type == "Conv":
-        return int(weight.shape[1] * g.attr(node, "group", 1))
-    if node.op_type == "ConvTranspose":
-        return int(weight.shape[0])
-    if node.op_type == "Gemm":
-        return int(weight.shape[1] if g.attr(node, "transB", 0) else weight.shape[0])
-    return int(weight.shape[-2])
-
-
-def _kernel(node: ir.Node) -> list[int] | None:
-    if node.op_type not in ("Conv", "ConvTranspose"):
-        return None
-    weight = g.constant(node.inputs[1])
-    return [int(k) for k in weight.shape[2:]] if weight is not None else None
-
-
-def _activation(node: ir.Node) -> str | None:
-    """The activation that follows the layer (through BatchNorm / bias Add), if any."""
-    value = node.outputs[0]
-    for _ in range(4):
-        uses = list(value.uses())
-        if len(uses) != 1:
-            return None
-        nxt = uses[0].node
-        if nxt.op_type in ACTIVATIONS:
-            if nxt.op_type == "Clip":
-                return "Clip" + _clip_range(nxt)
-            return nxt.op_type
-        if nxt.op_type == "Mul" and any(
-                i is not None and i.producer() is not None and i.producer().op_type == "Sigmoid"
-                and i.producer().inputs[0] is value for i in nxt.inputs):
-            return "SiLU"
-        if nxt.op_type == "Sigmoid" and any(u.node.op_type == "Mul" for u in value.uses()):
-            return "SiLU"
-        if nxt.op_type not in PASS_TO_ACTIVATION or (
-                nxt.op_type == "Add" and all(g.constant(i) is None for i in nxt.inputs)):
-            return None
-        value = nxt.outputs[0]
-    return None
-
-
-def _clip_range(node: ir.Node) -> str:
-    bounds = []
-    for i, key in ((1, "min"), (2, "max")):
-        v = g.constant(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None
-        v = g.attr(node, key) if v is None else float(v)
-        bounds.append("" if v is None else f"{float(v):g}")
-    return f"({bounds[0]},{bounds[1]})"
 
 
 def _deepen_cell(deepen: dict) -> str:

@@ -38,8 +38,10 @@ import onnx_ir as ir
 
 from . import graph as g
 from . import groups as gr
+from . import ops
 from .errors import GrowError, InternalError
 from .methods import R2R, Net2Net, widen_method
+from .summary import summary
 
 DEFAULT_NOISE = 0.1
 
@@ -186,22 +188,19 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
     params_before = g.parameter_count(model)
     plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
                 block=group.block)
-    apply(graph, group, plan)
+    mappings = apply(graph, group, plan)
     g.remove_unused(model)
-    params_after = g.parameter_count(model)
     members = [x.name for x in group.producers + group.consumers if x is not node]
-    return {
-        "layer": layer, "method": method, "seed": seed, "noise": noise if method == "net2net" else None,
-        "width": [n, width], "producers": [x.name for x in group.producers],
-        "consumers": [x.name for x in group.consumers], "parameters": [params_before, params_after],
-        "lines": [
-            f"widened {layer}: {n} -> {width} units ({method}"
-            + (f", noise {noise}" if method == "net2net" else "") + ")",
-            f"coupled group: {len(group.producers)} producer(s), {len(group.consumers)} consumer(s)"
-            + (f": {', '.join(members[:8])}{' ...' if len(members) > 8 else ''}" if members else ""),
-            f"parameters: {params_before:,} -> {params_after:,}",
-        ],
-    }
+    lines = [
+        f"widened {layer}: {n} → {width} units ({method}" + (f", noise {noise}" if method == "net2net" else "") + ")",
+        f"coupled group: {len(group.producers)} producer(s), {len(group.consumers)} consumer(s)"
+        + (f": {', '.join(members[:8])}{' ...' if len(members) > 8 else ''}" if members else ""),
+    ]
+    return summary(
+        "widen", lines, params_before, g.parameter_count(model), layer=layer, method=method, seed=seed,
+        noise=noise if method == "net2net" else None, width={"before": n, "after": width},
+        producers=[x.name for x in group.producers], consumers=[x.name for x in group.consumers],
+        mappings=mappings)
 
 
 def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
@@ -224,20 +223,20 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
     widen_method(method).check_width(name, n, width, group)
 
 
-def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> None:
-    """Write the grown weights, shape constants, attributes and value shapes into `graph`."""
-    done = set()
-    for edit in group.edits:
-        key = (id(edit.node), edit.index, edit.axis, edit.role)
-        if key in done:
-            continue
-        done.add(key)
+def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> list[dict]:
+    """Write the grown weights, shape constants, attributes and value shapes into `graph`; return
+    the channel mapping of every grown weight (see `channel_map`)."""
+    mappings = []
+    for edit in group.edits:  # the walk lists each (node, input, axis) once
         value = edit.node.inputs[edit.index]
         array = g.constant(value)
         is_bias = edit.role == "producer" and (
             (edit.node.op_type in ("Conv", "ConvTranspose", "Gemm") and edit.index == 2))
         grown = plan.grow(array, edit, is_bias)
         g.set_input_constant(graph, edit.node, edit.index, grown, f"{value.name}.w{plan.q}")
+        index, scale = channel_map(plan, array.shape[edit.axis], edit, is_bias)
+        mappings.append({"initializer": edit.node.inputs[edit.index].name, "source": value.name,
+                         "axis": edit.axis, "index": index.tolist(), "scale": scale.tolist()})
     for edit in group.shape_edits:
         _apply_shape_edit(graph, edit, plan.new)
     for node in group.group_attrs:
@@ -248,6 +247,37 @@ def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> None:
             dims = list(value.shape)
             dims[slot.axis] = shape[slot.axis] + shape[slot.axis] // slot.total * plan.new
             value.shape = ir.Shape(dims)
+    return mappings
+
+
+def channel_map(plan: Plan, dim: int, edit: gr.WeightEdit, is_bias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """For each position along the grown axis: the old position whose value it took (−1 for a
+    fresh value: random, zero or ±V) and the factor applied (net2net's split s_j; else 1).
+
+    This is what an optimizer's state needs to follow the weights (onnxgrow.optim).
+    """
+    slot, n, new = edit.slot, plan.n, plan.new
+    outer = dim // (slot.total * slot.block)
+    channel = np.arange(slot.total + new) - slot.offset  # relative to the group's first channel
+    is_new = (channel >= n) & (channel < n + new)
+    source = np.where(channel < n, channel, channel - new)
+    source[is_new] = plan.src
+    copied = edit.role == "param" or plan.copies_only or (
+        edit.role == "producer" and (plan.method.copies_bias if is_bias else plan.method.name == "net2net")
+    ) or (edit.role == "consumer" and plan.method.name == "net2net")
+    scale = np.ones(channel.size)
+    if edit.role == "consumer" and plan.method.name == "net2net":
+        old = (channel >= 0) & (channel < n)
+        scale[old], scale[is_new] = plan.s_old[channel[old]], plan.s_new
+    grid_o, grid_c, grid_r = np.meshgrid(np.arange(outer), np.arange(channel.size),
+                                         np.arange(slot.block), indexing="ij")
+    r = grid_r
+    if edit.role == "param" and plan.pairs_within(slot):  # both channels of a pair copy the first
+        r = np.where(is_new[grid_c], grid_r - grid_r % 2, grid_r)
+    index = grid_o * slot.total * slot.block + (slot.offset + source[grid_c]) * slot.block + r
+    if not copied:
+        index = np.where(is_new[grid_c], -1, index)
+    return index.reshape(-1), np.broadcast_to(scale[grid_c], index.shape).reshape(-1)
 
 
 def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
@@ -261,7 +291,7 @@ def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
         else:
             sizes = [int(gr.static_dim(o, axis)) for o in node.outputs]
         sizes[edit.position] += edit.per_unit * new
-        if "split" in node.attributes or _opset(graph) < 13:
+        if "split" in node.attributes or ops.opset(graph) < 13:
             node.attributes["split"] = ir.AttrInt64s("split", sizes)
         else:
             node.attributes.pop("num_outputs", None)
@@ -279,10 +309,6 @@ def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
     array = np.array(g.constant(value), copy=True)
     array.reshape(-1)[edit.position] += edit.per_unit * new
     g.set_input_constant(graph, node, edit.index, array, f"{value.name}.w")
-
-
-def _opset(graph) -> int:
-    return graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 1))
 
 
 def widen(model, *, layer: str, width: int, method: str = "net2net", seed: int = 0,

@@ -218,7 +218,7 @@ def test_conv_bn_relu_block_goes_after_the_activation(method):
     assert summary["insert_on"] == relu.output[0]
     assert summary["through"] == ["BatchNormalization", "Relu"]
     assert count_layers(student) == count_layers(teacher) + (1 if method == "net2net" else 2)
-    assert summary["params_after"] > summary["params_before"]
+    assert summary["parameters"]["after"] > summary["parameters"]["before"]
     onnx.checker.check_model(student)
     assert_equivalent(teacher, student)
 

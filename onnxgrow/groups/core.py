@@ -62,7 +62,6 @@ class Group:
     shape_edits: list = field(default_factory=list)  # ShapeEdit
     group_attrs: list = field(default_factory=list)  # depthwise Convs whose `group` grows
     uniform_only: list = field(default_factory=list)  # names of nodes needing uniform replication
-    nodes: list = field(default_factory=list)  # every node the group touches, in visit order
 
     @property
     def producers(self) -> list[ir.Node]:

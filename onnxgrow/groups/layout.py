@@ -22,6 +22,7 @@ from .shapes import (
 
 
 def transpose(walk, node, side, index, slot):
+    """Transpose: the slot moves to axis perm.index(axis) (backward: perm[axis])."""
     rank = need_rank(node.inputs[0], node)
     perm = list(g.attr(node, "perm") or reversed(range(rank)))
     if side == "in":
@@ -158,7 +159,7 @@ def slice_(walk, node, side, index, slot):
     e = min(max(ends[k] + dim if ends[k] < 0 else ends[k], 0), dim)
     if starts[k] < 0 or (ends[k] < 0 and e > lo):
         raise GrowError(f"{desc(node)} slices the channel axis from its end.")
-    moves_end = ends[k] < dim  # an explicit end at or after the group moves with new channels
+    moves_end = ends[k] <= dim  # an explicit end (dim itself included) moves with new channels
     if s <= lo and hi <= e:
         if (lo - s) % slot.block:
             raise GrowError(f"{desc(node)} cuts into a channel block.")
@@ -175,6 +176,8 @@ def slice_(walk, node, side, index, slot):
 
 
 def gather(walk, node, side, index, slot):
+    """Gather: along another axis the slot moves past the index dims; an identity gather (arange)
+    acts as a reshape."""
     if side == "in" and index == 1:
         raise GrowError(f"the widened channels are used as indices by {desc(node)}.")
     rank = need_rank(node.inputs[0], node)
@@ -241,6 +244,7 @@ def expand(walk, node, side, index, slot):
 
 
 def pad(walk, node, side, index, slot):
+    """Pad: the same slot out; padding the group axis is refused."""
     if side == "in" and index != 0:
         raise GrowError(f"the widened channels reach a parameter of {desc(node)}.")
     rank = need_rank(node.inputs[0], node)
@@ -256,6 +260,8 @@ def pad(walk, node, side, index, slot):
 
 
 def resize(walk, node, side, index, slot):
+    """Resize/Upsample: the same slot out; a sizes target grows its channel entry; rescaling the
+    group axis is refused."""
     if side == "in" and index != 0:
         raise GrowError(f"the widened channels reach a parameter of {desc(node)}.")
     if node.op_type == "Upsample":
