@@ -46,7 +46,7 @@ import numpy as np
 import onnx_ir as ir
 
 from . import graph as G
-from . import ops
+from . import names, ops
 from .errors import GrowError
 from .layerspec import FAMILY, layer_spec
 from .methods import DEEPEN_METHODS, deepen_method
@@ -542,7 +542,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     """Insert a layer (net2net) or a zero-output residual block (r2r, zero) after node `after`,
     editing `model` in place. Returns a summary with human-readable "lines"."""
     graph = model.graph
-    node = G.find_node(graph, after)
+    node = names.resolve(graph, after)
     G.infer_shapes(model)
     plan = _plan(node)
     opset = ops.opset(graph, default=0)
@@ -666,7 +666,7 @@ def kernel_options(node: ir.Node) -> dict:
 def morph_kernel_model(model: ir.Model, *, layer: str, kernel: int) -> dict:
     """Grow the kernel of Conv/ConvTranspose `layer` to `kernel` in every spatial dim, in place."""
     graph = model.graph
-    node = G.find_node(graph, layer)
+    node = names.resolve(graph, layer)
     w, old = _kernel_plan(node)
     G.infer_shapes(model)
     sd = len(old)

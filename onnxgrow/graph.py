@@ -14,7 +14,6 @@ onnxruntime 1.31 refuses.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 import os
 import shutil
@@ -212,22 +211,6 @@ def weight_bytes(model: ir.Model) -> int:
 
 
 # ----------------------------------------------------------------------------- nodes and values
-
-
-def find_node(graph: ir.Graph, name: str) -> ir.Node:
-    """The node called `name`; an unknown name is an error listing the closest names."""
-    for node in graph:
-        if node.name == name:
-            return node
-    names = [n.name for n in graph if n.name]
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    if not close:
-        close = [n.name for n in graph if n.name and n.op_type in ops.WEIGHT_OPS][:5]
-    hint = ", ".join(repr(c) for c in close)
-    raise GrowError(
-        f"no node named {name!r} in the model. Closest names: {hint}. "
-        "`onnxgrow inspect MODEL` lists every layer."
-    )
 
 
 def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:

@@ -13,6 +13,7 @@ import onnx_ir as ir
 
 from . import graph as g
 from . import groups as gr
+from . import names
 from .errors import GrowError, tolerate
 from .layerspec import layer_spec
 from .methods import widen_methods_for
@@ -49,6 +50,7 @@ def _describe_layer(node: ir.Node, groups_by_producer: dict) -> dict:
     spec = layer_spec(node)
     entry = {
         "name": node.name,
+        "module": names.module_path(node),
         "op": node.op_type,
         "width": spec.width,
         "in_width": spec.in_width,
@@ -128,11 +130,11 @@ def _deepen_cell(deepen: dict) -> str:
 
 def format_table(info: dict) -> str:
     """The human-readable inspect output."""
-    rows = [("layer", "op", "in->out", "kernel", "act", "widen", "deepen (inserted after +ops)")]
+    rows = [("layer", "module", "op", "in->out", "kernel", "act", "widen", "deepen (inserted after +ops)")]
     for layer in info["layers"]:
         widen, deepen = layer["widen"], layer["deepen"]
         rows.append((
-            layer["name"], layer["op"], f"{layer['in_width']}->{layer['width']}",
+            layer["name"], layer["module"] or "-", layer["op"], f"{layer['in_width']}->{layer['width']}",
             "x".join(map(str, layer["kernel"])) if layer["kernel"] else "-",
             layer["activation"] or "-",
             ",".join(widen["methods"]) + (f" (+{len(widen['group'])} coupled)" if widen.get("group") else "")

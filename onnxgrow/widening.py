@@ -38,7 +38,7 @@ import onnx_ir as ir
 
 from . import graph as g
 from . import groups as gr
-from . import ops
+from . import names, ops
 from .errors import GrowError, InternalError
 from .methods import R2R, Net2Net, widen_method
 from .summary import summary
@@ -179,7 +179,7 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
         raise GrowError(f"--noise {noise}: the replica split needs 0 <= noise < 1 to keep every "
                         "share positive.")
     graph = model.graph
-    node = g.find_node(graph, layer)
+    node = names.resolve(graph, layer)
     g.infer_shapes(model)
     group = gr.find_group(node)
     repeat = group.outer * group.block

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxgrow import graph as G
+from onnxgrow import names
 from onnxgrow.errors import GrowError
 from tests.helpers import assert_equivalent, random_feeds, run
 
@@ -157,7 +158,7 @@ def deepen_ir(model, **kw):
 
 
 def node_by_name(model, name):
-    return G.find_node(G.load(model).graph, name)
+    return names.resolve(G.load(model).graph, name)
 
 
 # ----------------------------------------------------------------------------- pure maths

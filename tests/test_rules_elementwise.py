@@ -9,8 +9,14 @@ from onnx import helper
 
 import onnxgrow as og
 from onnxgrow.errors import GrowError
-from tests.rule_graphs import (assert_widens_exactly, conv_sandwich, floats, ints, matmul_sandwich,
-                               weight)
+from tests.rule_graphs import (
+    assert_widens_exactly,
+    conv_sandwich,
+    floats,
+    ints,
+    matmul_sandwich,
+    weight,
+)
 
 
 def test_prelu_slope_per_channel_grows_with_the_channels():

@@ -10,8 +10,15 @@ from onnx import helper
 
 import onnxgrow as og
 from onnxgrow.errors import GrowError
-from tests.rule_graphs import (assert_widens_exactly, conv_sandwich, floats, ints, matmul_sandwich,
-                               value, weight)
+from tests.rule_graphs import (
+    assert_widens_exactly,
+    conv_sandwich,
+    floats,
+    ints,
+    matmul_sandwich,
+    value,
+    weight,
+)
 
 
 @pytest.mark.parametrize("end", [6, 7])

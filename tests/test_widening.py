@@ -20,8 +20,13 @@ from onnx import TensorProto, helper
 import onnxgrow as og
 from onnxgrow import groups
 from onnxgrow.errors import GrowError
-from onnxgrow.widening import (Plan, insert_channels, scale_channels, source_units,
-                               split_factors, take_channels)
+from onnxgrow.widening import (
+    insert_channels,
+    scale_channels,
+    source_units,
+    split_factors,
+    take_channels,
+)
 from tests import zoo
 from tests.helpers import assert_equivalent, random_feeds, run, scaled_errors
 
@@ -183,11 +188,11 @@ def test_channel_maps_say_where_every_grown_value_came_from(method, layer, width
 
 
 def _ir_node(model, name):
-    from onnxgrow import graph
+    from onnxgrow import graph, names
 
     m = graph.load(model)
     graph.infer_shapes(m)
-    return graph.find_node(m.graph, name)
+    return names.resolve(m.graph, name)
 
 
 def test_each_method_does_what_it_says():
@@ -227,7 +232,7 @@ def test_input_model_is_not_modified():
     ("a", 2, "net2net", "must be larger"),
     ("a", 6, "r2r", "odd"),  # 3 -> 6 adds 3
     ("fc", 9, "net2net", "graph output"),
-    ("nope", 9, "net2net", "no node named"),
+    ("nope", 9, "net2net", "no layer named"),
 ])
 def test_refusals_say_why(layer, width, method, match):
     with pytest.raises(GrowError, match=match):

@@ -316,10 +316,18 @@ def _reshape_target_edit(walk, node, in_slot, out_slot):
         holder, idx, pos = where
         walk.shape_edit(ShapeEdit(holder, idx, pos, per_unit))
         return
-    source, dim_index = where  # the entry is read at run time from `source`'s shape
-    if source is node.inputs[0] and dim_index == in_slot.axis and in_slot.axis == position and (
-            static_dim(source, dim_index) // in_slot.total == per_unit):
-        return
-    raise GrowError(f"{desc(node)} takes the channel dimension of its target shape from another "
-                    "tensor's shape at run time; onnxgrow cannot keep it consistent.")
+    factors = [where] if kind == "dim" else where  # read at run time from tensors' shapes
+    if not _runtime_size_follows(walk, node, factors, in_slot, out_slot):
+        raise GrowError(f"{desc(node)} computes the channel dimension of its target shape at run "
+                        "time from dimensions that do not grow with the widened channels exactly; "
+                        "onnxgrow cannot keep it consistent.")
+
+
+def _runtime_size_follows(walk, node, factors, in_slot, out_slot) -> bool:
+    """A target entry k·Π dᵢ read at run time stays right after widening when exactly one factor
+    is a widened axis: the entry (= out_dim, since the graph runs) then grows by out_dim/totalᵢ
+    per new unit, which must be what the output axis grows by, out_dim/out_total."""
+    known = {**walk.group.members, node.inputs[0]: in_slot}
+    growing = [known[t] for t, a in factors if t in known and known[t].axis == a]
+    return len(growing) == 1 and growing[0].total == out_slot.total
 
