@@ -287,6 +287,32 @@ def morph_kernel(model, layer, kernel, out, seed, no_verify, as_json, **verify_k
     _print_summary(summary, as_json)
 
 
+@cli.command()
+@click.argument("model")
+@click.option("--widen", "widen_specs", multiple=True, metavar="TARGET=WIDTH",
+              help="Widen TARGET (node name, module path or glob like 'layer3.*') to WIDTH units or "
+                   "by a factor xF (repeatable).")
+@click.option("--deepen", "deepen_specs", multiple=True, metavar="TARGET[:METHOD]",
+              help="Insert a layer or block after TARGET (repeatable); METHOD net2net, r2r or zero.")
+@click.option("--plan", "plan_file", default=None, help="A JSON plan: {\"widen\": {...}, \"deepen\": [...]}.")
+@click.option("--method", type=click.Choice(list(WIDEN_METHODS)), default=None,
+              help="Widening method (default net2net).")
+@click.option("--noise", type=float, default=None, help="net2net: spread of the replica split.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+@_grow_options
+def grow(model, widen_specs, deepen_specs, plan_file, method, noise, quiet, out, seed, no_verify, as_json,
+         **verify_kw):
+    """Grow MODEL by a plan: many widen/deepen requests, one verification, one save."""
+    from .growth import grow_model, plan_from, stderr_progress
+
+    seed_given = click.get_current_context().get_parameter_source("seed") != click.core.ParameterSource.DEFAULT
+    plan = plan_from(widen_specs, deepen_specs, plan_file, method, seed if seed_given else None, noise)
+    progress = None if quiet or as_json else stderr_progress
+    summary = _grow(model, out, lambda m: grow_model(m, plan, progress), no_verify, _verify_args(verify_kw),
+                    preserving=plan.method != "random")
+    _print_summary(summary, as_json)
+
+
 def _verify_args(kw):
     return (kw["provider"], kw["atol"], kw["rtol"], kw["samples"], kw["inputs_file"], kw["dims"])
 

@@ -541,9 +541,15 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
                  bn: bool = False, seed: int = 0) -> dict:
     """Insert a layer (net2net) or a zero-output residual block (r2r, zero) after node `after`,
     editing `model` in place. Returns a summary with human-readable "lines"."""
-    graph = model.graph
-    node = names.resolve(graph, after)
+    node = names.resolve(model.graph, after)
     G.infer_shapes(model)
+    return deepen_node(model, node, method=method, kernel=kernel, bn=bn, seed=seed)
+
+
+def deepen_node(model: ir.Model, node: ir.Node, *, method: str = "net2net", kernel: int | None = None,
+                bn: bool = False, seed: int = 0) -> dict:
+    """`deepen_model` on a node already found, with shapes already inferred (growth plans)."""
+    graph = model.graph
     plan = _plan(node)
     opset = ops.opset(graph, default=0)
     k = _check_request(plan, method, kernel, bn, opset)
@@ -587,6 +593,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
         desc.append("Add (residual)")
     if t.type is not None:
         out.type = t.type
+    out.shape = None if t.shape is None else ir.Shape(t.shape)  # the block keeps the shape
     insert_name = t.name
     graph.insert_after(t.producer(), b.nodes)
     _rewire(graph, t, out, b.nodes)

@@ -232,8 +232,10 @@ def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
     fold = _FOLD.get(node.op_type)
     if fold is None or len(node.outputs) != 1:
         return None
-    if "onnxgrow.constant" in value.meta:
-        return value.meta["onnxgrow.constant"]
+    version = edit_count(value.graph)
+    cached = value.meta.get("onnxgrow.constant")
+    if cached is not None and cached[0] == version:
+        return cached[1]
     args = []
     for inp in node.inputs:
         arg = None if inp is None else constant(inp, depth + 1)
@@ -246,8 +248,17 @@ def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
         result = np.asarray(fold(node, *args))
     except Exception:  # an expression numpy cannot mirror: treat as not constant
         return None
-    value.meta["onnxgrow.constant"] = result
+    value.meta["onnxgrow.constant"] = (version, result)
     return result
+
+
+def edited(graph: ir.Graph) -> None:
+    """Record that `graph` changed: constants folded and shapes probed before are recomputed."""
+    graph.meta["onnxgrow.edits"] = edit_count(graph) + 1
+
+
+def edit_count(graph: ir.Graph | None) -> int:
+    return 0 if graph is None else graph.meta.get("onnxgrow.edits", 0)
 
 
 def _cast(node, x, *_):
@@ -349,9 +360,10 @@ def _probe_shapes(graph: ir.Graph) -> dict:
     """Shapes of every intermediate value from one onnxruntime run on random inputs (dynamic
     dimensions 1), computed once per graph and only when shape inference fell short."""
     cached = graph.meta.get("onnxgrow.probed")
-    if cached is not None:
-        return cached
-    graph.meta["onnxgrow.probed"] = shapes = {}
+    if cached is not None and cached[0] == edit_count(graph):
+        return cached[1]
+    shapes: dict = {}
+    graph.meta["onnxgrow.probed"] = (edit_count(graph), shapes)
     model = graph.meta.get("onnxgrow.model")
     if model is None:
         return shapes
@@ -424,6 +436,7 @@ def new_initializer(graph: ir.Graph, hint: str, array: np.ndarray) -> ir.Value:
 def set_input_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, hint: str) -> None:
     """Point input `index` of `node` at a new initializer holding `array` (others keep the old)."""
     node.replace_input_with(index, new_initializer(graph, hint, array))
+    edited(graph)
 
 
 def infer_shapes(model: ir.Model) -> None:

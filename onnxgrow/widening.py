@@ -174,33 +174,41 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
                 noise: float | None = None) -> dict:
     """Widen `layer` of `model` (in place) to `width` units; return a summary for the CLI."""
     widen_method(method)
+    node = names.resolve(model.graph, layer)
+    g.infer_shapes(model)
+    group = gr.find_group(node)
+    params_before = g.parameter_count(model)
+    details = widen_group(model.graph, node, group, width, method, seed, noise)
+    g.remove_unused(model)
+    n, members = group_width(group), [x.name for x in group.producers + group.consumers if x is not node]
+    lines = [
+        f"widened {layer}: {n} → {width} units ({method}" + (f", noise {details['noise']}" if method == "net2net" else "") + ")",
+        f"coupled group: {len(group.producers)} producer(s), {len(group.consumers)} consumer(s)"
+        + (f": {', '.join(members[:8])}{' ...' if len(members) > 8 else ''}" if members else ""),
+    ]
+    return summary("widen", lines, params_before, g.parameter_count(model), layer=layer, seed=seed, **details)
+
+
+def group_width(group: gr.Group) -> int:
+    """The layer's current output width (its channels) that the group's units make up."""
+    return group.width * group.outer * group.block
+
+
+def widen_group(graph: ir.Graph, node: ir.Node, group: gr.Group, width: int, method: str, seed: int,
+                noise: float | None) -> dict:
+    """Widen `group` (found from `node`) to `width` channels in place; return what was done."""
     noise = DEFAULT_NOISE if noise is None else float(noise)
     if not 0.0 <= noise < 1.0:
         raise GrowError(f"--noise {noise}: the replica split needs 0 <= noise < 1 to keep every "
                         "share positive.")
-    graph = model.graph
-    node = names.resolve(graph, layer)
-    g.infer_shapes(model)
-    group = gr.find_group(node)
-    repeat = group.outer * group.block
-    n = group.width * repeat
+    repeat, n = group.outer * group.block, group_width(group)
     check_width(node, n, width, method, group)
-    params_before = g.parameter_count(model)
     plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
                 block=group.block)
     mappings = apply(graph, group, plan)
-    g.remove_unused(model)
-    members = [x.name for x in group.producers + group.consumers if x is not node]
-    lines = [
-        f"widened {layer}: {n} → {width} units ({method}" + (f", noise {noise}" if method == "net2net" else "") + ")",
-        f"coupled group: {len(group.producers)} producer(s), {len(group.consumers)} consumer(s)"
-        + (f": {', '.join(members[:8])}{' ...' if len(members) > 8 else ''}" if members else ""),
-    ]
-    return summary(
-        "widen", lines, params_before, g.parameter_count(model), layer=layer, method=method, seed=seed,
-        noise=noise if method == "net2net" else None, width={"before": n, "after": width},
-        producers=[x.name for x in group.producers], consumers=[x.name for x in group.consumers],
-        mappings=mappings)
+    return {"method": method, "noise": noise if method == "net2net" else None,
+            "width": {"before": n, "after": width}, "producers": [x.name for x in group.producers],
+            "consumers": [x.name for x in group.consumers], "mappings": mappings}
 
 
 def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
