@@ -245,8 +245,9 @@ def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> list[dict]:
         index, scale = channel_map(plan, array.shape[edit.axis], edit, is_bias)
         mappings.append({"initializer": edit.node.inputs[edit.index].name, "source": value.name,
                          "axis": edit.axis, "index": index.tolist(), "scale": scale.tolist()})
+    copies: dict = {}  # shape computations made private to one consumer
     for edit in group.shape_edits:
-        _apply_shape_edit(graph, edit, plan.new)
+        _apply_shape_edit(graph, edit, plan.new, copies)
     for node in group.group_attrs:
         node.attributes["group"] = ir.AttrInt64("group", g.attr(node, "group") + plan.new)
     for value, slot in group.members.items():
@@ -288,7 +289,7 @@ def channel_map(plan: Plan, dim: int, edit: gr.WeightEdit, is_bias: bool) -> tup
     return index.reshape(-1), np.broadcast_to(scale[grid_c], index.shape).reshape(-1)
 
 
-def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
+def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int, copies: dict) -> None:
     node = edit.node
     if edit.attr == "split":
         axis = g.attr(node, "axis", 0) % len(gr.shape_of(node.inputs[0]))
@@ -314,9 +315,52 @@ def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
         indices = np.arange(int(np.prod(shape)), dtype=g.constant(value).dtype).reshape(shape)
         g.set_input_constant(graph, node, edit.index, indices, f"{value.name}.w")
         return
+    if edit.consumer is not None and edit.consumer is not node:
+        node = _own_shape_chain(graph, edit.consumer, node, copies)
+        value = node.inputs[edit.index]
     array = np.array(g.constant(value), copy=True)
     array.reshape(-1)[edit.position] += edit.per_unit * new
     g.set_input_constant(graph, node, edit.index, array, f"{value.name}.w")
+
+
+def _own_shape_chain(graph: ir.Graph, consumer: ir.Node, holder: ir.Node, copies: dict) -> ir.Node:
+    """Give `consumer` (which reads its shape, input 1, from a computation through `holder`) a
+    private copy of that computation; return the copy of `holder` (made once per consumer)."""
+    key = (id(consumer), id(holder))
+    if key not in copies:
+        path = _path_to(consumer.inputs[1], holder)
+        if path is None:
+            raise InternalError(f"the shape of {consumer.name!r} is not computed through {holder.name!r}")
+        made = [_copy_node(graph, original) for original in path]
+        consumer.replace_input_with(1, made[0].outputs[0])
+        for user, original, copy in zip(made, path[1:], made[1:]):
+            user.replace_input_with(list(user.inputs).index(original.outputs[0]), copy.outputs[0])
+        graph.insert_before(consumer, list(reversed(made)))
+        copies[key] = made[-1]
+    return copies[key]
+
+
+def _path_to(value: ir.Value | None, target: ir.Node, depth: int = 0) -> list[ir.Node] | None:
+    """The nodes from `value`'s producer up to `target`, or None when it does not come from it."""
+    node = None if value is None or depth > 16 else value.producer()
+    if node is None:
+        return None
+    if node is target:
+        return [node]
+    for inp in node.inputs:
+        rest = _path_to(inp, target, depth + 1)
+        if rest is not None:
+            return [node, *rest]
+    return None
+
+
+def _copy_node(graph: ir.Graph, original: ir.Node) -> ir.Node:
+    copy = ir.Node(original.domain, original.op_type, list(original.inputs),
+                   list(original.attributes.values()), num_outputs=1,
+                   name=g.unique_name(graph, f"{original.name}.own"))
+    out, src = copy.outputs[0], original.outputs[0]
+    out.name, out.shape, out.type = g.unique_name(graph, f"{src.name}.own"), src.shape, src.type
+    return copy
 
 
 def widen(model, *, layer: str, width: int, method: str = "net2net", seed: int = 0,

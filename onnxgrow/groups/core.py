@@ -41,13 +41,19 @@ class WeightEdit:
 @dataclass
 class ShapeEdit:
     """An integer shape/size constant (input `index` of `node`) whose entry `position` grows by
-    `per_unit` for every new channel; or, for `attr`, an attribute list entry."""
+    `per_unit` for every new channel; or, for `attr`, an attribute list entry.
+
+    `consumer` is the node that reads the shape (a Reshape or Expand) when `node` is further up
+    the shape's computation (a Concat of a batch size read at run time and constants): that
+    computation may be shared with shapes outside the group, so it is copied for the consumer
+    before the edit."""
 
     node: ir.Node
     index: int | None
     position: int
     per_unit: int
     attr: str | None = None
+    consumer: ir.Node | None = None
 
 
 @dataclass

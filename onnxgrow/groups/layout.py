@@ -238,7 +238,8 @@ def expand(walk, node, side, index, slot):
                             "time; onnxgrow cannot keep it consistent.")
         _, (holder, idx, pos), value = entry
         if value not in (1, -1):
-            walk.shape_edit(ShapeEdit(holder, idx, pos, static_dim(node.outputs[0], axis) // slot.total))
+            walk.shape_edit(ShapeEdit(holder, idx, pos, static_dim(node.outputs[0], axis) // slot.total,
+                                      consumer=node))
     walk.join_input(node, 0, slot.moved(in_axis))
     walk.join(node.outputs[0], slot.moved(axis), node)
 
@@ -314,7 +315,7 @@ def _reshape_target_edit(walk, node, in_slot, out_slot):
                                 "widened channels.")
             return
         holder, idx, pos = where
-        walk.shape_edit(ShapeEdit(holder, idx, pos, per_unit))
+        walk.shape_edit(ShapeEdit(holder, idx, pos, per_unit, consumer=node))
         return
     factors = [where] if kind == "dim" else where  # read at run time from tensors' shapes
     if not _runtime_size_follows(walk, node, factors, in_slot, out_slot):

@@ -83,7 +83,7 @@ class Walk:
             self.group.edits.append(WeightEdit(node, index, axis, slot, role))
 
     def shape_edit(self, edit: ShapeEdit) -> None:
-        key = ("s", id(edit.node), edit.index, edit.position, edit.attr)
+        key = ("s", id(edit.node), edit.index, edit.position, edit.attr, id(edit.consumer))
         if key not in self.edited:
             self.edited.add(key)
             self.group.shape_edits.append(edit)
