@@ -254,18 +254,23 @@ def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **v
 
 @cli.command()
 @click.argument("model")
-@click.option("--after", required=True, help="Name of the Conv/Gemm/MatMul node to insert after.")
-@click.option("--method", type=click.Choice(list(DEEPEN_METHODS)), default="net2net", show_default=True)
+@click.option("--after", default=None, help="The Conv/Gemm/MatMul layer (node name or module path) to "
+              "insert after.")
+@click.option("--block", default=None, help="A residual block to copy after itself (module path such as "
+              "model.layers.3, or its index).")
+@click.option("--method", type=click.Choice(list(DEEPEN_METHODS)), default=None,
+              help="net2net, r2r or zero after a layer (default net2net); zero or r2r for a block "
+                   "(default zero).")
 @click.option("--kernel", type=int, default=None, help="Kernel size of an inserted Conv (odd).")
 @click.option("--bn", is_flag=True, help="Add an identity BatchNormalization after the new layer.")
 @_grow_options
-def deepen(model, after, method, kernel, bn, out, seed, no_verify, as_json, **verify_kw):
-    """Insert a new layer (or residual block) after node AFTER of MODEL."""
-    from .deepening import deepen_model
+def deepen(model, after, block, method, kernel, bn, out, seed, no_verify, as_json, **verify_kw):
+    """Insert a layer or residual block after layer AFTER, or copy residual block BLOCK."""
+    from .deepening import deepen_any
 
     summary = _grow(
         model, out,
-        lambda m: deepen_model(m, after=after, method=method, kernel=kernel, bn=bn, seed=seed),
+        lambda m: deepen_any(m, after=after, block=block, method=method, kernel=kernel, bn=bn, seed=seed),
         no_verify, _verify_args(verify_kw),
     )
     _print_summary(summary, as_json)

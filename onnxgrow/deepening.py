@@ -608,13 +608,31 @@ def deepen_node(model: ir.Model, node: ir.Node, *, method: str = "net2net", kern
                    insert_on=insert_name, through=plan.through, channels=c, nodes=[n.name for n in b.nodes])
 
 
-def deepen(model, *, after: str, method: str = "net2net", kernel: int | None = None, bn: bool = False,
-           seed: int = 0):
+def deepen(model, *, after: str | None = None, block: str | None = None, method: str | None = None,
+           kernel: int | None = None, bn: bool = False, seed: int = 0):
     """Public API: a deepened copy of `model` (path, ModelProto, onnx_ir.Model or gs.Graph) as an
-    onnx.ModelProto. The argument is never modified."""
+    onnx.ModelProto — a layer or block inserted after layer `after`, or a copy of residual block
+    `block` (a module path or an index; see onnxgrow.blocks). The argument is never modified."""
     m = G.load(model)
-    deepen_model(m, after=after, method=method, kernel=kernel, bn=bn, seed=seed)
+    deepen_any(m, after=after, block=block, method=method, kernel=kernel, bn=bn, seed=seed)
     return G.like_input(model, m)
+
+
+def deepen_any(model: ir.Model, *, after: str | None, block: str | None, method: str | None,
+               kernel: int | None = None, bn: bool = False, seed: int = 0) -> dict:
+    """Exactly one of `after` (deepen after a layer; method default net2net) and `block` (copy a
+    residual block; method zero or r2r, default zero), in place."""
+    if (after is None) == (block is None):
+        raise GrowError("name exactly one of --after LAYER (insert after a layer) and --block PATH "
+                        "(copy a residual block).")
+    if after is not None:
+        return deepen_model(model, after=after, method=method or "net2net", kernel=kernel, bn=bn, seed=seed)
+    if kernel is not None or bn:
+        raise GrowError("--kernel and --bn shape an inserted layer; a block copy keeps the block's own "
+                        "layers. Leave them out with --block.")
+    from .blocks import copy_block
+
+    return copy_block(model, block, method=method or "zero", seed=seed)
 
 
 def deepen_options(node: ir.Node) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from . import deepening, names, widening
+from . import blocks, deepening, names, widening
 from . import graph as g
 from . import groups as gr
 from .errors import GrowError
@@ -171,7 +171,8 @@ def grow_model(model: ir.Model, plan: GrowthPlan, progress=None) -> dict:
     lines = [f"{'group':<48} {'width':>14}"]
     lines += [f"{', '.join(r['layers'])[:48]:<48} {r['width']['before']:>6} → {r['width']['after']:<6}"
               + (f" (rounded from ×{r['factor']:g})" if r.get("rounded") else "") for r in groups]
-    lines += [f"inserted {i['method']} after {i['after']}" for i in insertions]
+    lines += [f"inserted {i['method']} after {i['after']}" if "after" in i else
+              f"copied block {i['block']['path'] or i['block']['index']} ({i['method']})" for i in insertions]
     lines += [f"skipped {s['layer']} ({s['target']}): {s['reason']}" for s in skipped]
     return summary("grow", lines, before, g.parameter_count(model), plan=plan.to_dict(), groups=groups,
                    insertions=insertions, skipped=skipped, mappings=mappings)
@@ -205,11 +206,17 @@ def _deepen_all(model, plan, skipped, say) -> list[dict]:
     insertions = []
     for spec in plan.deepen:
         target, _, method = str(spec).partition(":")
-        method = method or "net2net"
-        if method not in DEEPEN_METHODS:
+        if method and method not in DEEPEN_METHODS:
             raise GrowError(f"--deepen {spec!r}: unknown method {method!r}; choose one of "
                             f"{', '.join(DEEPEN_METHODS)}.")
         explicit = not any(c in target for c in names.GLOB_CHARS)
+        if explicit and _names_a_block(model, target):
+            done = blocks.copy_block(model, target, method=method or "zero", seed=plan.seed)
+            insertions.append({"spec": spec, "block": done["block"], "method": method or "zero",
+                               "nodes": done["nodes"]})
+            say(f"copied block {target} ({method or 'zero'})")
+            continue
+        method = method or "net2net"
         count = 0
         for node in names.select(model.graph, target):
             try:
@@ -226,6 +233,20 @@ def _deepen_all(model, plan, skipped, say) -> list[dict]:
         if not count:
             raise GrowError(f"no layer selected by {target!r} can be deepened after.")
     return insertions
+
+
+def _names_a_block(model: ir.Model, target: str) -> bool:
+    """True when `target` is not a layer but names a residual block (module path or index)."""
+    try:
+        names.resolve(model.graph, target)
+        return False
+    except GrowError:
+        pass
+    try:
+        blocks.resolve_block(blocks.find_blocks(model), target)
+        return True
+    except GrowError:
+        return False
 
 
 def grow(model, *, widen: dict | None = None, deepen: list | None = None, method: str = "net2net",

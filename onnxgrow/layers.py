@@ -37,7 +37,19 @@ def describe(model) -> dict:
         "outputs": [_describe_value(v) for v in graph.outputs],
         "parameters": g.parameter_count(ir_model),
         "layers": layers,
+        "blocks": _describe_blocks(ir_model),
     }
+
+
+def _describe_blocks(model: ir.Model) -> list[dict]:
+    """The residual blocks `deepen --block` can copy, with the methods that apply."""
+    from .blocks import block_methods, find_blocks
+
+    described = []
+    for block in find_blocks(model):
+        methods, why = block_methods(block)
+        described.append({**block.describe(), "methods": methods, **({"not": why} if why else {})})
+    return described
 
 
 def _describe_value(value: ir.Value) -> dict:
@@ -153,5 +165,8 @@ def format_table(info: dict) -> str:
         for key in ("widen", "deepen"):
             if "reason" in layer[key]:
                 notes.append(f"  {layer['name']}: {key} no: {layer[key]['reason']}")
-    tail = ["", "why not:"] + notes if notes else []
+    blocks = [f"  {b['index']}: {b['path'] or '-'} ({b['units']} residual unit(s){', attention' if b['attention'] else ''}; "
+              f"{b['first']} … {b['last']}): {','.join(b['methods'])}" for b in info.get("blocks", [])]
+    tail = (["", "blocks (deepen --block PATH|INDEX):"] + blocks if blocks else [])
+    tail += ["", "why not:"] + notes if notes else []
     return "\n".join(head + lines + tail)
