@@ -47,6 +47,7 @@ import onnx_ir as ir
 
 from . import graph as G
 from .errors import GrowError
+from .validate import check_growth_memory
 
 METHODS = ("net2net", "r2r", "zero")
 MAX_STEP_NODES = 16
@@ -533,6 +534,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     editing `model` in place. Returns a summary with human-readable "lines"."""
     graph = model.graph
     node = G.find_node(graph, after)
+    check_growth_memory(node, kernel=kernel)
     G.infer_shapes(model)
     plan = _plan(node)
     opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 0))
@@ -657,6 +659,7 @@ def morph_kernel_model(model: ir.Model, *, layer: str, kernel: int) -> dict:
     """Grow the kernel of Conv/ConvTranspose `layer` to `kernel` in every spatial dim, in place."""
     graph = model.graph
     node = G.find_node(graph, layer)
+    check_growth_memory(node, kernel=kernel)
     w, old = _kernel_plan(node)
     G.infer_shapes(model)
     sd = len(old)

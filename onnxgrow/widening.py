@@ -38,6 +38,7 @@ import onnx_ir as ir
 from . import graph as g
 from . import groups as gr
 from .errors import GrowError, InternalError
+from .validate import check_growth_memory
 
 METHODS = ("net2net", "netmorph", "r2r", "random")
 DEFAULT_NOISE = 0.1
@@ -185,6 +186,7 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
                         "share positive.")
     graph = model.graph
     node = g.find_node(graph, layer)
+    check_growth_memory(node, width=width)
     g.infer_shapes(model)
     group = gr.find_group(node)
     repeat = group.outer * group.block
