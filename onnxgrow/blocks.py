@@ -346,10 +346,7 @@ def _r2r_targets(value: ir.Value) -> list[tuple]:
         node = data[0].producer()
     if node is None:
         raise GrowError("r2r found no layer at the end of the branch; use --method zero.")
-    producer = _a_producer_of(node.inputs[0])
-    if producer is None:
-        raise GrowError(f"r2r cannot find the layer producing the input of {node.name!r}; use --method zero.")
-    group = gr.find_group(producer)
+    group = _input_group(node)
     if [c for c in group.consumers if c is not node]:
         raise GrowError(f"the units {node.name!r} reads are also read elsewhere in the branch, so "
                         "pairing them would change it; use --method zero.")
@@ -407,19 +404,28 @@ def _zero_offsets(graph: ir.Graph, layer: ir.Node, after: list) -> None:
             _set_zero(graph, node, next(i for i, v in enumerate(node.inputs) if g.constant(v) is not None))
 
 
-def _a_producer_of(value: ir.Value | None) -> ir.Node | None:
-    """The nearest weight layer upstream of `value` along data inputs."""
-    seen, stack = set(), [value]
-    while stack:
-        v = stack.pop()
-        node = None if v is None else v.producer()
+def _input_group(layer: ir.Node):
+    """The coupled group of the units `layer` reads: that of the nearest upstream layer whose
+    group `layer` consumes."""
+    seen, queue, reason = set(), [layer.inputs[0]], None
+    while queue:
+        value = queue.pop(0)
+        node = None if value is None else value.producer()
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
         if g.is_weight_layer(node):
-            return node
-        stack += [i for i in node.inputs if i is not None and g.constant(i) is None]
-    return None
+            try:
+                group = gr.find_group(node)
+            except GrowError as exc:
+                reason = reason or str(exc)
+                continue
+            if any(c is layer for c in group.consumers):
+                return group
+            continue
+        queue += [i for i in node.inputs if i is not None and g.constant(i) is None]
+    raise GrowError(f"r2r cannot pair the units {layer.name!r} reads"
+                    + (f" ({reason})" if reason else "") + "; use --method zero.")
 
 
 def deepen_block(model, *, block: str, method: str = "zero", seed: int = 0):

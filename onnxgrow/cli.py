@@ -10,14 +10,55 @@ Heavy modules (onnx, onnx-ir, onnxruntime, torch) are imported inside the comman
 
 from __future__ import annotations
 
-import json
+import os
+import signal
 import sys
-import traceback
 
-import click
+
+class Signalled(BaseException):
+    """SIGINT or SIGTERM arrived: unwind (temporary files are removed on the way), then exit
+    128 + signal. A BaseException, so no `except Exception` in the library swallows it, and not
+    KeyboardInterrupt, so click does not print its own blank line."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNAL_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
+def _exit_at_once(signum, frame) -> None:
+    """Before main() runs there is nothing to clean up: say so in one line and leave."""
+    os.write(2, f"{_SIGNAL_WORDS[signum]}.\n".encode())
+    os._exit(128 + signum)
+
+
+def _raise_signalled(signum, frame) -> None:
+    for sig in _SIGNAL_WORDS:  # a second signal must not interrupt the cleanup of the first
+        signal.signal(sig, signal.SIG_IGN)
+    raise Signalled(signum)
+
+
+def _install(handler) -> None:
+    for sig in _SIGNAL_WORDS:
+        signal.signal(sig, handler)
+
+
+# The console script and `python -m onnxgrow.cli` (never a library import, such as a test
+# process's): catch Ctrl-C and SIGTERM before the imports below, which take ~70 ms.
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "onnxgrow":
+    _install(_exit_at_once)
+
+import json  # noqa: E402
+import traceback  # noqa: E402
+
+import click  # noqa: E402
 
 from .errors import GrowError, InternalError, MismatchError
 from .methods import DEEPEN_METHODS, WIDEN_METHODS
+
+SEED = click.IntRange(0, 2**63 - 1)  # numpy seeds are non-negative
 
 
 class _Context:
@@ -40,9 +81,26 @@ def cli(debug: bool) -> None:
 
 
 def main(argv=None) -> None:
-    """Console entry point: run the click group and turn exceptions into exit codes."""
+    """Console entry point: run the click group and turn exceptions into exit codes.
+
+    SIGINT and SIGTERM unwind the command (its temporary files are removed) and exit 130 / 143
+    with one line; the previous handlers are restored on the way out.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in _SIGNAL_WORDS}
+    _install(_raise_signalled)
+    try:
+        _run_cli(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _run_cli(argv) -> None:
     try:
         cli.main(args=argv, prog_name="onnxgrow", standalone_mode=False)
+    except Signalled as exc:
+        click.echo(f"{_SIGNAL_WORDS[exc.signum]}; temporary files removed, nothing written.", err=True)
+        sys.exit(128 + exc.signum)
     except click.exceptions.Abort:
         click.echo("aborted.", err=True)
         sys.exit(130)
@@ -162,7 +220,7 @@ def _run_verify(teacher, student, provider, atol, rtol, samples, inputs_file, di
 @click.argument("teacher")
 @click.argument("student")
 @_verify_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def verify(teacher, student, provider, atol, rtol, samples, inputs_file, dims, seed, as_json):
     """Run TEACHER and STUDENT on the same inputs and compare every output.
@@ -186,11 +244,14 @@ def _grow(model_path, out, transform, no_verify, verify_args, preserving=True):
 
     A non-preserving transform (widen --method random) is compared for information only.
     """
-    from . import graph
+    from . import files, graph, validate
 
+    inputs_file = verify_args[4]
+    files.check_output(out, reads=(model_path, inputs_file))  # before any work
     model = graph.load(model_path)
+    validate.check_finite(model, str(model_path))
     summary = transform(model)
-    with graph.staged(out, source=model_path) as tmp_path:
+    with graph.staged(out, source=model_path, reads=(inputs_file,)) as tmp_path:
         graph.write(model, tmp_path)
         if not no_verify:
             report = _run_verify(model_path, str(tmp_path), *verify_args)
@@ -226,7 +287,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 def _grow_options(f):
     f = click.option("-o", "--output", "out", required=True, help="Where to write the student.")(f)
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(f)
+    f = click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")(f)
     f = click.option("--no-verify", is_flag=True, help="Skip the teacher/student comparison.")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")(f)
     return _verify_options(f)
@@ -235,7 +296,7 @@ def _grow_options(f):
 @cli.command()
 @click.argument("model")
 @click.option("--layer", required=True, help="Name of the Conv/Gemm/MatMul node to widen.")
-@click.option("--width", type=int, required=True, help="New output width (channels/features).")
+@click.option("--width", type=click.IntRange(min=1), required=True, help="New output width (channels/features).")
 @click.option("--method", type=click.Choice(list(WIDEN_METHODS)), default="net2net", show_default=True)
 @click.option("--noise", type=float, default=None,
               help="net2net: spread of the random replica split (default 0.1; 0 = textbook 1/c).")
@@ -261,7 +322,8 @@ def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **v
 @click.option("--method", type=click.Choice(list(DEEPEN_METHODS)), default=None,
               help="net2net, r2r or zero after a layer (default net2net); zero or r2r for a block "
                    "(default zero).")
-@click.option("--kernel", type=int, default=None, help="Kernel size of an inserted Conv (odd).")
+@click.option("--kernel", type=click.IntRange(min=1), default=None,
+              help="Kernel size of an inserted Conv (odd).")
 @click.option("--bn", is_flag=True, help="Add an identity BatchNormalization after the new layer.")
 @_grow_options
 def deepen(model, after, block, method, kernel, bn, out, seed, no_verify, as_json, **verify_kw):
@@ -279,7 +341,7 @@ def deepen(model, after, block, method, kernel, bn, out, seed, no_verify, as_jso
 @cli.command("morph-kernel")
 @click.argument("model")
 @click.option("--layer", required=True, help="Name of the Conv node whose kernel grows.")
-@click.option("--kernel", type=int, required=True, help="New kernel size (odd, larger).")
+@click.option("--kernel", type=click.IntRange(min=1), required=True, help="New kernel size (odd, larger).")
 @_grow_options
 def morph_kernel(model, layer, kernel, out, seed, no_verify, as_json, **verify_kw):
     """Grow the k×k kernel of Conv LAYER to KERNEL×KERNEL (zero-padded: exact)."""

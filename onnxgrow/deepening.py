@@ -51,6 +51,7 @@ from .errors import GrowError
 from .layerspec import FAMILY, layer_spec
 from .methods import DEEPEN_METHODS, deepen_method
 from .summary import summary
+from .validate import check_growth_memory
 
 MAX_STEP_NODES = 16
 
@@ -542,6 +543,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     """Insert a layer (net2net) or a zero-output residual block (r2r, zero) after node `after`,
     editing `model` in place. Returns a summary with human-readable "lines"."""
     node = names.resolve(model.graph, after)
+    check_growth_memory(node, kernel=kernel)
     G.infer_shapes(model)
     return deepen_node(model, node, method=method, kernel=kernel, bn=bn, seed=seed)
 
@@ -692,6 +694,7 @@ def morph_kernel_model(model: ir.Model, *, layer: str, kernel: int) -> dict:
     """Grow the kernel of Conv/ConvTranspose `layer` to `kernel` in every spatial dim, in place."""
     graph = model.graph
     node = names.resolve(graph, layer)
+    check_growth_memory(node, kernel=kernel)
     w, old = _kernel_plan(node)
     G.infer_shapes(model)
     sd = len(old)

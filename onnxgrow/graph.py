@@ -13,18 +13,15 @@ onnxruntime 1.31 refuses.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from . import ops
+from . import files, ops, validate
 from .errors import GrowError
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot hold a message over 2 GiB
@@ -61,27 +58,31 @@ def _load_path(path: Path, what: str) -> ir.Model:
     if path.stat().st_size == 0:
         raise GrowError(f"the {what} file {str(path)!r} is empty: it is not an ONNX model.")
     try:
-        model = ir.load(path)
+        proto = onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises several types for bad bytes
         raise GrowError(
             f"cannot read {str(path)!r} as an ONNX model ({short_message(exc)}). Is it truncated or "
             "not an .onnx file? Re-export it, or check it with `python -m onnx.checker`."
         ) from None
-    _check_sane(model, str(path))
+    _check_not_empty(proto, str(path))
+    validate.check_model_proto(proto, str(path), base_dir=path.parent)
+    model = _from_proto(proto, str(path))
+    ir.external_data.set_base_dir(model.graph, path.parent)  # as ir.load: data files beside the model
     return model
 
 
 def _from_proto(proto: onnx.ModelProto, what: str) -> ir.Model:
+    _check_not_empty(proto, what)
+    validate.check_model_proto(proto, what)
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
         raise GrowError(f"the {what} is not a valid ONNX model ({short_message(exc)}).") from None
-    _check_sane(model, what)
     return model
 
 
-def _check_sane(model: ir.Model, where: str) -> None:
-    if len(model.graph) == 0 and not model.graph.outputs:
+def _check_not_empty(proto: onnx.ModelProto, where: str) -> None:
+    if not proto.graph.node and not proto.graph.output:
         raise GrowError(
             f"{where} holds no graph (no nodes, no outputs): it is not an ONNX model, or it was "
             "truncated."
@@ -114,13 +115,13 @@ def _is_gs_graph(obj) -> bool:
 # ----------------------------------------------------------------------------- save
 
 
-def save(model: ir.Model, path, source=None) -> Path:
+def save(model: ir.Model, path, source=None, reads=()) -> Path:
     """Write `model` to `path` atomically; with external data when its weights pass 2 GB.
 
     `source` is the path the model was read from: writing over it is refused, so the input file
     is never modified.
     """
-    with staged(path, source) as tmp_path:
+    with staged(path, source, reads) as tmp_path:
         write(model, tmp_path)
     return Path(path)
 
@@ -175,35 +176,10 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-@contextlib.contextmanager
-def staged(path, source=None):
-    """Yield a temporary path beside `path`; on success move what was written there into place.
-
-    The model and its external data (if any) are renamed into place only when the block ends
-    without an exception, so a failed check or an interrupt leaves nothing behind.
-    """
-    dest = Path(path)
-    if source is not None and isinstance(source, (str, os.PathLike)):
-        if Path(source).exists() and dest.exists() and os.path.samefile(source, dest):
-            raise GrowError(
-                f"refusing to overwrite the input model {str(dest)!r}: onnxgrow never modifies "
-                "its input. Choose another output path with -o."
-            )
-    folder = dest.parent
-    if not folder.is_dir():
-        raise GrowError(f"cannot write {str(dest)!r}: the folder {str(folder)!r} does not exist.")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=".onnxgrow-", dir=folder))
-    except OSError as exc:
-        raise GrowError(f"cannot write into {str(folder)!r}: {exc.strerror or exc}.") from None
-    try:
-        yield tmp / dest.name
-        data = tmp / (dest.name + ".data")
-        if data.exists():
-            os.replace(data, folder / data.name)
-        os.replace(tmp / dest.name, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def staged(path, source=None, reads=()):
+    """Yield a temporary path beside `path`, renamed into place when the block succeeds; writing
+    over `source` or any of `reads` (the files the command reads) is refused. See files.staged."""
+    return files.staged(path, reads=(source, *reads))
 
 
 def weight_bytes(model: ir.Model) -> int:

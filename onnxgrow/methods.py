@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from .errors import GrowError, InternalError
 
 
@@ -40,14 +38,14 @@ class WidenMethod:
     def check_width(self, layer: str, n: int, width: int, group) -> None:
         """Refuse a width this method cannot reach exactly (GrowError); n = current width."""
 
-    def new_rows(self, plan, array: np.ndarray, copies: np.ndarray, slot) -> np.ndarray:
+    def new_rows(self, plan, array, copies, slot):
         """The new producer rows (5-D, shaped like `copies`) of a weight; biases of new units are
         zero unless `copies_bias`."""
         return plan.random_like(array, copies.shape)
 
     copies_bias = False
 
-    def grow_consumer(self, plan, array, axis, slot, copies) -> np.ndarray:
+    def grow_consumer(self, plan, array, axis, slot, copies):
         """The consumer weight with its new input columns (the whole grown array)."""
         raise NotImplementedError
 
@@ -61,6 +59,7 @@ class Net2Net(WidenMethod):
         return copies
 
     def grow_consumer(self, plan, array, axis, slot, copies):
+
         scaled = plan.scale(array, axis, slot, plan.s_old)
         part = copies * plan.s_new[None, None, :, None, None]
         return plan.insert(scaled, axis, slot, part)
@@ -71,6 +70,8 @@ class NetMorph(WidenMethod):
     help = "random new units with zero outgoing weights (exact)"
 
     def grow_consumer(self, plan, array, axis, slot, copies):
+        import numpy as np
+
         return plan.insert(array, axis, slot, np.zeros_like(copies))
 
 
@@ -108,6 +109,8 @@ class R2R(WidenMethod):
         return plan.random_like(array, copies.shape, pairs=True)
 
     def grow_consumer(self, plan, array, axis, slot, copies):
+        import numpy as np  # imported here so that the command line starts without numpy
+
         sigma = float(np.std(array)) or 1.0
         if plan.copies_only:  # pair each copy with its original: +V on the original, −V on the copy
             v = plan.rng.normal(0.0, sigma, size=copies.shape)

@@ -104,9 +104,14 @@ def layer_names(graph: ir.Graph) -> list[tuple[ir.Node, list[str]]]:
 
 def resolve(graph: ir.Graph, text: str, *, what: str = "layer") -> ir.Node:
     """The node `text` names: a node name, a module path, or a unique dotted suffix of one."""
-    for node in graph:
-        if node.name == text:
-            return node
+    named = [node for node in graph if node.name == text]
+    if len(named) > 1:
+        raise GrowError(
+            f"{len(named)} nodes are named {text!r} ({', '.join(n.op_type for n in named[:5])}), so the "
+            "name does not say which one to change. Give the nodes unique names (re-export the model, "
+            "or rename them with onnx), or name the layer by its module path.")
+    if named:
+        return named[0]
     layers = layer_names(graph)
     exact = [(n, paths) for n, paths in layers if text in paths]
     matches = exact or [(n, paths) for n, paths in layers if any(p.endswith("." + text) for p in paths)]

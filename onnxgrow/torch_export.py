@@ -27,9 +27,7 @@ State names are the initializer names made valid for torch (every character outs
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -37,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from . import graph, ops
+from . import files, graph, ops
 from .errors import GrowError
 
 # Ops through which a constant keeps its role: a Transpose of a weight is still a weight.
@@ -322,28 +320,15 @@ def export_file(model, out) -> Path:
     `with torch.serialization.safe_globals([onnxgrow.torch_ops.OnnxModule, onnxgrow.torch_ops.Node]):
     torch.load(out)`.
     """
-    dest = Path(out)
-    if isinstance(model, (str, os.PathLike)) and Path(model).exists() and dest.exists() \
-            and os.path.samefile(model, dest):
-        raise GrowError(f"refusing to overwrite the input model {str(dest)!r}; choose another -o.")
-    if not dest.parent.is_dir():
-        raise GrowError(f"cannot write {str(dest)!r}: the folder {str(dest.parent)!r} does not exist.")
+    dest = files.check_output(out, reads=[model])
     module = to_torch(model)
     import torch
 
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".onnxgrow-", suffix=".pt", dir=dest.parent)
-    except OSError as exc:
-        raise GrowError(f"cannot write into {str(dest.parent)!r}: {exc.strerror or exc}.") from None
-    os.close(fd)
-    try:
-        torch.save(module, tmp)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise GrowError(f"cannot write {str(dest)!r}: {exc.strerror or exc}.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with graph.staged(dest, source=model) as tmp:
+        try:
+            torch.save(module, tmp)
+        except OSError as exc:
+            raise GrowError(f"cannot write {str(dest)!r}: {exc.strerror or exc}.") from None
     return dest
 
 
@@ -365,9 +350,10 @@ def load_weights(model, module):
 def import_weights_file(model, trained_pt, out) -> Path:
     """Write the state in `trained_pt` (from `export_file`, or a state_dict) into `model` -> `out`."""
     _require_torch()
+    files.check_output(out, reads=[model, trained_pt])
     irm = graph.load(model)
     _apply_weights(irm, _load_trained(trained_pt))
-    return graph.save(irm, out, source=model)
+    return graph.save(irm, out, source=model, reads=[trained_pt])
 
 
 def _load_trained(path):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import os
 import re
 import sys
@@ -334,6 +335,7 @@ def _random_samples(specs: dict, vocab: dict, dims: dict, samples: int, seed: in
         have = ", ".join(sorted(named)) if named else "none: every input dimension is fixed"
         raise GrowError(f"--dim {', '.join(unknown)}: the model's inputs have no such dynamic "
                         f"dimension. Named dynamic dimensions: {have}.")
+    _check_sample_memory(specs, dims, samples)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(samples):
@@ -346,6 +348,17 @@ def _random_samples(specs: dict, vocab: dict, dims: dict, samples: int, seed: in
             feed[name] = _draw(rng, name, dtype, size, vocab.get(name))
         out.append(feed)
     return out
+
+
+def _check_sample_memory(specs: dict, dims: dict, samples: int) -> None:
+    """Refuse dimension sizes whose random inputs cannot fit in memory (drawn as float64)."""
+    from .validate import check_allocation
+
+    elements = sum(math.prod(d if isinstance(d, int) else dims.get(d, 1) for d in shape)
+                   for _, shape in specs.values() if shape is not None)
+    given = ", ".join(f"{k}={v}" for k, v in dims.items()) or "the declared shapes"
+    check_allocation(float(elements) * 8 * samples * 2, f"drawing {samples} random samples with {given}",
+                     "the inputs")
 
 
 def _draw(rng, name: str, dtype, shape, rows) -> np.ndarray:
@@ -394,9 +407,10 @@ def _load_npz(path: Path) -> dict:
     if not path.is_file():
         raise GrowError(f"the inputs file {str(path)!r} does not exist.")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise ValueError("a single array, not an .npz archive")
+        data = np.load(path, allow_pickle=False)
+        if not hasattr(data, "files"):
+            raise ValueError("it holds a single array (.npy), not an .npz archive of named arrays")
+        with data:
             return {k: data[k] for k in data.files}
     except GrowError:
         raise

@@ -42,6 +42,7 @@ from . import names, ops
 from .errors import GrowError, InternalError
 from .methods import R2R, Net2Net, widen_method
 from .summary import summary
+from .validate import check_growth_memory
 
 DEFAULT_NOISE = 0.1
 
@@ -175,6 +176,7 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
     """Widen `layer` of `model` (in place) to `width` units; return a summary for the CLI."""
     widen_method(method)
     node = names.resolve(model.graph, layer)
+    check_growth_memory(node, width=width)
     g.infer_shapes(model)
     group = gr.find_group(node)
     params_before = g.parameter_count(model)

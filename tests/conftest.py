@@ -28,3 +28,23 @@ def zoo_model(tmp_path_factory):
         return str(path)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def llm_model(tmp_path_factory):
+    """llm_model(family, variant="dynamo") -> path of a tiny random transformers decoder (see
+    tests/llm_zoo.py), built once per test run and shared by xdist workers."""
+    from tests import llm_zoo
+
+    cache = tmp_path_factory.getbasetemp().parent / "onnxgrow-llm-cache"
+    cache.mkdir(exist_ok=True)
+
+    def build(family: str, variant: str = "dynamo") -> str:
+        path = cache / f"{family}.{variant}.onnx"
+        if not path.exists():
+            tmp = cache / f".{os.getpid()}-{path.name}"
+            llm_zoo.build(family, variant, tmp)
+            os.replace(tmp, path)
+        return str(path)
+
+    return build

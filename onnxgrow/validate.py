@@ -1,0 +1,302 @@
+"""Checks on a model file before onnxgrow works on it: refusals, never repairs.
+
+A model is read as a protobuf without its external data (`check_model_proto`), and refused when
+onnxruntime or onnxgrow could not use it faithfully:
+
+- its IR version or default-domain opset is newer than the installed onnx knows;
+- its graph is not a well-formed SSA program: every node input must be a graph input, an
+  initializer, or an output of an EARLIER node (this catches undefined tensors, cycles and
+  nodes out of order alike); no value is defined twice; every graph output is produced;
+- two initializers share a name (onnxruntime keeps the last, other readers the first, so the
+  model has no single meaning);
+- an initializer's data does not hold prod(dims) elements (inline data too short or too long;
+  external data whose file is missing, lies outside the model's folder (also through a symbolic
+  link), has several hard links (as onnx-ir refuses), or is shorter than offset + prod(dims)·itemsize);
+- a weight (input 1 of Conv/ConvTranspose/Gemm/MatMul) or a graph input has a zero-size dimension.
+
+`check_finite` refuses weights holding NaN or ±Inf before a transform: the teacher's outputs
+would be non-finite, and comparing NaN with NaN proves nothing.
+
+`check_growth_memory` refuses a width or kernel whose new weights cannot fit in the available
+memory: a lower bound on the new bytes (one output unit's share of the layer's weight times the
+requested units, or the new kernel's taps times the output channels) against MemAvailable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import GrowError
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+# ----------------------------------------------------------------------------- the protobuf
+
+
+def check_model_proto(proto: onnx.ModelProto, where: str, base_dir: Path | None = None) -> None:
+    """Refuse a model onnxgrow cannot read faithfully (see the module docstring)."""
+    _check_versions(proto, where)
+    g = proto.graph
+    _check_graph(g, where, outer=set())
+    _check_initializers(g, where, base_dir)
+    _check_zero_sizes(g, where)
+
+
+def _check_versions(proto: onnx.ModelProto, where: str) -> None:
+    if proto.ir_version > onnx.IR_VERSION:
+        raise GrowError(
+            f"{where} has IR version {proto.ir_version}, newer than the installed onnx "
+            f"{onnx.__version__} reads (up to {onnx.IR_VERSION}). Upgrade onnx and onnxruntime, "
+            "or re-export the model for an older IR version."
+        )
+    newest = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in _DEFAULT_DOMAINS and opset.version > newest:
+            raise GrowError(
+                f"{where} imports opset {opset.version} of the default ONNX domain; the installed "
+                f"onnx {onnx.__version__} knows opsets up to {newest}. Re-export the model with "
+                f"opset {newest} or lower, or upgrade onnx and onnxruntime."
+            )
+    imported = {o.domain if o.domain != "ai.onnx" else "" for o in proto.opset_import} or {""}
+    for node in proto.graph.node:
+        domain = node.domain if node.domain != "ai.onnx" else ""
+        if domain not in imported:
+            raise GrowError(
+                f"node {node.name or node.op_type!r} ({node.op_type}) is in the domain "
+                f"{node.domain!r}, which {where} does not import (opset_import), so no runtime "
+                "can resolve it. Add the domain to the model's opset imports, or re-export it."
+            )
+
+
+def _check_graph(g: onnx.GraphProto, where: str, outer: set) -> None:
+    """SSA order: every input defined before its use, nothing defined twice, outputs produced."""
+    defined: set = set()
+    for name in [i.name for i in g.input] + [t.name for t in g.initializer] + \
+            [s.values.name for s in g.sparse_initializer]:
+        defined.add(name)
+    inputs = [i.name for i in g.input]
+    if len(set(inputs)) != len(inputs):
+        twice = sorted({n for n in inputs if inputs.count(n) > 1})
+        raise GrowError(f"{where} declares the graph input {twice[0]!r} twice; rename one of them.")
+    producers = {o: n for n in g.node for o in n.output if o}
+    for index, node in enumerate(g.node):
+        label = repr(node.name) if node.name else f"#{index} ({node.op_type})"
+        for name in node.input:
+            if name and name not in defined and name not in outer:
+                later = producers.get(name)
+                why = (f"produced only by a later node, {later.name or later.op_type!r} (the nodes "
+                       "are out of topological order or form a cycle)" if later is not None
+                       else "which no graph input, initializer or node defines")
+                raise GrowError(
+                    f"{where} is not a valid graph: node {label} reads {name!r}, {why}. Check it "
+                    "with `python -m onnx.checker` and re-export the model."
+                )
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _check_graph(sub, where, outer | defined)
+        for name in node.output:
+            if name and name in defined:
+                raise GrowError(
+                    f"{where} is not a valid graph: the value {name!r} is defined twice (node "
+                    f"{label} produces it again). Each value must have one producer; re-export "
+                    "the model or rename one of them."
+                )
+            if name:
+                defined.add(name)
+    for out in g.output:
+        if out.name not in defined and out.name not in outer:
+            raise GrowError(
+                f"{where} is not a valid graph: its output {out.name!r} is not produced by any node, "
+                "graph input or initializer. Re-export the model, or remove that output."
+            )
+
+
+def _check_initializers(g: onnx.GraphProto, where: str, base_dir: Path | None) -> None:
+    seen: set = set()
+    for t in g.initializer:
+        if t.name in seen:
+            raise GrowError(
+                f"{where} holds two initializers named {t.name!r}: onnxruntime uses the last, "
+                "other tools the first, so the model has no single meaning. Remove one of them."
+            )
+        seen.add(t.name)
+        _check_tensor_data(t, where, base_dir)
+
+
+def _itemsize_bits(data_type: int) -> int | None:
+    if data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        import onnx_ir as ir
+
+        return ir.DataType(data_type).bitwidth
+    except Exception:  # an unknown data type: onnx-ir reports it on conversion
+        return None
+
+
+def _check_tensor_data(t: onnx.TensorProto, where: str, base_dir: Path | None) -> None:
+    if any(d < 0 for d in t.dims):
+        raise GrowError(f"the initializer {t.name!r} in {where} has a negative dimension "
+                        f"{list(t.dims)}; the file is corrupt. Re-export the model.")
+    count = math.prod(t.dims)
+    bits = _itemsize_bits(t.data_type)
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        if bits is not None:
+            _check_external(t, where, base_dir, (count * bits + 7) // 8)
+        return
+    if t.HasField("raw_data") and bits is not None:
+        have, need = len(t.raw_data), (count * bits + 7) // 8
+        unit = "bytes"
+    elif bits is not None and bits >= 8:
+        field = onnx.helper.tensor_dtype_to_field(t.data_type)
+        complex_ = t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128)
+        have, need, unit = len(getattr(t, field)), count * (2 if complex_ else 1), "values"
+    else:
+        return
+    if have != need:
+        raise GrowError(
+            f"the initializer {t.name!r} in {where} has dims {list(t.dims)} ({need} {unit}) but "
+            f"holds {have} {unit} of data: the file is truncated or corrupt. Re-export the model."
+        )
+
+
+def _check_external(t: onnx.TensorProto, where: str, base_dir: Path | None, need: int) -> None:
+    info = {e.key: e.value for e in t.external_data}
+    location = info.get("location", "")
+    offset, length = int(info.get("offset", 0) or 0), info.get("length")
+    if length is not None and int(length) != need:
+        raise GrowError(f"the initializer {t.name!r} in {where} says its external data is {length} "
+                        f"bytes long, but dims {list(t.dims)} need {need}. Re-export the model.")
+    if base_dir is None:
+        return  # an in-memory model: onnx-ir resolves the data files on use
+    folder = base_dir.resolve()
+    path = (folder / location).resolve()
+    if not location or Path(location).is_absolute() or folder not in path.parents:
+        raise GrowError(
+            f"the initializer {t.name!r} in {where} keeps its data at {location!r}, outside the "
+            f"model's folder {str(folder)!r}; onnxgrow only reads data files beside the model "
+            "(a model must not point at arbitrary files). Move the data file next to the model "
+            "and set its location to the bare file name."
+        )
+    if not path.is_file():
+        raise GrowError(f"the external data file {location!r} of {where} (initializer {t.name!r}) "
+                        f"is missing from {str(folder)!r}. Copy the .data file next to the model.")
+    stat = path.stat()
+    if stat.st_nlink > 1:  # onnx-ir refuses these too: a hard link can smuggle in any file
+        raise GrowError(
+            f"the external data file {location!r} of {where} has {stat.st_nlink} hard links; "
+            "onnx-ir refuses to read such a file (a hard link can make any file look local). "
+            "Replace the link with a copy of the file."
+        )
+    size = stat.st_size
+    if offset + need > size:
+        raise GrowError(
+            f"the external data file {location!r} of {where} is {size} bytes, too short for "
+            f"initializer {t.name!r} ({need} bytes at offset {offset}): it is truncated. Copy it "
+            "again from the source."
+        )
+
+
+def _check_zero_sizes(g: onnx.GraphProto, where: str) -> None:
+    for inp in g.input:
+        dims = inp.type.tensor_type.shape.dim if inp.type.HasField("tensor_type") else []
+        if any(d.HasField("dim_value") and d.dim_value == 0 for d in dims):
+            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+            raise GrowError(f"the graph input {inp.name!r} of {where} has a zero-size dimension "
+                            f"{shape}: there is nothing to compute or compare. Give it a size >= 1 "
+                            "(or leave it dynamic).")
+    weights = {n.input[1]: n for n in g.node
+               if n.op_type in WEIGHT_OPS and n.domain in _DEFAULT_DOMAINS and len(n.input) > 1}
+    for t in g.initializer:
+        if t.name in weights and 0 in t.dims:
+            node = weights[t.name]
+            raise GrowError(
+                f"the weight {t.name!r} of {node.op_type} {node.name!r} in {where} has a zero-size "
+                f"dimension {list(t.dims)}: the layer has no units to grow or copy. Re-export the "
+                "model with the layer's real size."
+            )
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def check_finite(model, where: str = "the model") -> None:
+    """Refuse an onnx_ir.Model whose float initializers hold NaN or ±Inf."""
+    bad = []
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or not tensor.dtype.is_floating_point():
+            continue
+        array = tensor.numpy()
+        count = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if count:
+            bad.append(f"{value.name!r} ({count} of {array.size})")
+    if bad:
+        raise GrowError(
+            f"{where} has NaN or infinite weights: {', '.join(bad[:5])}"
+            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}. Its outputs would be "
+            "non-finite, so no student could be verified against it. Fix the weights (the "
+            "training diverged, or the file was damaged) and try again."
+        )
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def available_memory() -> int:
+    """Bytes the kernel says a new allocation can take without swapping (MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_allocation(need: float, request: str, what: str = "the new weights") -> None:
+    """Refuse `request` when `need` bytes (for `what`) exceed the memory available now."""
+    have = available_memory()
+    if need > have:
+        raise GrowError(
+            f"{request} would need at least {human_bytes(need)} of memory for {what} alone; "
+            f"{human_bytes(have)} is available. Ask for a smaller size."
+        )
+
+
+def check_growth_memory(node, *, width: int | None = None, kernel: int | None = None) -> None:
+    """Lower bound on the new weights of widening `node` to `width` units or growing its kernel
+    (or an inserted layer's) to `kernel`, against the available memory."""
+    if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[1].const_value is None:
+        return
+    w = node.inputs[1].const_value
+    dims = [int(d) for d in w.shape.numpy()]
+    if not dims or 0 in dims:
+        return
+    itemsize = max(w.dtype.itemsize, 1)
+    if width is not None:
+        per_unit = math.prod(dims) * itemsize / max(dims)  # the out axis is at most the longest
+        check_allocation(per_unit * width, f"widening {node.name!r} to {width} units")
+    if kernel is not None and len(dims) > 2:
+        channels = dims[1] if node.op_type == "ConvTranspose" else dims[0]
+        check_allocation(channels * float(kernel) ** (len(dims) - 2) * itemsize,
+                         f"a {kernel}x{kernel} kernel on {node.name!r} ({channels} channels)")
