@@ -350,7 +350,7 @@ def _r2r_targets(value: ir.Value) -> list[tuple]:
     if [c for c in group.consumers if c is not node]:
         raise GrowError(f"the units {node.name!r} reads are also read elsewhere in the branch, so "
                         "pairing them would change it; use --method zero.")
-    if not _pairs_in_heads(group) and group.width % 2:
+    if group.width % 2 and not _pairs_in_heads(group):
         raise GrowError(f"r2r pairs the {group.width} units {node.name!r} reads, an odd number; use "
                         "--method zero.")
     return [(node, trailing, group)]
@@ -363,7 +363,9 @@ def _pairs_in_heads(group) -> bool:
 def _pair_group(graph: ir.Graph, group, rng: np.random.Generator) -> None:
     """Producers copy unit 2i into 2i+1 (inside each head when the units are heads); the
     consumer's columns become +V, −V per pair."""
-    k = 2 if _pairs_in_heads(group) else 1
+    # whole heads in pairs when their number is even (q, k and v of a pair agree, so the query and
+    # key weights get gradients too); else the channels inside each head, or whole units
+    k = 2 if _pairs_in_heads(group) and group.width % 2 else 1
     even, odd = [slice(None)] * 4, [slice(None)] * 4
     even[k], odd[k] = slice(0, None, 2), slice(1, None, 2)
     for edit in group.edits:
