@@ -130,6 +130,12 @@ class Plan:
         half[self.pair_axis] //= 2
         return np.repeat(self.rng.normal(0.0, sigma, size=half), 2, axis=self.pair_axis)
 
+    def write(self, graph: ir.Graph, edit: gr.WeightEdit, grown: np.ndarray, hint: str) -> None:
+        g.set_input_constant(graph, edit.node, edit.index, grown, hint)
+
+    def finish(self, graph: ir.Graph) -> None:
+        """Nothing beyond the weights: replication keeps every norm's statistics."""
+
     def _pairs_within(self, slot) -> bool:
         return self.pair_axis == 3 and slot.block == self.block
 
@@ -177,6 +183,7 @@ class Plan:
 def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2net", seed: int = 0,
                 noise: float | None = None) -> dict:
     """Widen `layer` of `model` (in place) to `width` units; return a summary for the CLI."""
+    from . import padding  # it builds on this module's channel helpers
     if method not in METHODS:
         raise GrowError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     noise = DEFAULT_NOISE if noise is None else float(noise)
@@ -189,10 +196,14 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
     group = gr.find_group(node)
     repeat = group.outer * group.block
     n = group.width * repeat
-    check_width(node, n, width, method, group)
+    padded = padding.needs_padding(group, n, width, method)
+    check_width(node, n, width, method, group, padded)
     params_before = g.parameter_count(model)
-    plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
-                block=group.block)
+    if padded:
+        plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, layer)
+    else:
+        plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
+                    block=group.block)
     apply(graph, group, plan)
     g.remove_unused(model)
     params_after = g.parameter_count(model)
@@ -207,11 +218,12 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
             f"coupled group: {len(group.producers)} producer(s), {len(group.consumers)} consumer(s)"
             + (f": {', '.join(members[:8])}{' ...' if len(members) > 8 else ''}" if members else ""),
             f"parameters: {params_before:,} -> {params_after:,}",
-        ],
+        ] + (plan.notes() if padded else []),
     }
 
 
-def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
+def check_width(node, n: int, width: int, method: str, group: gr.Group, padded: bool = False) -> None:
+    """Refuse widths the group cannot take; `padded`: a normalised stream grown by padding."""
     name = node.name
     if width <= n:
         raise GrowError(f"{name!r} has {n} units; --width must be larger than that (got {width}). "
@@ -223,7 +235,7 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
         raise GrowError(
             f"cannot widen {name!r} to {width}: its channels are {what}, which grow as whole "
             f"units; use a multiple of {repeat} (e.g. {2 * n}).")
-    if group.uniform_only and width % n and method != "random":
+    if group.uniform_only and width % n and method != "random" and not padded:
         raise GrowError(
             f"cannot widen {name!r} to {width}: {', '.join(group.uniform_only[:3])} normalise over "
             f"its channels, which stays exact only when every unit is copied equally often; use a "
@@ -254,7 +266,7 @@ def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> None:
         is_bias = edit.role == "producer" and (
             (edit.node.op_type in ("Conv", "ConvTranspose", "Gemm") and edit.index == 2))
         grown = plan.grow(array, edit, is_bias)
-        g.set_input_constant(graph, edit.node, edit.index, grown, f"{value.name}.w{plan.q}")
+        plan.write(graph, edit, grown, f"{value.name}.w{plan.q}")
     for edit in group.shape_edits:
         _apply_shape_edit(graph, edit, plan.new)
     for node in group.group_attrs:
@@ -265,6 +277,7 @@ def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> None:
             dims = list(value.shape)
             dims[slot.axis] = shape[slot.axis] + shape[slot.axis] // slot.total * plan.new
             value.shape = ir.Shape(dims)
+    plan.finish(graph)
 
 
 def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:

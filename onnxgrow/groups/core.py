@@ -62,6 +62,7 @@ class Group:
     shape_edits: list = field(default_factory=list)  # ShapeEdit
     group_attrs: list = field(default_factory=list)  # depthwise Convs whose `group` grows
     uniform_only: list = field(default_factory=list)  # names of nodes needing uniform replication
+    norms: list = field(default_factory=list)  # those nodes (LayerNormalization, ReduceMean)
     nodes: list = field(default_factory=list)  # every node the group touches, in visit order
 
     @property
