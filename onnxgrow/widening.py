@@ -23,6 +23,8 @@ LayerNorm2d: `Group.uniform_only`) keep their statistics only if every unit is c
 often, so there every preserving method makes the new producer units copies (q a multiple of n):
 netmorph then gives the copies zero outgoing weights, and r2r pairs each copy with its original,
 adding +V to the original's outgoing weights and −V to the copy's (W_i·x + V·x − V·x = W_i·x).
+Widths that are not a multiple pad the stream instead (zero under RMS norms, the mean under
+pre-norm LayerNorm): padding.PadPlan, which offers the same interface as Plan.
 
 When the units are attention heads (groups.Group.block = head size), r2r pairs the channels inside
 each new head instead of pairing heads: a new head's value channels 2i and 2i+1 are equal, so the
