@@ -202,7 +202,7 @@ def test_shared_initializer_embedding_stays_one_initializer(tmp_path):
 
 # ----------------------------------------------------------------------------- LayerNorm stacks
 
-@pytest.mark.parametrize("arch", ["transformer_mini", "vit_mini", "gpt_block"])
+@pytest.mark.parametrize("arch", ["transformer_mini", "vit_mini", "vit_mini_mha"])
 @pytest.mark.parametrize("method", PRESERVING)
 def test_pre_norm_layernorm_stream_to_one_and_a_half_times(zoo_model, arch, method):
     path = zoo_model(arch, "dynamo")
