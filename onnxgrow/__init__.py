@@ -3,6 +3,7 @@
     import onnxgrow as og
     student = og.widen("teacher.onnx", layer="conv1", width=128, method="net2net", seed=0)
     student = og.deepen(student, after="fc1", method="r2r")
+    student = og.grow("teacher.onnx", widen={"*": "x2"}, deepen=["fc1:r2r"])   # a whole plan
     report = og.verify("teacher.onnx", student)      # report.ok, per-output errors, provider
     module = og.to_torch(student)                    # a trainable torch.nn.Module
 
@@ -16,6 +17,7 @@ _API = {
     "inspect": ("layers", "describe"),
     "widen": ("widening", "widen"),
     "deepen": ("deepening", "deepen"),
+    "grow": ("growth", "grow"),
     "morph_kernel": ("deepening", "morph_kernel"),
     "verify": ("verification", "verify"),
     "to_torch": ("torch_export", "to_torch"),

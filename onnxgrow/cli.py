@@ -17,9 +17,7 @@ import traceback
 import click
 
 from .errors import GrowError, InternalError, MismatchError
-
-METHODS_WIDEN = ("net2net", "netmorph", "r2r", "random")
-METHODS_DEEPEN = ("net2net", "r2r", "zero")
+from .methods import DEEPEN_METHODS, WIDEN_METHODS
 
 
 class _Context:
@@ -50,7 +48,7 @@ def main(argv=None) -> None:
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
+        sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except MismatchError as exc:
@@ -202,7 +200,8 @@ def _grow(model_path, out, transform, no_verify, verify_args, preserving=True):
                 click.echo(report.format(), err=True)
                 raise MismatchError(
                     "the student does not match the teacher; nothing was written. Run with "
-                    "--no-verify to keep it for inspection, and please report the model."
+                    "--no-verify to keep it for inspection, and please report the model.",
+                    report=report,
                 )
     summary["output"] = str(out)
     return summary
@@ -221,7 +220,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
             "MISMATCH" if summary.get("preserving", True) else "differs, as expected of a "
             "non-preserving method")
         click.echo(f"verified on {rep['provider']}: max abs error {worst:.3g} "
-                   f"({rep['samples']} samples) -> {verdict}")
+                   f"({rep['samples']} samples) → {verdict}")
     click.echo(f"wrote {summary['output']}")
 
 
@@ -237,7 +236,7 @@ def _grow_options(f):
 @click.argument("model")
 @click.option("--layer", required=True, help="Name of the Conv/Gemm/MatMul node to widen.")
 @click.option("--width", type=int, required=True, help="New output width (channels/features).")
-@click.option("--method", type=click.Choice(METHODS_WIDEN), default="net2net", show_default=True)
+@click.option("--method", type=click.Choice(list(WIDEN_METHODS)), default="net2net", show_default=True)
 @click.option("--noise", type=float, default=None,
               help="net2net: spread of the random replica split (default 0.1; 0 = textbook 1/c).")
 @_grow_options
@@ -255,18 +254,23 @@ def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **v
 
 @cli.command()
 @click.argument("model")
-@click.option("--after", required=True, help="Name of the Conv/Gemm/MatMul node to insert after.")
-@click.option("--method", type=click.Choice(METHODS_DEEPEN), default="net2net", show_default=True)
+@click.option("--after", default=None, help="The Conv/Gemm/MatMul layer (node name or module path) to "
+              "insert after.")
+@click.option("--block", default=None, help="A residual block to copy after itself (module path such as "
+              "model.layers.3, or its index).")
+@click.option("--method", type=click.Choice(list(DEEPEN_METHODS)), default=None,
+              help="net2net, r2r or zero after a layer (default net2net); zero or r2r for a block "
+                   "(default zero).")
 @click.option("--kernel", type=int, default=None, help="Kernel size of an inserted Conv (odd).")
 @click.option("--bn", is_flag=True, help="Add an identity BatchNormalization after the new layer.")
 @_grow_options
-def deepen(model, after, method, kernel, bn, out, seed, no_verify, as_json, **verify_kw):
-    """Insert a new layer (or residual block) after node AFTER of MODEL."""
-    from .deepening import deepen_model
+def deepen(model, after, block, method, kernel, bn, out, seed, no_verify, as_json, **verify_kw):
+    """Insert a layer or residual block after layer AFTER, or copy residual block BLOCK."""
+    from .deepening import deepen_any
 
     summary = _grow(
         model, out,
-        lambda m: deepen_model(m, after=after, method=method, kernel=kernel, bn=bn, seed=seed),
+        lambda m: deepen_any(m, after=after, block=block, method=method, kernel=kernel, bn=bn, seed=seed),
         no_verify, _verify_args(verify_kw),
     )
     _print_summary(summary, as_json)
@@ -285,6 +289,32 @@ def morph_kernel(model, layer, kernel, out, seed, no_verify, as_json, **verify_k
         model, out, lambda m: morph_kernel_model(m, layer=layer, kernel=kernel),
         no_verify, _verify_args(verify_kw),
     )
+    _print_summary(summary, as_json)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--widen", "widen_specs", multiple=True, metavar="TARGET=WIDTH",
+              help="Widen TARGET (node name, module path or glob like 'layer3.*') to WIDTH units or "
+                   "by a factor xF (repeatable).")
+@click.option("--deepen", "deepen_specs", multiple=True, metavar="TARGET[:METHOD]",
+              help="Insert a layer or block after TARGET (repeatable); METHOD net2net, r2r or zero.")
+@click.option("--plan", "plan_file", default=None, help="A JSON plan: {\"widen\": {...}, \"deepen\": [...]}.")
+@click.option("--method", type=click.Choice(list(WIDEN_METHODS)), default=None,
+              help="Widening method (default net2net).")
+@click.option("--noise", type=float, default=None, help="net2net: spread of the replica split.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+@_grow_options
+def grow(model, widen_specs, deepen_specs, plan_file, method, noise, quiet, out, seed, no_verify, as_json,
+         **verify_kw):
+    """Grow MODEL by a plan: many widen/deepen requests, one verification, one save."""
+    from .growth import grow_model, plan_from, stderr_progress
+
+    seed_given = click.get_current_context().get_parameter_source("seed") != click.core.ParameterSource.DEFAULT
+    plan = plan_from(widen_specs, deepen_specs, plan_file, method, seed if seed_given else None, noise)
+    progress = None if quiet or as_json else stderr_progress
+    summary = _grow(model, out, lambda m: grow_model(m, plan, progress), no_verify, _verify_args(verify_kw),
+                    preserving=plan.method != "random")
     _print_summary(summary, as_json)
 
 

@@ -46,22 +46,18 @@ import numpy as np
 import onnx_ir as ir
 
 from . import graph as G
+from . import names, ops
 from .errors import GrowError
+from .layerspec import FAMILY, layer_spec
+from .methods import DEEPEN_METHODS, deepen_method
+from .summary import summary
 
-METHODS = ("net2net", "r2r", "zero")
 MAX_STEP_NODES = 16
 
 # Elementwise ops a walk may pass through. Inputs other than the walked tensor must be constants
 # that do not change the tensor's shape (scalars or per-channel vectors).
-UNARY = {
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu",
-    "Softplus", "Softsign", "Gelu", "Mish", "Erf", "ThresholdedRelu", "Abs", "Neg", "Exp", "Log",
-    "Sqrt", "Reciprocal", "Identity", "Dropout", "Clip",
-}
 BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"}
-IDEMPOTENT = {"Relu", "Clip", "Max", "Min"}
 SUPPORTED_DTYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
-FAMILY = {"Conv": "conv", "ConvTranspose": "conv", "Gemm": "gemm", "MatMul": "matmul"}
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -128,27 +124,43 @@ class _Step:
 
     @property
     def kind(self) -> str:
-        ops = [n.op_type for n in self.nodes]
-        if len(ops) == 1:
+        op_types = [n.op_type for n in self.nodes]
+        if len(op_types) == 1:
             n = self.nodes[0]
-            if ops[0] in ("BatchNormalization", "Identity", "Dropout", "Neg"):
+            if op_types[0] in ("BatchNormalization", "Identity", "Dropout", "Neg"):
                 return "affine"
             walked = [v is self.start for v in n.inputs]
-            if walked.count(True) == 1 and (ops[0] in ("Add", "Sub", "Mul") or ops[0] == "Div" and walked[0]):
+            if walked.count(True) == 1 and (op_types[0] in ("Add", "Sub", "Mul") or op_types[0] == "Div" and walked[0]):
                 return "affine"
-            if ops[0] in IDEMPOTENT:
+            if op_types[0] in ops.IDEMPOTENT:
                 return "idempotent"
         return "activation"
 
+    @property
+    def name(self) -> str:
+        """What the step computes: its op (Clip with its range), or a known pattern's name."""
+        op_types = [n.op_type for n in self.nodes]
+        if len(op_types) == 1:
+            return "Clip" + _clip_range(self.nodes[0]) if op_types[0] == "Clip" else op_types[0]
+        kinds = set(op_types)
+        return ("SiLU" if kinds == {"Sigmoid", "Mul"} else "HardSwish" if kinds == {"HardSigmoid", "Mul"}
+                else "GELU" if "Erf" in kinds or {"Tanh", "Pow"} <= kinds else "→".join(op_types))
+
     def describe(self) -> str:
-        ops = [n.op_type for n in self.nodes]
-        if len(ops) == 1:
-            return ops[0]
-        kinds = set(ops)
-        name = ("SiLU" if kinds == {"Sigmoid", "Mul"} else "HardSwish" if kinds == {"HardSigmoid", "Mul"}
-                else "GELU" if "Erf" in kinds or {"Tanh", "Pow"} <= kinds else None)
-        pattern = "→".join(ops)
-        return f"{name} ({pattern})" if name else pattern
+        if len(self.nodes) == 1:
+            return self.nodes[0].op_type
+        pattern = "→".join(n.op_type for n in self.nodes)
+        return pattern if self.name == pattern else f"{self.name} ({pattern})"
+
+
+def _clip_range(node: ir.Node) -> str:
+    bounds = []
+    for i, key in ((1, "min"), (2, "max")):
+        v = G.constant(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None
+        v = G.attr(node, key) if v is None else float(v)
+        bounds.append("" if v is None else f"{float(v):g}")
+    return f"({bounds[0]},{bounds[1]})"
+
 
 
 @dataclass
@@ -214,7 +226,7 @@ def _const_shape(value: ir.Value | None) -> tuple | None:
 def _layer_geometry(node: ir.Node) -> tuple[str, int, tuple | None, int, tuple]:
     """(family, channels, output shape, groups, kernel) of a Conv/ConvTranspose/Gemm/MatMul."""
     op = node.op_type
-    if node.domain not in ("", "ai.onnx") or op not in FAMILY:
+    if not ops.is_onnx(node) or op not in FAMILY:
         raise GrowError(
             f"cannot deepen after {node.name!r}: it is a {op}, not a Conv, ConvTranspose, Gemm or "
             "MatMul layer. Name a layer node; `onnxgrow inspect MODEL` lists them."
@@ -224,10 +236,10 @@ def _layer_geometry(node: ir.Node) -> tuple[str, int, tuple | None, int, tuple]:
     w_shape = _const_shape(node.inputs[1]) if len(node.inputs) > 1 else None
     groups, kernel, channels = 1, (), None
     if family == "conv":
-        groups = int(G.attr(node, "group", 1))
+        spec = layer_spec(node, w_shape)
+        groups = spec.groups
         if w_shape is not None and len(w_shape) >= 3:
-            channels = w_shape[0] if op == "Conv" else w_shape[1] * groups
-            kernel = tuple(w_shape[2:])
+            channels, kernel = spec.width, spec.kernel
         kernel = tuple(G.attr(node, "kernel_shape", kernel) or kernel)
         if not kernel:
             raise GrowError(
@@ -238,7 +250,7 @@ def _layer_geometry(node: ir.Node) -> tuple[str, int, tuple | None, int, tuple]:
             out_shape = (None, channels) + (None,) * len(kernel)
     elif family == "gemm":
         if w_shape is not None and len(w_shape) == 2:
-            channels = w_shape[0] if G.attr(node, "transB", 0) else w_shape[1]
+            channels = layer_spec(node, w_shape).width
         if out_shape is None or len(out_shape) != 2:
             out_shape = (None, channels)
     else:
@@ -254,7 +266,7 @@ def _layer_geometry(node: ir.Node) -> tuple[str, int, tuple | None, int, tuple]:
                 "feature axis to keep. Deepen after a layer with a 2-D weight."
             )
         if w_shape is not None:
-            channels = w_shape[-1]
+            channels = layer_spec(node, w_shape).width
     if out_shape is not None:
         axis = 1 if family == "conv" else -1
         known = out_shape[axis]
@@ -285,7 +297,7 @@ def _const_fits(arr: np.ndarray, shape: tuple | None, channels: int) -> bool:
 def _absorbable(node: ir.Node, avail: set, shape: tuple | None, channels: int, graph: ir.Graph,
                 consts: list) -> bool:
     """Can `node` join the region? All non-constant inputs must be region tensors."""
-    if node.graph is not graph or node.domain not in ("", "ai.onnx"):
+    if node.graph is not graph or not ops.is_onnx(node):
         return False
     op = node.op_type
     if op == "BatchNormalization":
@@ -298,7 +310,7 @@ def _absorbable(node: ir.Node, avail: set, shape: tuple | None, channels: int, g
             return False
         consts.extend(params)
         return True
-    if op not in UNARY and op not in BINARY:
+    if op not in ops.UNARY_FLOAT and op not in BINARY:
         return False
     if op == "Dropout":
         if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
@@ -315,11 +327,11 @@ def _absorbable(node: ir.Node, avail: set, shape: tuple | None, channels: int, g
         if v is None:
             continue
         if v in avail:
-            if i > 0 and (op in UNARY or op == "PRelu"):
+            if i > 0 and (op in ops.UNARY_FLOAT or op == "PRelu"):
                 return False
             walked = True
             continue
-        if op in UNARY and op not in ("Clip", "Dropout"):
+        if op in ops.UNARY_FLOAT and op not in ("Clip", "Dropout"):
             return False
         arr = G.constant(v)
         if arr is None or v.is_graph_input():
@@ -477,9 +489,7 @@ def _bn(b: _Builder, x: ir.Value, channels: int, base: str) -> ir.Value:
 
 def _check_request(plan: _Plan, method: str, kernel, bn: bool, opset: int) -> tuple:
     name = plan.node.name
-    if method not in METHODS:
-        raise GrowError(f"unknown deepen method {method!r}: choose one of {', '.join(METHODS)}.")
-    if method == "net2net" and plan.net2net_reason:
+    if not deepen_method(method).residual and plan.net2net_reason:
         raise GrowError(f"cannot deepen after {name!r} with net2net: {plan.net2net_reason}")
     k = plan.kernel
     if kernel is not None:
@@ -531,12 +541,19 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
                  bn: bool = False, seed: int = 0) -> dict:
     """Insert a layer (net2net) or a zero-output residual block (r2r, zero) after node `after`,
     editing `model` in place. Returns a summary with human-readable "lines"."""
-    graph = model.graph
-    node = G.find_node(graph, after)
+    node = names.resolve(model.graph, after)
     G.infer_shapes(model)
+    return deepen_node(model, node, method=method, kernel=kernel, bn=bn, seed=seed)
+
+
+def deepen_node(model: ir.Model, node: ir.Node, *, method: str = "net2net", kernel: int | None = None,
+                bn: bool = False, seed: int = 0) -> dict:
+    """`deepen_model` on a node already found, with shapes already inferred (growth plans)."""
+    graph = model.graph
     plan = _plan(node)
-    opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 0))
+    opset = ops.opset(graph, default=0)
     k = _check_request(plan, method, kernel, bn, opset)
+    spec = deepen_method(method)
     before = G.parameter_count(model)
     rng = np.random.default_rng(seed)
     b = _Builder(graph, "onnxgrow/deepen", plan.dtype)
@@ -544,7 +561,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     dt = plan.dtype.numpy()
     groups = plan.groups if plan.family == "conv" else 1
     desc = []
-    if method == "net2net":
+    if not spec.residual:
         y = _layer(b, plan, t, identity_weight(c, groups, k, dt), k, groups, "identity")
         desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{c}→{c} identity" + (f" (group {groups})" if groups > 1 else ""))
         if bn:
@@ -561,9 +578,9 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
             x = b.op("LayerNormalization", [x, b.init("ln.weight", np.ones(c)), b.init("ln.bias", np.zeros(c))],
                      {"axis": -1, "epsilon": 1e-5}, base="ln")
             desc.append("LayerNormalization")
-        w1, w2 = paired_weights(rng, c, groups, k, zero=(method == "zero"), dtype=dt)
+        w1, w2 = paired_weights(rng, c, groups, k, zero=not spec.paired, dtype=dt)
         h = _layer(b, plan, x, w1, k, groups, "fc1" if plan.family != "conv" else "conv1")
-        desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{c}→{w1.shape[0]}" + (" (paired units)" if method == "r2r" else ""))
+        desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{c}→{w1.shape[0]}" + (" (paired units)" if spec.paired else ""))
         if bn:
             h = _bn(b, h, w1.shape[0], "bn")
             desc.append("BatchNormalization")
@@ -571,47 +588,65 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
         h = b.clone(act, h) if act is not None else b.op("Relu", [h], base="relu")
         desc.append(act.describe() if act is not None else "Relu")
         y = _layer(b, plan, h, w2, k, groups, "fc2" if plan.family != "conv" else "conv2")
-        desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{w1.shape[0]}→{c}" + (" (+V/−V)" if method == "r2r" else " (zeros)"))
+        desc.append(f"{plan.family_op()} {_fmt_kernel(k)}{w1.shape[0]}→{c}" + (" (+V/−V)" if spec.paired else " (zeros)"))
         out = b.op("Add", [t, y], base="residual")
         desc.append("Add (residual)")
     if t.type is not None:
         out.type = t.type
+    out.shape = None if t.shape is None else ir.Shape(t.shape)  # the block keeps the shape
     insert_name = t.name
     graph.insert_after(t.producer(), b.nodes)
     _rewire(graph, t, out, b.nodes)
-    after_params = G.parameter_count(model)
     where = f"after {', '.join(plan.through)}" if plan.steps else "directly on its output"
     lines = [
         f"deepen after {node.name!r} ({node.op_type}), method {method}: the new "
-        f"{'layer' if method == 'net2net' else 'block'} reads {insert_name!r} ({where}), {c} "
+        f"{'block' if spec.residual else 'layer'} reads {insert_name!r} ({where}), {c} "
         + ("channels" if plan.family == "conv" else "features"),
         "inserted: " + " → ".join(desc),
-        f"parameters: {before:,} → {after_params:,} (+{after_params - before:,})",
     ]
-    return {
-        "lines": lines, "after": node.name, "method": method, "insert_on": insert_name, "through": plan.through,
-        "channels": c, "nodes": [n.name for n in b.nodes], "params_before": before, "params_after": after_params,
-    }
+    return summary("deepen", lines, before, G.parameter_count(model), after=node.name, method=method,
+                   insert_on=insert_name, through=plan.through, channels=c, nodes=[n.name for n in b.nodes])
 
 
-def deepen(model, *, after: str, method: str = "net2net", kernel: int | None = None, bn: bool = False,
-           seed: int = 0):
+def deepen(model, *, after: str | None = None, block: str | None = None, method: str | None = None,
+           kernel: int | None = None, bn: bool = False, seed: int = 0):
     """Public API: a deepened copy of `model` (path, ModelProto, onnx_ir.Model or gs.Graph) as an
-    onnx.ModelProto. The argument is never modified."""
+    onnx.ModelProto — a layer or block inserted after layer `after`, or a copy of residual block
+    `block` (a module path or an index; see onnxgrow.blocks). The argument is never modified."""
     m = G.load(model)
-    deepen_model(m, after=after, method=method, kernel=kernel, bn=bn, seed=seed)
+    deepen_any(m, after=after, block=block, method=method, kernel=kernel, bn=bn, seed=seed)
     return G.like_input(model, m)
 
 
+def deepen_any(model: ir.Model, *, after: str | None, block: str | None, method: str | None,
+               kernel: int | None = None, bn: bool = False, seed: int = 0) -> dict:
+    """Exactly one of `after` (deepen after a layer; method default net2net) and `block` (copy a
+    residual block; method zero or r2r, default zero), in place."""
+    if (after is None) == (block is None):
+        raise GrowError("name exactly one of --after LAYER (insert after a layer) and --block PATH "
+                        "(copy a residual block).")
+    if after is not None:
+        return deepen_model(model, after=after, method=method or "net2net", kernel=kernel, bn=bn, seed=seed)
+    if kernel is not None or bn:
+        raise GrowError("--kernel and --bn shape an inserted layer; a block copy keeps the block's own "
+                        "layers. Leave them out with --block.")
+    from .blocks import copy_block
+
+    return copy_block(model, block, method=method or "zero", seed=seed)
+
+
 def deepen_options(node: ir.Node) -> dict:
-    """For inspect: {"methods", "after" (the tensor the block reads), "through", "unavailable"}
-    or {"reason"}. deepen_model with default options succeeds for every method listed."""
+    """For inspect: {"methods", "after" (the tensor the block reads), "through", "unavailable",
+    "activation" (the first non-affine step, if any)} or {"reason"}. deepen_model with default options succeeds for every method listed."""
     try:
         plan = _plan(node)
     except GrowError as exc:
         return {"reason": str(exc)}
-    info = {"methods": [m for m in METHODS if m != "net2net" or plan.net2net_reason is None],
+    info = {"methods": [name for name, m in DEEPEN_METHODS.items() if m.residual or plan.net2net_reason is None],
             "after": plan.insert.name, "through": plan.through}
+    act = next((s for s in plan.steps if s.kind != "affine"), None)
+    if act is not None:
+        info["activation"] = act.name
     if plan.net2net_reason:
         info["unavailable"] = {"net2net": plan.net2net_reason}
     return info
@@ -622,7 +657,7 @@ def deepen_options(node: ir.Node) -> dict:
 
 def _kernel_plan(node: ir.Node) -> tuple[np.ndarray, tuple]:
     name = node.name
-    if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "ConvTranspose"):
+    if not ops.is_onnx(node) or node.op_type not in ("Conv", "ConvTranspose"):
         raise GrowError(
             f"cannot grow the kernel of {name!r}: it is a {node.op_type}; kernel growth applies to "
             "Conv and ConvTranspose nodes."
@@ -656,7 +691,7 @@ def kernel_options(node: ir.Node) -> dict:
 def morph_kernel_model(model: ir.Model, *, layer: str, kernel: int) -> dict:
     """Grow the kernel of Conv/ConvTranspose `layer` to `kernel` in every spatial dim, in place."""
     graph = model.graph
-    node = G.find_node(graph, layer)
+    node = names.resolve(graph, layer)
     w, old = _kernel_plan(node)
     G.infer_shapes(model)
     sd = len(old)
@@ -699,17 +734,11 @@ def morph_kernel_model(model: ir.Model, *, layer: str, kernel: int) -> dict:
     node.replace_input_with(1, b.init(f"{node.name}.weight", grow_kernel(w, new), ir.DataType.from_numpy(w.dtype)))
     if old_w.is_initializer() and not old_w.uses() and not old_w.is_graph_output():
         graph.initializers.pop(old_w.name)
-    after = G.parameter_count(model)
-    return {
-        "lines": [
-            f"grew the kernel of {layer!r} ({node.op_type}) from {_fmt_kernel(old).strip()} to "
+    line = (f"grew the kernel of {layer!r} ({node.op_type}) from {_fmt_kernel(old).strip()} to "
             f"{_fmt_kernel(new).strip()}: zero taps around the old kernel, padding "
-            + ("kept SAME (stride 1)" if auto != "NOTSET" else f"now {list(node.attributes['pads'].value)}"),
-            f"parameters: {before:,} → {after:,} (+{after - before:,})",
-        ],
-        "layer": layer, "kernel_before": list(old), "kernel_after": list(new),
-        "params_before": before, "params_after": after,
-    }
+            + ("kept SAME (stride 1)" if auto != "NOTSET" else f"now {list(node.attributes['pads'].value)}"))
+    return summary("morph-kernel", [line], before, G.parameter_count(model), layer=layer,
+                   kernel={"before": list(old), "after": list(new)})
 
 
 def _same_pads(size, kernel, strides, dil, auto) -> list:

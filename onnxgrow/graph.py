@@ -14,7 +14,6 @@ onnxruntime 1.31 refuses.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 import os
 import shutil
@@ -25,10 +24,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from . import ops
 from .errors import GrowError
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot hold a message over 2 GiB
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 # ----------------------------------------------------------------------------- load
@@ -214,22 +213,6 @@ def weight_bytes(model: ir.Model) -> int:
 # ----------------------------------------------------------------------------- nodes and values
 
 
-def find_node(graph: ir.Graph, name: str) -> ir.Node:
-    """The node called `name`; an unknown name is an error listing the closest names."""
-    for node in graph:
-        if node.name == name:
-            return node
-    names = [n.name for n in graph if n.name]
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    if not close:
-        close = [n.name for n in graph if n.name and n.op_type in WEIGHT_OPS][:5]
-    hint = ", ".join(repr(c) for c in close)
-    raise GrowError(
-        f"no node named {name!r} in the model. Closest names: {hint}. "
-        "`onnxgrow inspect MODEL` lists every layer."
-    )
-
-
 def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
     """The constant array behind `value`: an initializer, a Constant node, or a small expression
     of constants (shape arithmetic exporters leave unfolded, weights behind Identity/Cast)."""
@@ -238,7 +221,7 @@ def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
     if value.const_value is not None and not value.is_graph_input():
         return value.const_value.numpy()
     node = value.producer()
-    if node is None or node.domain not in ("", "ai.onnx"):
+    if node is None or not ops.is_onnx(node):
         return None
     if node.op_type == "Constant":
         attr = node.attributes.get("value")
@@ -249,22 +232,33 @@ def constant(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
     fold = _FOLD.get(node.op_type)
     if fold is None or len(node.outputs) != 1:
         return None
-    if "onnxgrow.constant" in value.meta:
-        return value.meta["onnxgrow.constant"]
+    version = edit_count(value.graph)
+    cached = value.meta.get("onnxgrow.constant")
+    if cached is not None and cached[0] == version:
+        return cached[1]
     args = []
     for inp in node.inputs:
         arg = None if inp is None else constant(inp, depth + 1)
         if inp is not None and arg is None:
             return None
         args.append(arg)
-    if node.op_type not in _LAYOUT_OPS and any(a is not None and a.size > 4096 for a in args):
+    if node.op_type not in ops.FOLD_AT_ANY_SIZE and any(a is not None and a.size > 4096 for a in args):
         return None  # fold shape arithmetic and weight layouts, not weight computations
     try:
         result = np.asarray(fold(node, *args))
     except Exception:  # an expression numpy cannot mirror: treat as not constant
         return None
-    value.meta["onnxgrow.constant"] = result
+    value.meta["onnxgrow.constant"] = (version, result)
     return result
+
+
+def edited(graph: ir.Graph) -> None:
+    """Record that `graph` changed: constants folded and shapes probed before are recomputed."""
+    graph.meta["onnxgrow.edits"] = edit_count(graph) + 1
+
+
+def edit_count(graph: ir.Graph | None) -> int:
+    return 0 if graph is None else graph.meta.get("onnxgrow.edits", 0)
 
 
 def _cast(node, x, *_):
@@ -288,8 +282,6 @@ def _slice(node, x, starts, ends, axes=None, steps=None):
     return x[tuple(index)]
 
 
-# ops that only re-lay out a constant (exporters put weights behind them): folded at any size
-_LAYOUT_OPS = ("Identity", "Cast", "Transpose", "Shape", "Expand")
 
 _FOLD = {
     "Transpose": lambda n, x: np.transpose(x, n.attributes["perm"].value if "perm" in n.attributes else None),
@@ -338,7 +330,7 @@ def attr(node: ir.Node, name: str, default=None):
 
 def is_weight_layer(node: ir.Node) -> bool:
     """Conv, ConvTranspose, Gemm, and MatMul whose second input is a constant weight."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHT_OPS:
+    if not ops.is_onnx(node) or node.op_type not in ops.WEIGHT_OPS:
         return False
     if node.op_type == "MatMul":
         return len(node.inputs) > 1 and constant(node.inputs[1]) is not None
@@ -368,9 +360,10 @@ def _probe_shapes(graph: ir.Graph) -> dict:
     """Shapes of every intermediate value from one onnxruntime run on random inputs (dynamic
     dimensions 1), computed once per graph and only when shape inference fell short."""
     cached = graph.meta.get("onnxgrow.probed")
-    if cached is not None:
-        return cached
-    graph.meta["onnxgrow.probed"] = shapes = {}
+    if cached is not None and cached[0] == edit_count(graph):
+        return cached[1]
+    shapes: dict = {}
+    graph.meta["onnxgrow.probed"] = (edit_count(graph), shapes)
     model = graph.meta.get("onnxgrow.model")
     if model is None:
         return shapes
@@ -443,6 +436,7 @@ def new_initializer(graph: ir.Graph, hint: str, array: np.ndarray) -> ir.Value:
 def set_input_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, hint: str) -> None:
     """Point input `index` of `node` at a new initializer holding `array` (others keep the old)."""
     node.replace_input_with(index, new_initializer(graph, hint, array))
+    edited(graph)
 
 
 def infer_shapes(model: ir.Model) -> None:

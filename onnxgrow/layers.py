@@ -13,11 +13,10 @@ import onnx_ir as ir
 
 from . import graph as g
 from . import groups as gr
+from . import names
 from .errors import GrowError, tolerate
-
-ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-               "Elu", "Selu", "Celu", "Softplus", "Gelu", "Mish", "Swish"}
-PASS_TO_ACTIVATION = {"BatchNormalization", "Add", "Identity", "Dropout"}
+from .layerspec import layer_spec
+from .methods import widen_methods_for
 
 
 def describe(model) -> dict:
@@ -38,7 +37,19 @@ def describe(model) -> dict:
         "outputs": [_describe_value(v) for v in graph.outputs],
         "parameters": g.parameter_count(ir_model),
         "layers": layers,
+        "blocks": _describe_blocks(ir_model),
     }
+
+
+def _describe_blocks(model: ir.Model) -> list[dict]:
+    """The residual blocks `deepen --block` can copy, with the methods that apply."""
+    from .blocks import block_methods, find_blocks
+
+    described = []
+    for block in find_blocks(model):
+        methods, why = block_methods(block)
+        described.append({**block.describe(), "methods": methods, **({"not": why} if why else {})})
+    return described
 
 
 def _describe_value(value: ir.Value) -> dict:
@@ -48,16 +59,18 @@ def _describe_value(value: ir.Value) -> dict:
 
 
 def _describe_layer(node: ir.Node, groups_by_producer: dict) -> dict:
+    spec = layer_spec(node)
     entry = {
         "name": node.name,
+        "module": names.module_path(node),
         "op": node.op_type,
-        "width": gr.layer_width(node),
-        "in_width": _in_width(node),
-        "kernel": _kernel(node),
-        "activation": _activation(node),
+        "width": spec.width,
+        "in_width": spec.in_width,
+        "kernel": list(spec.kernel) if spec.kernel is not None else None,
         "widen": _widen_entry(node, groups_by_producer),
         "deepen": _deepen_entry(node),
     }
+    entry["activation"] = entry["deepen"].pop("activation", None)
     if node.op_type in ("Conv", "ConvTranspose"):
         entry["morph_kernel"] = _kernel_entry(node)
     return entry
@@ -74,7 +87,7 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
             return _internal(exc)
         for producer in group.producers:
             groups_by_producer[id(producer)] = group
-    methods, why = group.methods()
+    methods, why = widen_methods_for(group)
     others = [n.name for n in group.producers + group.consumers if n is not node]
     entry = {"methods": methods, "group": others}
     if why:
@@ -121,60 +134,6 @@ def _kernel_entry(node: ir.Node) -> dict:
         return _internal(exc)
 
 
-def _in_width(node: ir.Node) -> int | None:
-    weight = g.constant(node.inputs[1])
-    if weight is None:
-        return None
-    if node.op_type == "Conv":
-        return int(weight.shape[1] * g.attr(node, "group", 1))
-    if node.op_type == "ConvTranspose":
-        return int(weight.shape[0])
-    if node.op_type == "Gemm":
-        return int(weight.shape[1] if g.attr(node, "transB", 0) else weight.shape[0])
-    return int(weight.shape[-2])
-
-
-def _kernel(node: ir.Node) -> list[int] | None:
-    if node.op_type not in ("Conv", "ConvTranspose"):
-        return None
-    weight = g.constant(node.inputs[1])
-    return [int(k) for k in weight.shape[2:]] if weight is not None else None
-
-
-def _activation(node: ir.Node) -> str | None:
-    """The activation that follows the layer (through BatchNorm / bias Add), if any."""
-    value = node.outputs[0]
-    for _ in range(4):
-        uses = list(value.uses())
-        if len(uses) != 1:
-            return None
-        nxt = uses[0].node
-        if nxt.op_type in ACTIVATIONS:
-            if nxt.op_type == "Clip":
-                return "Clip" + _clip_range(nxt)
-            return nxt.op_type
-        if nxt.op_type == "Mul" and any(
-                i is not None and i.producer() is not None and i.producer().op_type == "Sigmoid"
-                and i.producer().inputs[0] is value for i in nxt.inputs):
-            return "SiLU"
-        if nxt.op_type == "Sigmoid" and any(u.node.op_type == "Mul" for u in value.uses()):
-            return "SiLU"
-        if nxt.op_type not in PASS_TO_ACTIVATION or (
-                nxt.op_type == "Add" and all(g.constant(i) is None for i in nxt.inputs)):
-            return None
-        value = nxt.outputs[0]
-    return None
-
-
-def _clip_range(node: ir.Node) -> str:
-    bounds = []
-    for i, key in ((1, "min"), (2, "max")):
-        v = g.constant(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None
-        v = g.attr(node, key) if v is None else float(v)
-        bounds.append("" if v is None else f"{float(v):g}")
-    return f"({bounds[0]},{bounds[1]})"
-
-
 def _deepen_cell(deepen: dict) -> str:
     """Methods, and where the new layer goes: after the layer and the ops listed (+BN→Relu)."""
     if "methods" not in deepen:
@@ -185,11 +144,11 @@ def _deepen_cell(deepen: dict) -> str:
 
 def format_table(info: dict) -> str:
     """The human-readable inspect output."""
-    rows = [("layer", "op", "in->out", "kernel", "act", "widen", "deepen (inserted after +ops)")]
+    rows = [("layer", "module", "op", "in->out", "kernel", "act", "widen", "deepen (inserted after +ops)")]
     for layer in info["layers"]:
         widen, deepen = layer["widen"], layer["deepen"]
         rows.append((
-            layer["name"], layer["op"], f"{layer['in_width']}->{layer['width']}",
+            layer["name"], layer["module"] or "-", layer["op"], f"{layer['in_width']}->{layer['width']}",
             "x".join(map(str, layer["kernel"])) if layer["kernel"] else "-",
             layer["activation"] or "-",
             ",".join(widen["methods"]) + (f" (+{len(widen['group'])} coupled)" if widen.get("group") else "")
@@ -208,5 +167,8 @@ def format_table(info: dict) -> str:
         for key in ("widen", "deepen"):
             if "reason" in layer[key]:
                 notes.append(f"  {layer['name']}: {key} no: {layer[key]['reason']}")
-    tail = ["", "why not:"] + notes if notes else []
+    blocks = [f"  {b['index']}: {b['path'] or '-'} ({b['units']} residual unit(s){', attention' if b['attention'] else ''}; "
+              f"{b['first']} … {b['last']}): {','.join(b['methods'])}" for b in info.get("blocks", [])]
+    tail = (["", "blocks (deepen --block PATH|INDEX):"] + blocks if blocks else [])
+    tail += ["", "why not:"] + notes if notes else []
     return "\n".join(head + lines + tail)

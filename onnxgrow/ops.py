@@ -23,6 +23,9 @@ UNARY = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "El
          "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout",
          "Cast", "Clip", "Mish", "ThresholdedRelu", "Not", "IsNaN", "IsInf", "Shrink", "Swish")
 
+# unary ops that keep a float tensor's type (deepening walks through them)
+UNARY_FLOAT = tuple(op for op in UNARY if op not in ("Cast", "Not", "IsNaN", "IsInf"))
+
 # the nonlinear activations a layer is followed by (what `inspect` shows as "act")
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid",
                          "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Gelu", "Mish",

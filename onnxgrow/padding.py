@@ -138,11 +138,29 @@ class PadPlan:
         if id(value) in self.in_place:
             value.const_value = ir.tensor(grown.astype(g.constant(value).dtype), name=value.name)
             value.shape = ir.Shape(grown.shape)
-            for use in value.uses():
-                for out in use.node.outputs:
-                    out.meta.pop("onnxgrow.constant", None)
+            g.edited(graph)  # constants folded from the table (its Transpose) are stale
             return
         g.set_input_constant(graph, edit.node, edit.index, grown, hint)
+
+    def channel_map(self, dim: int, edit: gr.WeightEdit, is_bias: bool):
+        """As widening.channel_map: old positions keep their index (gains and compensated
+        consumer columns scaled by √(d/d′)); new positions are fresh (−1)."""
+        how = self.fill[id(edit)]
+        if how == "tied-skip":
+            return None
+        slot, n, new = edit.slot, self.n, self.new
+        outer = dim // (slot.total * slot.block)
+        channel = np.arange(slot.total + new) - slot.offset
+        is_new = (channel >= n) & (channel < n + new)
+        source = np.where(channel < n, channel, channel - new)
+        scale = np.ones(channel.size)
+        if how in ("gain", "fresh-gain"):
+            scale[(channel >= 0) & (channel < n)] = np.sqrt(self.ratio)
+        grid_o, grid_c, grid_r = np.meshgrid(np.arange(outer), np.arange(channel.size),
+                                             np.arange(slot.block), indexing="ij")
+        index = grid_o * slot.total * slot.block + (slot.offset + source[grid_c]) * slot.block + grid_r
+        index = np.where(is_new[grid_c], -1, index)
+        return index.reshape(-1), np.broadcast_to(scale[grid_c], index.shape).reshape(-1)
 
     def finish(self, graph: ir.Graph) -> None:
         """Scale ε of every norm over the stream by d/d′ (and fix a tied head's shape)."""

@@ -37,13 +37,11 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from . import graph
+from . import graph, ops
 from .errors import GrowError
 
-DEFAULT_DOMAINS = ("", "ai.onnx")
 # Ops through which a constant keeps its role: a Transpose of a weight is still a weight.
-PASS_THROUGH = {"Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand",
-                "Tile", "Cast", "Slice"}
+PASS_THROUGH = ops.RELAYOUT | {"Tile", "Slice"}
 WEIGHT_SLOTS = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
     "BatchNormalization": (1, 2), "LayerNormalization": (1, 2),
@@ -72,7 +70,7 @@ def to_torch(model):
 
         InlinePass()(irm)
     g = irm.graph
-    opset = irm.opset_imports.get("", irm.opset_imports.get("ai.onnx", 1))
+    opset = ops.opset(irm)
     _check_supported(g)
     from onnx_ir.passes.common import NameFixPass
 
@@ -155,7 +153,7 @@ def _check_supported(g: ir.Graph) -> None:
 
     problems: dict[str, list[str]] = defaultdict(list)
     for node in g:
-        op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
+        op = node.op_type if ops.is_onnx(node) else f"{node.domain}::{node.op_type}"
         if op != "Constant" and op not in OPS:
             problems[op].append(node.name or "")
             continue

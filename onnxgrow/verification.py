@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import graph
+from . import graph, ops
 from .errors import GrowError
 
 DEFAULT_ATOL = 1e-6
@@ -55,7 +55,6 @@ DEFAULT_RTOL = 5e-5
 INT_RANGE = 10  # integer inputs that index no table are drawn in [0, INT_RANGE)
 PROVIDERS = ("auto", "cuda", "cpu")
 CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
-_PASS_THROUGH = ("Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose")
 
 
 # ----------------------------------------------------------------------------- the comparison
@@ -288,7 +287,7 @@ def _table_rows(g, name: str) -> int | None:
                 axis = graph.attr(node, "axis", 0)
                 if shape is not None and len(shape) > 0:
                     rows.append(int(shape[axis]))
-            elif node.op_type in _PASS_THROUGH and use.idx == 0:
+            elif node.op_type in ops.RELAYOUT and use.idx == 0:
                 todo.extend(node.outputs[:1])
     return min(rows) if rows else None
 

@@ -2,7 +2,8 @@
 
 New unit j (n ≤ j < q) takes a source unit src(j) < n; c_i counts the units (old and new) that
 are copies of unit i. Where a group's tensors carry the n channels (see groups.Slot), the new
-channels are inserted right after them. What each kind of weight gets:
+channels are inserted right after them. What each kind of weight gets (the methods themselves live
+in methods.py, one object each):
 
                       net2net            netmorph         r2r                   random
   producer rows       copy of src(j)     random           random, in equal      random
@@ -39,9 +40,11 @@ import onnx_ir as ir
 
 from . import graph as g
 from . import groups as gr
+from . import names, ops
 from .errors import GrowError, InternalError
+from .methods import R2R, Net2Net, widen_method
+from .summary import summary
 
-METHODS = ("net2net", "netmorph", "r2r", "random")
 DEFAULT_NOISE = 0.1
 
 
@@ -105,25 +108,28 @@ def scale_channels(array, axis, slot, factors) -> np.ndarray:
 
 
 class Plan:
-    """The numbers for one widening: method, sizes, sources, splits and the random stream."""
+    """The numbers for one widening: sizes, sources, splits and the random stream; the method
+    (methods.WIDEN_METHODS) decides what the new producer rows and consumer columns get."""
 
     def __init__(self, n: int, q: int, method: str, seed: int, noise: float, uniform: bool = False,
                  block: int = 1):
-        self.n, self.q, self.method = n, q, method
-        self.copies_only = uniform and method != "random"  # new units must replicate old ones
+        self.n, self.q = n, q
+        self.method = widen_method(method)
+        self.copies_only = uniform and self.method.preserving  # new units must replicate old ones
         # r2r on attention heads pairs the channels inside each new head (any number of heads)
-        self.pair_axis = 3 if method == "r2r" and not uniform and block > 1 and block % 2 == 0 else 2
+        is_r2r = isinstance(self.method, R2R)
+        self.pair_axis = 3 if is_r2r and not uniform and block > 1 and block % 2 == 0 else 2
         self.block = block
         self.rng = np.random.default_rng(seed)
-        paired = method == "r2r" and not uniform and self.pair_axis == 2
-        self.src = source_units(n, q - n, self.rng, paired=paired)
-        self.s_old, self.s_new = split_factors(n, self.src, noise if method == "net2net" else 0.0, self.rng)
+        self.src = source_units(n, q - n, self.rng, paired=is_r2r and not uniform and self.pair_axis == 2)
+        split_noise = noise if isinstance(self.method, Net2Net) else 0.0
+        self.s_old, self.s_new = split_factors(n, self.src, split_noise, self.rng)
 
     @property
     def new(self) -> int:
         return self.q - self.n
 
-    def _random_like(self, array, shape, pairs=False):
+    def random_like(self, array, shape, pairs=False):
         """N(0, std(array)²) of `shape` (5-D); with `pairs`, equal in pairs along pair_axis."""
         sigma = float(np.std(array)) or 1.0
         if not pairs:
@@ -138,45 +144,38 @@ class Plan:
     def finish(self, graph: ir.Graph) -> None:
         """Nothing beyond the weights: replication keeps every norm's statistics."""
 
-    def _pairs_within(self, slot) -> bool:
+    def channel_map(self, dim: int, edit: gr.WeightEdit, is_bias: bool):
+        return channel_map(self, dim, edit, is_bias)
+
+    def pairs_within(self, slot) -> bool:
         return self.pair_axis == 3 and slot.block == self.block
+
+    def view(self, array, axis, slot):
+        return _view(array, axis, slot)
+
+    def scale(self, array, axis, slot, factors):
+        return scale_channels(array, axis, slot, factors)
+
+    def insert(self, array, axis, slot, part):
+        return insert_channels(array, axis, slot, self.n, part)
 
     def grow(self, array: np.ndarray, edit: gr.WeightEdit, is_bias: bool) -> np.ndarray:
         slot, axis = edit.slot, edit.axis
         copies = take_channels(array, axis, slot, self.src)
-        if edit.role == "param" and self._pairs_within(slot):
-            copies = copies.copy()
-            copies[:, :, :, 1::2] = copies[:, :, :, 0::2]  # both channels of a pair agree
-        if edit.role == "param" or (edit.role == "producer" and (
-                self.method == "net2net" or self.copies_only)):
-            return insert_channels(array, axis, slot, self.n, copies)
+        if edit.role == "param":  # per-channel values: copied (both channels of a pair agree)
+            if self.pairs_within(slot):
+                copies = copies.copy()
+                copies[:, :, :, 1::2] = copies[:, :, :, 0::2]
+            return self.insert(array, axis, slot, copies)
         if edit.role == "producer":
-            if is_bias:
-                return insert_channels(array, axis, slot, self.n, np.zeros_like(copies))
-            if self.method == "r2r" and self.pair_axis == 3 and not self._pairs_within(slot):
-                raise InternalError("a head's producer without the head's channel blocks")
-            part = self._random_like(array, copies.shape, pairs=self.method == "r2r")
-            return insert_channels(array, axis, slot, self.n, part)
-        # consumer columns
-        if self.method == "net2net":
-            scaled = scale_channels(array, axis, slot, self.s_old)
-            part = copies * self.s_new[None, None, :, None, None]
-            return insert_channels(scaled, axis, slot, self.n, part)
-        if self.method == "netmorph":
-            return insert_channels(array, axis, slot, self.n, np.zeros_like(copies))
-        if self.method == "r2r" and self.copies_only:  # pair each copy with its original
-            v = self.rng.normal(0.0, float(np.std(array)) or 1.0, size=copies.shape)
-            view = _view(array, axis, slot).astype(np.float64)
-            np.add.at(view, (slice(None), slice(None), slot.offset + self.src), v)
-            return insert_channels(view.reshape(array.shape).astype(array.dtype), axis, slot, self.n, -v)
-        if self.method == "r2r":  # +V, −V on each pair (of units, or of channels in a head)
-            k = self.pair_axis
-            half = list(copies.shape)
-            half[k] //= 2
-            v = self.rng.normal(0.0, float(np.std(array)) or 1.0, size=half)
-            part = np.stack([v, -v], axis=k + 1).reshape(copies.shape)
-            return insert_channels(array, axis, slot, self.n, part)
-        return insert_channels(array, axis, slot, self.n, self._random_like(array, copies.shape))
+            if self.copies_only or (is_bias and self.method.copies_bias):
+                part = copies
+            elif is_bias:
+                part = np.zeros_like(copies)
+            else:
+                part = self.method.new_rows(self, array, copies, slot)
+            return self.insert(array, axis, slot, part)
+        return self.method.grow_consumer(self, array, axis, slot, copies)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -185,43 +184,51 @@ class Plan:
 def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2net", seed: int = 0,
                 noise: float | None = None) -> dict:
     """Widen `layer` of `model` (in place) to `width` units; return a summary for the CLI."""
+    widen_method(method)
+    node = names.resolve(model.graph, layer)
+    g.infer_shapes(model)
+    group = gr.find_group(node)
+    params_before = g.parameter_count(model)
+    details = widen_group(model.graph, node, group, width, method, seed, noise)
+    g.remove_unused(model)
+    n, members = group_width(group), [x.name for x in group.producers + group.consumers if x is not node]
+    lines = [
+        f"widened {layer}: {n} → {width} units ({method}" + (f", noise {details['noise']}" if method == "net2net" else "") + ")",
+        f"coupled group: {len(group.producers)} producer(s), {len(group.consumers)} consumer(s)"
+        + (f": {', '.join(members[:8])}{' ...' if len(members) > 8 else ''}" if members else ""),
+    ]
+    lines += details.get("notes", [])
+    return summary("widen", lines, params_before, g.parameter_count(model), layer=layer, seed=seed, **details)
+
+
+def group_width(group: gr.Group) -> int:
+    """The layer's current output width (its channels) that the group's units make up."""
+    return group.width * group.outer * group.block
+
+
+def widen_group(graph: ir.Graph, node: ir.Node, group: gr.Group, width: int, method: str, seed: int,
+                noise: float | None) -> dict:
+    """Widen `group` (found from `node`) to `width` channels in place; return what was done."""
     from . import padding  # it builds on this module's channel helpers
-    if method not in METHODS:
-        raise GrowError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     noise = DEFAULT_NOISE if noise is None else float(noise)
     if not 0.0 <= noise < 1.0:
         raise GrowError(f"--noise {noise}: the replica split needs 0 <= noise < 1 to keep every "
                         "share positive.")
-    graph = model.graph
-    node = g.find_node(graph, layer)
-    g.infer_shapes(model)
-    group = gr.find_group(node)
-    repeat = group.outer * group.block
-    n = group.width * repeat
+    repeat, n = group.outer * group.block, group_width(group)
     padded = padding.needs_padding(group, n, width, method)
     check_width(node, n, width, method, group, padded)
-    params_before = g.parameter_count(model)
     if padded:
-        plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, layer)
+        plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, node.name)
     else:
         plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
                     block=group.block)
-    apply(graph, group, plan)
-    g.remove_unused(model)
-    params_after = g.parameter_count(model)
-    members = [x.name for x in group.producers + group.consumers if x is not node]
-    return {
-        "layer": layer, "method": method, "seed": seed, "noise": noise if method == "net2net" else None,
-        "width": [n, width], "producers": [x.name for x in group.producers],
-        "consumers": [x.name for x in group.consumers], "parameters": [params_before, params_after],
-        "lines": [
-            f"widened {layer}: {n} -> {width} units ({method}"
-            + (f", noise {noise}" if method == "net2net" else "") + ")",
-            f"coupled group: {len(group.producers)} producer(s), {len(group.consumers)} consumer(s)"
-            + (f": {', '.join(members[:8])}{' ...' if len(members) > 8 else ''}" if members else ""),
-            f"parameters: {params_before:,} -> {params_after:,}",
-        ] + (plan.notes() if padded else []),
-    }
+    mappings = apply(graph, group, plan)
+    details = {"method": method, "noise": noise if method == "net2net" else None,
+               "width": {"before": n, "after": width}, "producers": [x.name for x in group.producers],
+               "consumers": [x.name for x in group.consumers], "mappings": mappings}
+    if padded:
+        details["notes"] = plan.notes()
+    return details
 
 
 def check_width(node, n: int, width: int, method: str, group: gr.Group, padded: bool = False) -> None:
@@ -242,35 +249,29 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group, padded: 
             f"cannot widen {name!r} to {width}: {', '.join(group.uniform_only[:3])} normalise over "
             f"its channels, which stays exact only when every unit is copied equally often; use a "
             f"multiple of {n} (e.g. {2 * n}).")
-    heads_pair_inside = group.block > 1 and group.block % 2 == 0
-    if method == "r2r" and not group.uniform_only and not heads_pair_inside and ((width - n) // repeat) % 2:
-        if repeat > 1:
-            unit = "attention heads" if group.block > 1 else "channels per conv group"
-            raise GrowError(
-                f"r2r adds units in ±V pairs, and {name!r} grows by whole {unit} ({repeat} channels "
-                f"each): {width} gives {(width - n) // repeat} new ones, an odd number. Use --width "
-                f"{width - repeat} or {width + repeat}, or another method.")
-        raise GrowError(
-            f"r2r adds units in ±V pairs, so the increase must be even: {width} - {n} = {width - n} "
-            f"is odd. Use --width {width - 1} or {width + 1}, or another method.")
+    widen_method(method).check_width(name, n, width, group)
 
 
-def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> None:
-    """Write the grown weights, shape constants, attributes and value shapes into `graph`."""
-    done = set()
-    for edit in group.edits:
-        key = (id(edit.node), edit.index, edit.axis, edit.role)
-        if key in done:
-            continue
-        done.add(key)
+def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> list[dict]:
+    """Write the grown weights, shape constants, attributes and value shapes into `graph`; return
+    the channel mapping of every grown weight (see `channel_map`)."""
+    mappings = []
+    for edit in group.edits:  # the walk lists each (node, input, axis) once
         value = edit.node.inputs[edit.index]
         array = g.constant(value)
         is_bias = edit.role == "producer" and (
             (edit.node.op_type in ("Conv", "ConvTranspose", "Gemm") and edit.index == 2))
         grown = plan.grow(array, edit, is_bias)
         plan.write(graph, edit, grown, f"{value.name}.w{plan.q}")
+        mapped = plan.channel_map(array.shape[edit.axis], edit, is_bias)
+        if mapped is None:  # nothing of its own changed (a tied head reading the grown table)
+            continue
+        index, scale = mapped
+        mappings.append({"initializer": edit.node.inputs[edit.index].name, "source": value.name,
+                         "axis": edit.axis, "index": index.tolist(), "scale": scale.tolist()})
+    copies: dict = {}  # shape computations made private to one consumer
     for edit in group.shape_edits:
-        _apply_shape_edit(graph, edit, plan.new)
+        _apply_shape_edit(graph, edit, plan.new, copies)
     for node in group.group_attrs:
         node.attributes["group"] = ir.AttrInt64("group", g.attr(node, "group") + plan.new)
     for value, slot in group.members.items():
@@ -280,9 +281,40 @@ def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> None:
             dims[slot.axis] = shape[slot.axis] + shape[slot.axis] // slot.total * plan.new
             value.shape = ir.Shape(dims)
     plan.finish(graph)
+    return mappings
 
 
-def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
+def channel_map(plan: Plan, dim: int, edit: gr.WeightEdit, is_bias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """For each position along the grown axis: the old position whose value it took (−1 for a
+    fresh value: random, zero or ±V) and the factor applied (net2net's split s_j; else 1).
+
+    This is what an optimizer's state needs to follow the weights (onnxgrow.optim).
+    """
+    slot, n, new = edit.slot, plan.n, plan.new
+    outer = dim // (slot.total * slot.block)
+    channel = np.arange(slot.total + new) - slot.offset  # relative to the group's first channel
+    is_new = (channel >= n) & (channel < n + new)
+    source = np.where(channel < n, channel, channel - new)
+    source[is_new] = plan.src
+    copied = edit.role == "param" or plan.copies_only or (
+        edit.role == "producer" and (plan.method.copies_bias if is_bias else plan.method.name == "net2net")
+    ) or (edit.role == "consumer" and plan.method.name == "net2net")
+    scale = np.ones(channel.size)
+    if edit.role == "consumer" and plan.method.name == "net2net":
+        old = (channel >= 0) & (channel < n)
+        scale[old], scale[is_new] = plan.s_old[channel[old]], plan.s_new
+    grid_o, grid_c, grid_r = np.meshgrid(np.arange(outer), np.arange(channel.size),
+                                         np.arange(slot.block), indexing="ij")
+    r = grid_r
+    if edit.role == "param" and plan.pairs_within(slot):  # both channels of a pair copy the first
+        r = np.where(is_new[grid_c], grid_r - grid_r % 2, grid_r)
+    index = grid_o * slot.total * slot.block + (slot.offset + source[grid_c]) * slot.block + r
+    if not copied:
+        index = np.where(is_new[grid_c], -1, index)
+    return index.reshape(-1), np.broadcast_to(scale[grid_c], index.shape).reshape(-1)
+
+
+def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int, copies: dict) -> None:
     node = edit.node
     if edit.attr == "split":
         axis = g.attr(node, "axis", 0) % len(gr.shape_of(node.inputs[0]))
@@ -293,7 +325,7 @@ def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
         else:
             sizes = [int(gr.static_dim(o, axis)) for o in node.outputs]
         sizes[edit.position] += edit.per_unit * new
-        if "split" in node.attributes or _opset(graph) < 13:
+        if "split" in node.attributes or ops.opset(graph) < 13:
             node.attributes["split"] = ir.AttrInt64s("split", sizes)
         else:
             node.attributes.pop("num_outputs", None)
@@ -308,13 +340,52 @@ def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int) -> None:
         indices = np.arange(int(np.prod(shape)), dtype=g.constant(value).dtype).reshape(shape)
         g.set_input_constant(graph, node, edit.index, indices, f"{value.name}.w")
         return
+    if edit.consumer is not None and edit.consumer is not node:
+        node = _own_shape_chain(graph, edit.consumer, node, copies)
+        value = node.inputs[edit.index]
     array = np.array(g.constant(value), copy=True)
     array.reshape(-1)[edit.position] += edit.per_unit * new
     g.set_input_constant(graph, node, edit.index, array, f"{value.name}.w")
 
 
-def _opset(graph) -> int:
-    return graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 1))
+def _own_shape_chain(graph: ir.Graph, consumer: ir.Node, holder: ir.Node, copies: dict) -> ir.Node:
+    """Give `consumer` (which reads its shape, input 1, from a computation through `holder`) a
+    private copy of that computation; return the copy of `holder` (made once per consumer)."""
+    key = (id(consumer), id(holder))
+    if key not in copies:
+        path = _path_to(consumer.inputs[1], holder)
+        if path is None:
+            raise InternalError(f"the shape of {consumer.name!r} is not computed through {holder.name!r}")
+        made = [_copy_node(graph, original) for original in path]
+        consumer.replace_input_with(1, made[0].outputs[0])
+        for user, original, copy in zip(made, path[1:], made[1:]):
+            user.replace_input_with(list(user.inputs).index(original.outputs[0]), copy.outputs[0])
+        graph.insert_before(consumer, list(reversed(made)))
+        copies[key] = made[-1]
+    return copies[key]
+
+
+def _path_to(value: ir.Value | None, target: ir.Node, depth: int = 0) -> list[ir.Node] | None:
+    """The nodes from `value`'s producer up to `target`, or None when it does not come from it."""
+    node = None if value is None or depth > 16 else value.producer()
+    if node is None:
+        return None
+    if node is target:
+        return [node]
+    for inp in node.inputs:
+        rest = _path_to(inp, target, depth + 1)
+        if rest is not None:
+            return [node, *rest]
+    return None
+
+
+def _copy_node(graph: ir.Graph, original: ir.Node) -> ir.Node:
+    copy = ir.Node(original.domain, original.op_type, list(original.inputs),
+                   list(original.attributes.values()), num_outputs=1,
+                   name=g.unique_name(graph, f"{original.name}.own"))
+    out, src = copy.outputs[0], original.outputs[0]
+    out.name, out.shape, out.type = g.unique_name(graph, f"{src.name}.own"), src.shape, src.type
+    return copy
 
 
 def widen(model, *, layer: str, width: int, method: str = "net2net", seed: int = 0,

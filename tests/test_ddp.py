@@ -47,7 +47,9 @@ def _worker(rank: int, model_path: str, out_dir: str, port: int) -> None:
 
 
 def test_ddp_two_processes_gloo(tmp_path):
-    from .test_torch_export import conv_bn_net  # only here: the spawned workers need not import it
+    from .test_torch_export import (
+        conv_bn_net,  # only here: the spawned workers need not import it
+    )
 
     model_path = tmp_path / "m.onnx"
     onnx.save(conv_bn_net(np.random.default_rng(0), conv_bias=False), model_path)

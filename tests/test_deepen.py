@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxgrow import graph as G
+from onnxgrow import names
 from onnxgrow.errors import GrowError
 from tests.helpers import assert_equivalent, random_feeds, run
 
@@ -157,7 +158,7 @@ def deepen_ir(model, **kw):
 
 
 def node_by_name(model, name):
-    return G.find_node(G.load(model).graph, name)
+    return names.resolve(G.load(model).graph, name)
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -218,7 +219,7 @@ def test_conv_bn_relu_block_goes_after_the_activation(method):
     assert summary["insert_on"] == relu.output[0]
     assert summary["through"] == ["BatchNormalization", "Relu"]
     assert count_layers(student) == count_layers(teacher) + (1 if method == "net2net" else 2)
-    assert summary["params_after"] > summary["params_before"]
+    assert summary["parameters"]["after"] > summary["parameters"]["before"]
     onnx.checker.check_model(student)
     assert_equivalent(teacher, student)
 

@@ -92,8 +92,9 @@ def test_first_reach():
 
 
 def test_random_init_redraws_only_the_inserted_layers():
-    import onnxgrow as og
     from onnx import numpy_helper
+
+    import onnxgrow as og
 
     torch.manual_seed(0)
     teacher = ex.export_onnx(ex.build_cnn(**ex.arch("digits", "teacher")), 8)

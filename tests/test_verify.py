@@ -13,7 +13,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxgrow.errors import GrowError
-from onnxgrow.verification import DEFAULT_ATOL, DEFAULT_RTOL, compare, cuda_status, verify
+from onnxgrow.verification import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    compare,
+    cuda_status,
+    verify,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 F = TensorProto.FLOAT

@@ -20,8 +20,13 @@ from onnx import TensorProto, helper
 import onnxgrow as og
 from onnxgrow import groups
 from onnxgrow.errors import GrowError
-from onnxgrow.widening import (Plan, insert_channels, scale_channels, source_units,
-                               split_factors, take_channels)
+from onnxgrow.widening import (
+    insert_channels,
+    scale_channels,
+    source_units,
+    split_factors,
+    take_channels,
+)
 from tests import zoo
 from tests.helpers import assert_equivalent, random_feeds, run, scaled_errors
 
@@ -154,12 +159,40 @@ def test_residual_junction_and_transposed_channel_axis(method, layer):
     assert_equivalent(teacher, student)
 
 
+@pytest.mark.parametrize("method", ["net2net", "netmorph", "r2r", "random"])
+@pytest.mark.parametrize("layer,width", [("a", 7), ("b", 10)])
+def test_channel_maps_say_where_every_grown_value_came_from(method, layer, width):
+    """The mappings widen reports (what optimizer state follows): every position with a source
+    holds source value × scale; every fresh one is new (random, zero or ±V)."""
+    from onnxgrow import graph as G
+    from onnxgrow.widening import widen_model
+
+    teacher = G.load(concat_flatten_model())
+    old = {name: G.constant(v) for name, v in teacher.graph.initializers.items()}
+    student = G.load(concat_flatten_model())
+    summary = widen_model(student, layer=layer, width=width, method=method, seed=3)
+    assert summary["mappings"]
+    for m in summary["mappings"]:
+        grown = G.constant(student.graph.initializers[m["initializer"]])
+        source = np.moveaxis(old[m["source"]], m["axis"], 0)
+        grown = np.moveaxis(grown, m["axis"], 0)
+        index, scale = np.array(m["index"]), np.array(m["scale"])
+        assert len(index) == grown.shape[0] > source.shape[0]
+        kept = index >= 0
+        expect = source[index[kept]] * scale[kept].reshape(-1, *[1] * (grown.ndim - 1))
+        np.testing.assert_allclose(grown[kept], expect, rtol=1e-6, atol=1e-7)
+        if method == "net2net" or m["source"] in ("s", "t", "m", "v"):  # copies, splits, BN params
+            assert kept.all()
+    fresh = sum(int((np.array(m["index"]) < 0).sum()) for m in summary["mappings"])
+    assert (fresh == 0) == (method == "net2net")
+
+
 def _ir_node(model, name):
-    from onnxgrow import graph
+    from onnxgrow import graph, names
 
     m = graph.load(model)
     graph.infer_shapes(m)
-    return graph.find_node(m.graph, name)
+    return names.resolve(m.graph, name)
 
 
 def test_each_method_does_what_it_says():
@@ -199,7 +232,7 @@ def test_input_model_is_not_modified():
     ("a", 2, "net2net", "must be larger"),
     ("a", 6, "r2r", "odd"),  # 3 -> 6 adds 3
     ("fc", 9, "net2net", "graph output"),
-    ("nope", 9, "net2net", "no node named"),
+    ("nope", 9, "net2net", "no layer named"),
 ])
 def test_refusals_say_why(layer, width, method, match):
     with pytest.raises(GrowError, match=match):
@@ -286,7 +319,7 @@ def test_cli_widen_verifies_writes_and_keeps_input(tmp_path):
     out = tmp_path / "s.onnx"
     done = _cli("widen", str(src), "--layer", "b", "--width", "8", "--method", "r2r", "-o", str(out))
     assert done.returncode == 0, done.stderr
-    assert "4 -> 8" in done.stdout and "match" in done.stdout
+    assert "4 → 8" in done.stdout and "match" in done.stdout
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
     assert onnx.load(out).ir_version == 10
     assert_equivalent(str(src), str(out))

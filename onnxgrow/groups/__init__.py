@@ -38,7 +38,7 @@ Concat, Split, Slice, Gather, Expand, Pad, Resize) and `layers` (Conv, ConvTrans
 
 from .core import Group, Restructure, ShapeEdit, Slot, WeightEdit, desc
 from .shapes import rank_of, shape_of, static_dim
-from .walk import RULES, Walk, find_group, layer_width, output_axis
+from .walk import RULES, Walk, find_group
 
 __all__ = ["Group", "Restructure", "ShapeEdit", "Slot", "WeightEdit", "Walk", "RULES", "desc", "static_dim",
-           "find_group", "layer_width", "output_axis", "rank_of", "shape_of"]
+           "find_group", "rank_of", "shape_of"]

@@ -41,13 +41,19 @@ class WeightEdit:
 @dataclass
 class ShapeEdit:
     """An integer shape/size constant (input `index` of `node`) whose entry `position` grows by
-    `per_unit` for every new channel; or, for `attr`, an attribute list entry."""
+    `per_unit` for every new channel; or, for `attr`, an attribute list entry.
+
+    `consumer` is the node that reads the shape (a Reshape or Expand) when `node` is further up
+    the shape's computation (a Concat of a batch size read at run time and constants): that
+    computation may be shared with shapes outside the group, so it is copied for the consumer
+    before the edit."""
 
     node: ir.Node
     index: int | None
     position: int
     per_unit: int
     attr: str | None = None
+    consumer: ir.Node | None = None
 
 
 @dataclass
@@ -63,7 +69,6 @@ class Group:
     group_attrs: list = field(default_factory=list)  # depthwise Convs whose `group` grows
     uniform_only: list = field(default_factory=list)  # names of nodes needing uniform replication
     norms: list = field(default_factory=list)  # those nodes (LayerNormalization, ReduceMean)
-    nodes: list = field(default_factory=list)  # every node the group touches, in visit order
 
     @property
     def producers(self) -> list[ir.Node]:
@@ -72,15 +77,6 @@ class Group:
     @property
     def consumers(self) -> list[ir.Node]:
         return _unique(e.node for e in self.edits if e.role == "consumer")
-
-    def methods(self) -> tuple[list[str], dict[str, str]]:
-        """The widening methods that apply, and why the others don't."""
-        why = {}
-        heads_pair_inside = self.block > 1 and self.block % 2 == 0  # see widening.Plan
-        if self.width % 2 and not self.uniform_only and not heads_pair_inside:
-            why["r2r"] = (f"r2r adds units in ±V pairs; the current width {self.width} is odd, so "
-                          "doubling it adds an odd number (widths of the same parity work)")
-        return [m for m in ("net2net", "netmorph", "r2r", "random") if m not in why], why
 
 
 def _unique(items):

@@ -39,6 +39,7 @@ def unary(walk, node, side, index, slot):
 
 
 def prelu(walk, node, side, index, slot):
+    """PRelu: channel-wise; a slope with a channel axis grows with the group (same slot)."""
     out_rank = need_rank(node.outputs[0], node)
     unary(walk, node, side, index, slot)
     a = slot.axis - (out_rank - need_rank(node.inputs[1], node))
@@ -62,6 +63,8 @@ def _channel_first(walk, node, side, index, slot, params=()):
 
 
 def batchnorm(walk, node, side, index, slot):
+    """BatchNormalization: channel axis 1 → the same slot out; scale, bias, mean, var grow on axis 0.
+    BatchNormalization: channel axis 1 → the same slot out; scale, bias, mean, var grow on axis 0."""
     if len([o for o in node.outputs if o is not None and o.name]) > 1:
         raise GrowError(f"{desc(node)} is in training mode (it outputs running statistics); "
                         "export the model in eval mode.")
@@ -69,10 +72,12 @@ def batchnorm(walk, node, side, index, slot):
 
 
 def instancenorm(walk, node, side, index, slot):
+    """InstanceNormalization: channel axis 1 → the same slot out; scale and bias grow on axis 0."""
     _channel_first(walk, node, side, index, slot, params=(1, 2))
 
 
 def pool(walk, node, side, index, slot):
+    """Pools over spatial axes: channel axis 1 → the same slot out (argmax indices refused)."""
     _channel_first(walk, node, side, index, slot)
     for out in node.outputs[1:]:  # MaxPool indices
         if out is not None and out.uses():
@@ -127,6 +132,7 @@ def reduce(walk, node, side, index, slot):
 
 
 def softmax(walk, node, side, index, slot):
+    """Softmax/LogSoftmax: the same slot out unless it normalises over the group axis (refused)."""
     rank = need_rank(node.inputs[0], node)
     axis = norm_axis(g.attr(node, "axis", -1), rank)
     if axis == slot.axis:

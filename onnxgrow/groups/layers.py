@@ -10,6 +10,8 @@ from .shapes import need_rank, static_dim
 
 
 def conv(walk, node, side, index, slot):
+    """Conv: input axis 1 → weight axis 1 (consumer); output axis 1 ← weight axis 0 and bias
+    (producer); depthwise passes the group on, grouped restructures."""
     groups = g.attr(node, "group", 1)
     weight = g.constant(node.inputs[1]) if len(node.inputs) > 1 else None
     if weight is None:
@@ -63,6 +65,8 @@ def _conv_weights(walk, node, side, slot, in_axis=1, out_axis=0):
 
 
 def conv_transpose(walk, node, side, index, slot):
+    """ConvTranspose: input axis 1 → weight axis 0 (consumer); output axis 1 ← weight axis 1 and bias
+    (producer)."""
     if g.constant(node.inputs[1]) is None:
         raise GrowError(f"{desc(node)} has a computed (non-constant) weight.")
     if g.attr(node, "group", 1) != 1 or slot.axis != 1 or (side == "in" and index != 0):
@@ -72,6 +76,8 @@ def conv_transpose(walk, node, side, index, slot):
 
 
 def gemm(walk, node, side, index, slot):
+    """Gemm: the K axis of A → weight rows (columns with transB) (consumer); output axis 1 ← weight
+    columns (rows) and C; the M axis passes."""
     trans_a, trans_b = g.attr(node, "transA", 0), g.attr(node, "transB", 0)
     if g.constant(node.inputs[1]) is None:
         raise GrowError(f"{desc(node)} multiplies two computed tensors; only a constant weight "

@@ -22,6 +22,7 @@ from .shapes import (
 
 
 def transpose(walk, node, side, index, slot):
+    """Transpose: the slot moves to axis perm.index(axis) (backward: perm[axis])."""
     rank = need_rank(node.inputs[0], node)
     perm = list(g.attr(node, "perm") or reversed(range(rank)))
     if side == "in":
@@ -158,7 +159,7 @@ def slice_(walk, node, side, index, slot):
     e = min(max(ends[k] + dim if ends[k] < 0 else ends[k], 0), dim)
     if starts[k] < 0 or (ends[k] < 0 and e > lo):
         raise GrowError(f"{desc(node)} slices the channel axis from its end.")
-    moves_end = ends[k] < dim  # an explicit end at or after the group moves with new channels
+    moves_end = ends[k] <= dim  # an explicit end (dim itself included) moves with new channels
     if s <= lo and hi <= e:
         if (lo - s) % slot.block:
             raise GrowError(f"{desc(node)} cuts into a channel block.")
@@ -175,6 +176,8 @@ def slice_(walk, node, side, index, slot):
 
 
 def gather(walk, node, side, index, slot):
+    """Gather: along another axis the slot moves past the index dims; an identity gather (arange)
+    acts as a reshape."""
     if side == "in" and index == 1:
         raise GrowError(f"the widened channels are used as indices by {desc(node)}.")
     rank = need_rank(node.inputs[0], node)
@@ -235,12 +238,14 @@ def expand(walk, node, side, index, slot):
                             "time; onnxgrow cannot keep it consistent.")
         _, (holder, idx, pos), value = entry
         if value not in (1, -1):
-            walk.shape_edit(ShapeEdit(holder, idx, pos, static_dim(node.outputs[0], axis) // slot.total))
+            walk.shape_edit(ShapeEdit(holder, idx, pos, static_dim(node.outputs[0], axis) // slot.total,
+                                      consumer=node))
     walk.join_input(node, 0, slot.moved(in_axis))
     walk.join(node.outputs[0], slot.moved(axis), node)
 
 
 def pad(walk, node, side, index, slot):
+    """Pad: the same slot out; padding the group axis is refused."""
     if side == "in" and index != 0:
         raise GrowError(f"the widened channels reach a parameter of {desc(node)}.")
     rank = need_rank(node.inputs[0], node)
@@ -256,6 +261,8 @@ def pad(walk, node, side, index, slot):
 
 
 def resize(walk, node, side, index, slot):
+    """Resize/Upsample: the same slot out; a sizes target grows its channel entry; rescaling the
+    group axis is refused."""
     if side == "in" and index != 0:
         raise GrowError(f"the widened channels reach a parameter of {desc(node)}.")
     if node.op_type == "Upsample":
@@ -308,12 +315,20 @@ def _reshape_target_edit(walk, node, in_slot, out_slot):
                                 "widened channels.")
             return
         holder, idx, pos = where
-        walk.shape_edit(ShapeEdit(holder, idx, pos, per_unit))
+        walk.shape_edit(ShapeEdit(holder, idx, pos, per_unit, consumer=node))
         return
-    source, dim_index = where  # the entry is read at run time from `source`'s shape
-    if source is node.inputs[0] and dim_index == in_slot.axis and in_slot.axis == position and (
-            static_dim(source, dim_index) // in_slot.total == per_unit):
-        return
-    raise GrowError(f"{desc(node)} takes the channel dimension of its target shape from another "
-                    "tensor's shape at run time; onnxgrow cannot keep it consistent.")
+    factors = [where] if kind == "dim" else where  # read at run time from tensors' shapes
+    if not _runtime_size_follows(walk, node, factors, in_slot, out_slot):
+        raise GrowError(f"{desc(node)} computes the channel dimension of its target shape at run "
+                        "time from dimensions that do not grow with the widened channels exactly; "
+                        "onnxgrow cannot keep it consistent.")
+
+
+def _runtime_size_follows(walk, node, factors, in_slot, out_slot) -> bool:
+    """A target entry k·Π dᵢ read at run time stays right after widening when exactly one factor
+    is a widened axis: the entry (= out_dim, since the graph runs) then grows by out_dim/totalᵢ
+    per new unit, which must be what the output axis grows by, out_dim/out_total."""
+    known = {**walk.group.members, node.inputs[0]: in_slot}
+    growing = [known[t] for t, a in factors if t in known and known[t].axis == a]
+    return len(growing) == 1 and growing[0].total == out_slot.total
 

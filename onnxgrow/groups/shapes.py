@@ -79,7 +79,9 @@ def number_list(node, index, name):
 def shape_entry(value, position, holder):
     """Trace entry `position` of the 1-D int shape tensor `value`, consumed as input holder[1]
     of node holder[0]: ("const", (node, input, pos), v) for a constant entry that can be edited
-    there, ("dim", (tensor, axis), None) for one read from a tensor's shape, None otherwise."""
+    there, ("dim", (tensor, axis), None) for one read from a tensor's shape, ("prod", [(tensor,
+    axis), ...], k) for k times a product of such dims (`x.size(1) * x.size(2) * x.size(3)`),
+    None otherwise."""
     array = g.constant(value)
     if array is not None:
         return "const", (*holder, position), int(np.atleast_1d(array)[position])
@@ -120,6 +122,7 @@ def shape_entry(value, position, holder):
 
 
 def scalar_entry(value, holder):
+    """A scalar shape value (see `shape_entry`)."""
     if g.constant(value) is not None:
         return "const", (*holder, 0), int(np.atleast_1d(g.constant(value))[0])
     node = value.producer()
@@ -127,6 +130,34 @@ def scalar_entry(value, holder):
         idx = g.constant(node.inputs[1])
         if idx is not None and idx.size == 1:
             return shape_entry(node.inputs[0], int(idx.reshape(-1)[0]), (node, 0))
+    product = dims_product(value)
+    return None if product is None else ("prod", product[1], product[0])
+
+
+def dims_product(value, depth: int = 0):
+    """A scalar computed as k · Π dims read from tensors' shapes: (k, [(tensor, axis), ...])."""
+    if value is None or depth > 16:
+        return None
+    array = g.constant(value)
+    if array is not None:
+        return (int(array.reshape(-1)[0]), []) if array.size == 1 else None
+    node = value.producer()
+    if node is None:
+        return None
+    if node.op_type in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
+        return dims_product(node.inputs[0], depth + 1)
+    if node.op_type == "Mul":
+        a, b = dims_product(node.inputs[0], depth + 1), dims_product(node.inputs[1], depth + 1)
+        return None if a is None or b is None else (a[0] * b[0], a[1] + b[1])
+    if node.op_type == "Gather":
+        idx = g.constant(node.inputs[1])
+        if idx is None or idx.size != 1:
+            return None
+        entry = shape_entry(node.inputs[0], int(idx.reshape(-1)[0]), (node, 0))
+        if entry is not None and entry[0] == "dim":
+            return 1, [entry[1]]
+        if entry is not None and entry[0] == "const":
+            return entry[2], []
     return None
 
 

@@ -10,6 +10,7 @@ import onnx_ir as ir
 from .. import graph as g
 from .. import ops
 from ..errors import GrowError, InternalError
+from ..layerspec import layer_spec
 from . import elementwise as ew
 from . import layers as ly
 from . import layout as lo
@@ -82,7 +83,7 @@ class Walk:
             self.group.edits.append(WeightEdit(node, index, axis, slot, role))
 
     def shape_edit(self, edit: ShapeEdit) -> None:
-        key = ("s", id(edit.node), edit.index, edit.position, edit.attr)
+        key = ("s", id(edit.node), edit.index, edit.position, edit.attr, id(edit.consumer))
         if key not in self.edited:
             self.edited.add(key)
             self.group.shape_edits.append(edit)
@@ -109,8 +110,6 @@ class Walk:
         if key in self.done:
             return
         self.done.add(key)
-        if node not in self.group.nodes:
-            self.group.nodes.append(node)
         if not ops.is_onnx(node):
             raise GrowError(
                 f"the widened channels reach {desc(node)}, an op of domain {node.domain!r} that "
@@ -165,47 +164,23 @@ RULES = {
 }
 
 
-def output_axis(node: ir.Node) -> int:
-    """The axis of `node`'s output that holds its units (channels or features)."""
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-        return 1
-    rank = need_rank(node.outputs[0], node)
-    return rank - 1 if g.constant(node.inputs[1]) is not None else rank - 2  # x @ W or W @ x
-
-
-def layer_width(node: ir.Node) -> int | None:
-    """Output channels/features of a weight layer, read from its constant weight."""
-    weight = g.constant(node.inputs[1]) if len(node.inputs) > 1 else None
-    if node.op_type == "MatMul" and weight is None:
-        weight = g.constant(node.inputs[0])
-        return None if weight is None else int(weight.shape[-2])
-    if weight is None:
-        return None
-    if node.op_type == "Conv":
-        return int(weight.shape[0])
-    if node.op_type == "ConvTranspose":
-        return int(weight.shape[1] * g.attr(node, "group", 1))
-    if node.op_type == "Gemm":
-        return int(weight.shape[0] if g.attr(node, "transB", 0) else weight.shape[1])
-    return int(weight.shape[-1])
-
-
 def find_group(node: ir.Node) -> Group:
     """The coupled group of `node`'s output units. Raises GrowError if it cannot be widened.
 
     A grouped Conv in the way restarts the walk with the channels seen as `groups` repeats of
     width/groups units, so every conv group grows alike (and the new width must be a multiple).
     """
-    if not g.is_weight_layer(node):
+    spec = layer_spec(node)
+    if spec is None:
         raise GrowError(
             f"{desc(node)} is not a Conv, ConvTranspose, Gemm or MatMul with a constant weight; "
             "only those layers can be widened.")
-    width = layer_width(node)
+    width = spec.width
     if width is None:
         raise GrowError(f"the weight of {desc(node)} is computed at run time, not a constant; "
                         "only layers with constant weights can be widened.")
     out = node.outputs[0]
-    axis = output_axis(node)
+    axis = spec.output_axis(need_rank(out, node) if spec.family == "matmul" else 2)
     if out.is_graph_output():
         raise GrowError(
             f"the output of {desc(node)} is the graph output {out.name!r}: widening it would "

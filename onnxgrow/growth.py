@@ -1,0 +1,265 @@
+"""Growth plans: many widen and deepen requests, one load, one verification, one save.
+
+A plan names targets — node names, PyTorch module paths, or globs over both (`layer3.*`, `*`) —
+with a width for each widened target (channels, or a factor `x1.5`) and a method for each
+insertion. Widening comes first, group by group on the graph as the previous ones left it; the
+insertions follow, so a block inserted after a widened layer is built at the new width.
+
+- A factor applies to each selected layer's coupled group once: the group grows from n to the
+  allowed width nearest n·f (whole heads, multiples for grouped convolutions and uniformly
+  normalised groups, even increments for r2r), and the summary says where it rounded.
+- A group that two specs ask different widths of is an error; a group a glob reaches again
+  through another of its layers is grown once.
+- An explicitly named layer that cannot grow is an error with the reason; a glob skips layers that
+  cannot grow and lists them with their reasons (at least one must grow).
+
+A plan is also JSON, so it can be reviewed and replayed:
+`{"widen": {"layer3.*": "x2"}, "deepen": ["fc1:r2r"], "method": "net2net", "seed": 0}`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx_ir as ir
+
+from . import blocks, deepening, names, widening
+from . import graph as g
+from . import groups as gr
+from .errors import GrowError
+from .methods import DEEPEN_METHODS, R2R, widen_method
+from .summary import summary
+
+
+@dataclass
+class GrowthPlan:
+    """What to grow: {target: width or "xF"}, ["target[:method]"], and the shared options."""
+
+    widen: dict = field(default_factory=dict)
+    deepen: list = field(default_factory=list)
+    method: str = "net2net"
+    seed: int = 0
+    noise: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"widen": dict(self.widen), "deepen": list(self.deepen), "method": self.method,
+                "seed": self.seed, "noise": self.noise}
+
+
+def plan_from(widen=None, deepen=None, plan_file=None, method=None, seed=None, noise=None) -> GrowthPlan:
+    """A plan from CLI-style specs (`TARGET=WIDTH`, `TARGET[:METHOD]`) and/or a JSON plan file;
+    explicit options override the file's."""
+    base = _read_plan(plan_file) if plan_file else {}
+    plan = GrowthPlan(widen=dict(base.get("widen", {})), deepen=list(base.get("deepen", [])),
+                      method=base.get("method", "net2net"), seed=int(base.get("seed", 0)),
+                      noise=base.get("noise"))
+    for spec in widen or ():
+        target, sep, width = spec.rpartition("=")
+        if not sep or not target:
+            raise GrowError(f"--widen {spec!r}: expected TARGET=WIDTH, e.g. 'layer1.*=x2' or 'fc1=128'.")
+        plan.widen[target] = width
+    plan.deepen += list(deepen or ())
+    plan.method = method or plan.method
+    plan.seed = plan.seed if seed is None else seed
+    plan.noise = plan.noise if noise is None else noise
+    widen_method(plan.method)
+    if not plan.widen and not plan.deepen:
+        raise GrowError("nothing to grow: give --widen TARGET=WIDTH and/or --deepen TARGET[:METHOD] "
+                        "(or --plan PLAN.json).")
+    return plan
+
+
+def _read_plan(path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise GrowError(f"cannot read the plan {str(path)!r}: {exc.strerror or exc}.") from None
+    except ValueError as exc:
+        raise GrowError(f"the plan {str(path)!r} is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict) or not set(data) <= {"widen", "deepen", "method", "seed", "noise"}:
+        raise GrowError(f"the plan {str(path)!r} must be a JSON object with keys widen (an object "
+                        "TARGET -> WIDTH), deepen (a list of TARGET[:METHOD]), method, seed, noise.")
+    if not isinstance(data.get("widen", {}), dict) or not isinstance(data.get("deepen", []), list):
+        raise GrowError(f"the plan {str(path)!r}: widen must be an object and deepen a list.")
+    return data
+
+
+def parse_width(text, target: str) -> tuple[str, float]:
+    """("units", n) for an integer width, ("factor", f) for `xF`."""
+    raw = str(text).strip()
+    try:
+        if raw.lower().startswith("x"):
+            factor = float(raw[1:])
+            if not 1.0 < factor <= 64.0:
+                raise ValueError
+            return "factor", factor
+        width = int(raw)
+        if width < 1:
+            raise ValueError
+        return "units", width
+    except ValueError:
+        raise GrowError(f"--widen {target}={raw}: the width must be a whole number of units or a "
+                        "factor from x1 (exclusive) to x64, e.g. 128 or x1.5.") from None
+
+
+def rounded_width(group: gr.Group, factor: float, method: str) -> int:
+    """The width the group allows nearest to n·factor (and larger than n)."""
+    units = group.width
+    wanted = max(units + 1, round(units * factor))
+
+    def allowed(q: int) -> bool:
+        if group.uniform_only and method != "random" and q % units and (group.outer, group.block) != (1, 1):
+            return False  # a plain normalised stream takes any width (padding.py); heads need multiples
+        method_obj = widen_method(method)
+        if isinstance(method_obj, R2R) and method_obj.why_not(group) is None:
+            try:
+                method_obj.check_width("", units * group.outer * group.block,
+                                       q * group.outer * group.block, group)
+            except GrowError:
+                return False
+        return True
+
+    for distance in range(0, 4 * units + 4):
+        for q in (wanted - distance, wanted + distance):
+            if q > units and allowed(q):
+                return q * group.outer * group.block
+    raise GrowError(f"no width near x{factor} suits this group")
+
+
+@dataclass
+class _Grown:
+    spec: str
+    request: tuple  # ("units", n) or ("factor", f)
+    width: int
+
+
+def grow_model(model: ir.Model, plan: GrowthPlan, progress=None) -> dict:
+    """Carry out `plan` on `model` in place; return the summary (groups, insertions, skips)."""
+    say = progress or (lambda message: None)
+    graph = model.graph
+    g.infer_shapes(model)
+    before = g.parameter_count(model)
+    grown: dict[int, _Grown] = {}  # id(producer) -> the spec and width its group got
+    groups, skipped, mappings = [], [], []
+    for target, width_text in plan.widen.items():
+        kind, amount = parse_width(width_text, target)
+        explicit = not any(c in target for c in names.GLOB_CHARS)
+        count = 0
+        for node in names.select(graph, target):
+            try:
+                record = _widen_one(graph, node, target, kind, amount, plan, grown)
+            except GrowError as exc:
+                if explicit:
+                    raise GrowError(f"cannot widen {target!r}: {exc}") from None
+                skipped.append({"target": target, "layer": node.name, "reason": str(exc)})
+                continue
+            count += 1
+            if record is not None:
+                mappings += record.pop("mappings")
+                groups.append(record)
+                say(f"widened {record['layers'][0]} (+{len(record['layers']) - 1} coupled): "
+                    f"{record['width']['before']} → {record['width']['after']}")
+        if not count:
+            raise GrowError(f"no layer selected by {target!r} can be widened: "
+                            + "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped[-3:]))
+    if groups:
+        g.remove_unused(model)
+    insertions = _deepen_all(model, plan, skipped, say)
+    lines = [f"{'group':<48} {'width':>14}"]
+    lines += [f"{', '.join(r['layers'])[:48]:<48} {r['width']['before']:>6} → {r['width']['after']:<6}"
+              + (f" (rounded from ×{r['factor']:g})" if r.get("rounded") else "") for r in groups]
+    lines += [f"inserted {i['method']} after {i['after']}" if "after" in i else
+              f"copied block {i['block']['path'] or i['block']['index']} ({i['method']})" for i in insertions]
+    lines += [f"skipped {s['layer']} ({s['target']}): {s['reason']}" for s in skipped]
+    return summary("grow", lines, before, g.parameter_count(model), plan=plan.to_dict(), groups=groups,
+                   insertions=insertions, skipped=skipped, mappings=mappings)
+
+
+def _widen_one(graph, node, spec, kind, amount, plan, grown) -> dict | None:
+    """Widen `node`'s group as `spec` asks; None when an earlier request of the same spec grew it."""
+    earlier = grown.get(id(node))
+    if earlier is None:
+        group = gr.find_group(node)
+        earlier = next((grown[id(p)] for p in group.producers if id(p) in grown), None)
+    if earlier is not None:
+        if earlier.spec == spec or earlier.request == (kind, amount):
+            return None  # grown once, as asked
+        raise GrowError(f"its coupled group was already grown to {earlier.width} by --widen "
+                        f"{earlier.spec!r}; two specs cannot give one group different widths.")
+    n = widening.group_width(group)
+    width = int(amount) if kind == "units" else rounded_width(group, amount, plan.method)
+    done = widening.widen_group(graph, node, group, width, plan.method, plan.seed, plan.noise)
+    for producer in group.producers:
+        grown[id(producer)] = _Grown(spec, (kind, amount), width)
+    record = {"spec": spec, "layers": [names.module_path(p) or p.name for p in group.producers],
+              "width": {"before": n, "after": width}, "mappings": done["mappings"]}
+    if kind == "factor":
+        record["factor"] = amount
+        record["rounded"] = width != n * amount
+    return record
+
+
+def _deepen_all(model, plan, skipped, say) -> list[dict]:
+    insertions = []
+    for spec in plan.deepen:
+        target, _, method = str(spec).partition(":")
+        if method and method not in DEEPEN_METHODS:
+            raise GrowError(f"--deepen {spec!r}: unknown method {method!r}; choose one of "
+                            f"{', '.join(DEEPEN_METHODS)}.")
+        explicit = not any(c in target for c in names.GLOB_CHARS)
+        if explicit and _names_a_block(model, target):
+            done = blocks.copy_block(model, target, method=method or "zero", seed=plan.seed)
+            insertions.append({"spec": spec, "block": done["block"], "method": method or "zero",
+                               "nodes": done["nodes"]})
+            say(f"copied block {target} ({method or 'zero'})")
+            continue
+        method = method or "net2net"
+        count = 0
+        for node in names.select(model.graph, target):
+            try:
+                done = deepening.deepen_node(model, node, method=method, seed=plan.seed)
+            except GrowError as exc:
+                if explicit:
+                    raise GrowError(f"cannot deepen after {target!r}: {exc}") from None
+                skipped.append({"target": spec, "layer": node.name, "reason": str(exc)})
+                continue
+            count += 1
+            insertions.append({"spec": spec, "after": names.module_path(node) or node.name,
+                               "method": method, "nodes": done["nodes"]})
+            say(f"inserted {method} after {insertions[-1]['after']}")
+        if not count:
+            raise GrowError(f"no layer selected by {target!r} can be deepened after.")
+    return insertions
+
+
+def _names_a_block(model: ir.Model, target: str) -> bool:
+    """True when `target` is not a layer but names a residual block (module path or index)."""
+    try:
+        names.resolve(model.graph, target)
+        return False
+    except GrowError:
+        pass
+    try:
+        blocks.resolve_block(blocks.find_blocks(model), target)
+        return True
+    except GrowError:
+        return False
+
+
+def grow(model, *, widen: dict | None = None, deepen: list | None = None, method: str = "net2net",
+         seed: int = 0, noise: float | None = None):
+    """Grow `model` (path, ModelProto, onnx_ir.Model or gs.Graph; not modified) by a plan; return
+    the student as an onnx.ModelProto (a gs.Graph when given one)."""
+    plan = GrowthPlan(widen=dict(widen or {}), deepen=list(deepen or []), method=method, seed=seed,
+                      noise=noise)
+    widen_method(method)
+    ir_model = g.load(model)
+    grow_model(ir_model, plan)
+    return g.like_input(model, ir_model)
+
+
+def stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,98 @@
+"""Tiny random decoder LMs from `transformers`, exported with the dynamo exporter (optimised, and
+raw with optimize=False) with a dynamic batch and sequence: one input `input_ids`, one output
+`logits`. Every parameter is randomised (norm gains U(0.5, 1.5), biases N(0, 0.2²), weights
+N(0, 1/fan_in)), so a channel mapped to the wrong place shows.
+
+    python -c "from tests import llm_zoo; llm_zoo.build('llama', 'dynamo', '/tmp/llama.onnx')"
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import torch
+
+VOCAB = 64  # the contract checker feeds integer inputs in [0, 50)
+FAMILIES = ("llama", "qwen2", "qwen3", "phi3", "gpt_neox")
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, max_position_embeddings=64, attn_implementation="eager")
+
+
+def config(family: str):
+    import transformers as tf
+
+    if family == "llama":  # GQA: 4 query heads on 2 key/value heads
+        return tf.LlamaConfig(**COMMON, num_key_value_heads=2, tie_word_embeddings=False)
+    if family == "qwen2":  # q/k/v biases, tied embeddings
+        return tf.Qwen2Config(**COMMON, num_key_value_heads=2, tie_word_embeddings=True)
+    if family == "qwen3":  # RMSNorm on each head's q and k
+        return tf.Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=8, tie_word_embeddings=False)
+    if family == "phi3":  # fused qkv_proj and gate_up_proj
+        return tf.Phi3Config(**COMMON, num_key_value_heads=4, tie_word_embeddings=False,
+                             pad_token_id=0)
+    if family == "gpt_neox":  # fused interleaved qkv, partial rotary, LayerNorm, parallel residual
+        c = dict(COMMON)
+        return tf.GPTNeoXConfig(**c, rotary_pct=0.5, use_parallel_residual=True, tie_word_embeddings=False)
+    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+
+
+class LogitsOnly(torch.nn.Module):
+    """input_ids -> logits, no cache: what a user exports for inference."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids):
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if p.ndim == 1 and ("norm" in name or "ln" in name):
+            p.copy_(torch.rand(p.shape, generator=generator) + 0.5)
+        elif p.ndim == 1:
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+        else:
+            p.copy_(torch.randn(p.shape, generator=generator) / p.shape[-1] ** 0.5)
+    return module.eval()
+
+
+def make(family: str, seed: int = 0) -> torch.nn.Module:
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    return LogitsOnly(randomize_(tf.AutoModelForCausalLM.from_config(config(family)), seed)).eval()
+
+
+def build(family: str, variant: str = "dynamo", path=None, seed: int = 0) -> str:
+    """Export one model to `path` (IR version 10) and check onnxruntime reproduces torch on two
+    different batch/sequence shapes."""
+    module = make(family, seed)
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(seed))
+    dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
+    program = torch.onnx.export(module, (ids,), dynamo=True, optimize=variant == "dynamo",
+                                input_names=["input_ids"], output_names=["logits"], dynamic_shapes=dims)
+    proto = program.model_proto
+    proto.ir_version = 10
+    path = os.fspath(path or f"{family}.{variant}.onnx")
+    onnx.save(proto, path)
+    _check(path, module)
+    return path
+
+
+def _check(path: str, module: torch.nn.Module) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for shape in ((2, 5), (3, 7)):
+        ids = np.random.default_rng(1).integers(0, 50, shape)
+        want = module(torch.from_numpy(ids)).detach().numpy()
+        got = session.run(None, {"input_ids": ids.astype(np.int64)})[0]
+        err = float(np.abs(got - want).max() / np.abs(want).max())
+        if err > 1e-4:
+            raise AssertionError(f"{path}: onnxruntime differs from torch by {err:.2e} at {shape}")
