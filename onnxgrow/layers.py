@@ -99,8 +99,10 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
         entry["note"] = (f"passes a grouped convolution: the new width must be a multiple of "
                          f"{group.outer}")
     if group.uniform_only:
-        entry["note"] = (f"normalised over its channels ({', '.join(group.uniform_only[:2])}): the "
-                         f"new width must be a multiple of {group.width}")
+        entry["note"] = (f"normalised over its channels ({', '.join(group.uniform_only[:2])}): a "
+                         f"multiple of {group.width} replicates units; any other width pads the "
+                         "stream (zeros under RMS norms, the mean under pre-norm LayerNorm; "
+                         "post-norm stacks need a multiple)")
     return entry
 
 

@@ -24,6 +24,8 @@ LayerNorm2d: `Group.uniform_only`) keep their statistics only if every unit is c
 often, so there every preserving method makes the new producer units copies (q a multiple of n):
 netmorph then gives the copies zero outgoing weights, and r2r pairs each copy with its original,
 adding +V to the original's outgoing weights and −V to the copy's (W_i·x + V·x − V·x = W_i·x).
+Widths that are not a multiple pad the stream instead (zero under RMS norms, the mean under
+pre-norm LayerNorm): padding.PadPlan, which offers the same interface as Plan.
 
 When the units are attention heads (groups.Group.block = head size), r2r pairs the channels inside
 each new head instead of pairing heads: a new head's value channels 2i and 2i+1 are equal, so the
@@ -137,6 +139,15 @@ class Plan:
         half[self.pair_axis] //= 2
         return np.repeat(self.rng.normal(0.0, sigma, size=half), 2, axis=self.pair_axis)
 
+    def write(self, graph: ir.Graph, edit: gr.WeightEdit, grown: np.ndarray, hint: str) -> None:
+        g.set_input_constant(graph, edit.node, edit.index, grown, hint)
+
+    def finish(self, graph: ir.Graph) -> None:
+        """Nothing beyond the weights: replication keeps every norm's statistics."""
+
+    def channel_map(self, dim: int, edit: gr.WeightEdit, is_bias: bool):
+        return channel_map(self, dim, edit, is_bias)
+
     def pairs_within(self, slot) -> bool:
         return self.pair_axis == 3 and slot.block == self.block
 
@@ -188,6 +199,7 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
         f"coupled group: {len(group.producers)} producer(s), {len(group.consumers)} consumer(s)"
         + (f": {', '.join(members[:8])}{' ...' if len(members) > 8 else ''}" if members else ""),
     ]
+    lines += details.get("notes", [])
     return summary("widen", lines, params_before, g.parameter_count(model), layer=layer, seed=seed, **details)
 
 
@@ -199,21 +211,30 @@ def group_width(group: gr.Group) -> int:
 def widen_group(graph: ir.Graph, node: ir.Node, group: gr.Group, width: int, method: str, seed: int,
                 noise: float | None) -> dict:
     """Widen `group` (found from `node`) to `width` channels in place; return what was done."""
+    from . import padding  # it builds on this module's channel helpers
     noise = DEFAULT_NOISE if noise is None else float(noise)
     if not 0.0 <= noise < 1.0:
         raise GrowError(f"--noise {noise}: the replica split needs 0 <= noise < 1 to keep every "
                         "share positive.")
     repeat, n = group.outer * group.block, group_width(group)
-    check_width(node, n, width, method, group)
-    plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
-                block=group.block)
+    padded = padding.needs_padding(group, n, width, method)
+    check_width(node, n, width, method, group, padded)
+    if padded:
+        plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, node.name)
+    else:
+        plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
+                    block=group.block)
     mappings = apply(graph, group, plan)
-    return {"method": method, "noise": noise if method == "net2net" else None,
-            "width": {"before": n, "after": width}, "producers": [x.name for x in group.producers],
-            "consumers": [x.name for x in group.consumers], "mappings": mappings}
+    details = {"method": method, "noise": noise if method == "net2net" else None,
+               "width": {"before": n, "after": width}, "producers": [x.name for x in group.producers],
+               "consumers": [x.name for x in group.consumers], "mappings": mappings}
+    if padded:
+        details["notes"] = plan.notes()
+    return details
 
 
-def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
+def check_width(node, n: int, width: int, method: str, group: gr.Group, padded: bool = False) -> None:
+    """Refuse widths the group cannot take; `padded`: a normalised stream grown by padding."""
     name = node.name
     if width <= n:
         raise GrowError(f"{name!r} has {n} units; --width must be larger than that (got {width}). "
@@ -225,7 +246,7 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group) -> None:
         raise GrowError(
             f"cannot widen {name!r} to {width}: its channels are {what}, which grow as whole "
             f"units; use a multiple of {repeat} (e.g. {2 * n}).")
-    if group.uniform_only and width % n and method != "random":
+    if group.uniform_only and width % n and method != "random" and not padded:
         raise GrowError(
             f"cannot widen {name!r} to {width}: {', '.join(group.uniform_only[:3])} normalise over "
             f"its channels, which stays exact only when every unit is copied equally often; use a "
@@ -243,8 +264,11 @@ def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> list[dict]:
         is_bias = edit.role == "producer" and (
             (edit.node.op_type in ("Conv", "ConvTranspose", "Gemm") and edit.index == 2))
         grown = plan.grow(array, edit, is_bias)
-        g.set_input_constant(graph, edit.node, edit.index, grown, f"{value.name}.w{plan.q}")
-        index, scale = channel_map(plan, array.shape[edit.axis], edit, is_bias)
+        plan.write(graph, edit, grown, f"{value.name}.w{plan.q}")
+        mapped = plan.channel_map(array.shape[edit.axis], edit, is_bias)
+        if mapped is None:  # nothing of its own changed (a tied head reading the grown table)
+            continue
+        index, scale = mapped
         mappings.append({"initializer": edit.node.inputs[edit.index].name, "source": value.name,
                          "axis": edit.axis, "index": index.tolist(), "scale": scale.tolist()})
     copies: dict = {}  # shape computations made private to one consumer
@@ -258,6 +282,7 @@ def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> list[dict]:
             dims = list(value.shape)
             dims[slot.axis] = shape[slot.axis] + shape[slot.axis] // slot.total * plan.new
             value.shape = ir.Shape(dims)
+    plan.finish(graph)
     return mappings
 
 

@@ -22,7 +22,8 @@ never assumed to be element-wise.
 Some ops mix the channels but stay exact under *uniform replication* (every unit copied the same
 number of times, as net2net does when the new width is a multiple of the old): the mean over the
 channel axis is unchanged, so LayerNormalization over channels and ReduceMean over channels
-(RMSNorm, hand-written LayerNorm2d) keep their outputs. They mark the group `uniform_only`.
+(RMSNorm, hand-written LayerNorm2d) keep their outputs. They mark the group `uniform_only` and
+are listed in `Group.norms`; other widths are reached by padding the stream (onnxgrow/padding.py).
 
 Some channels come in structure the walk discovers on the way: a grouped Conv needs every conv
 group to grow alike, a Reshape into attention heads needs whole heads (q, k and v together). The

@@ -68,6 +68,7 @@ class Group:
     shape_edits: list = field(default_factory=list)  # ShapeEdit
     group_attrs: list = field(default_factory=list)  # depthwise Convs whose `group` grows
     uniform_only: list = field(default_factory=list)  # names of nodes needing uniform replication
+    norms: list = field(default_factory=list)  # those nodes (LayerNormalization, ReduceMean)
 
     @property
     def producers(self) -> list[ir.Node]:

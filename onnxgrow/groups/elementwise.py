@@ -101,6 +101,7 @@ def _mark_uniform(walk, node):
     name = node.name or node.op_type
     if name not in walk.group.uniform_only:
         walk.group.uniform_only.append(name)
+        walk.group.norms.append(node)
 
 
 def _require_whole_axis(walk, node, slot):
