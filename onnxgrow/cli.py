@@ -30,7 +30,7 @@ _SIGNAL_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 def _exit_at_once(signum, frame) -> None:
     """Before main() runs there is nothing to clean up: say so in one line and leave."""
-    os.write(2, f"{_SIGNAL_WORDS[signum]}.\n".encode())
+    os.write(2, f"{_SIGNAL_WORDS[signum]} by {signal.Signals(signum).name}.\n".encode())
     os._exit(128 + signum)
 
 
@@ -55,7 +55,7 @@ import traceback  # noqa: E402
 
 import click  # noqa: E402
 
-from .errors import GrowError, InternalError, MismatchError
+from .errors import GrowError, InternalError, MismatchError  # noqa: E402
 
 METHODS_WIDEN = ("net2net", "netmorph", "r2r", "random")
 METHODS_DEEPEN = ("net2net", "r2r", "zero")
@@ -100,7 +100,8 @@ def _run_cli(argv) -> None:
     try:
         cli.main(args=argv, prog_name="onnxgrow", standalone_mode=False)
     except Signalled as exc:
-        click.echo(f"{_SIGNAL_WORDS[exc.signum]}; temporary files removed, nothing written.", err=True)
+        name = signal.Signals(exc.signum).name
+        click.echo(f"{_SIGNAL_WORDS[exc.signum]} by {name}; temporary files removed.", err=True)
         sys.exit(128 + exc.signum)
     except click.exceptions.Abort:
         click.echo("aborted.", err=True)

@@ -66,16 +66,16 @@ def _load_path(path: Path, what: str) -> ir.Model:
             f"cannot read {str(path)!r} as an ONNX model ({short_message(exc)}). Is it truncated or "
             "not an .onnx file? Re-export it, or check it with `python -m onnx.checker`."
         ) from None
-    _check_not_empty(proto, str(path))
-    validate.check_model_proto(proto, str(path), base_dir=path.parent)
-    model = _from_proto(proto, str(path))
+    model = _from_proto(proto, str(path), base_dir=path.parent)
     ir.external_data.set_base_dir(model.graph, path.parent)  # as ir.load: data files beside the model
     return model
 
 
-def _from_proto(proto: onnx.ModelProto, what: str) -> ir.Model:
+def _from_proto(proto: onnx.ModelProto, what: str, base_dir: Path | None = None) -> ir.Model:
+    """Check `proto` (see validate.py; external data files are looked for in `base_dir`) and
+    convert it to onnx-ir."""
     _check_not_empty(proto, what)
-    validate.check_model_proto(proto, what)
+    validate.check_model_proto(proto, what, base_dir)
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
