@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the student differs from the teacher; 2 the request cannot be done
 (bad input, unsupported pattern, unknown layer), with a message saying why and what would work;
-3 an internal error (a bug: please report it with the `--debug` traceback).
+3 an internal error (a bug: please report it with the `--debug` traceback); 130 / 143 interrupted
+by Ctrl-C / SIGTERM (the command unwinds, its temporary files are removed, one line is printed).
 
 Heavy modules (onnx, onnx-ir, onnxruntime, torch) are imported inside the commands, so
 `onnxgrow --help` answers at once.
@@ -41,8 +42,11 @@ def _raise_signalled(signum, frame) -> None:
 
 
 def _install(handler) -> None:
+    """Handle SIGINT and SIGTERM with `handler`, except one the parent set to be ignored (a
+    background job or `nohup` ignores Ctrl-C, and so does onnxgrow there)."""
     for sig in _SIGNAL_WORDS:
-        signal.signal(sig, handler)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, handler)
 
 
 # The console script and `python -m onnxgrow.cli` (never a library import, such as a test

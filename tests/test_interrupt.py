@@ -43,10 +43,10 @@ def big_model(tmp_path_factory) -> Path:
     return path
 
 
-def start(model: Path, out: Path) -> subprocess.Popen:
+def start(model: Path, out: Path, **popen) -> subprocess.Popen:
     argv = [sys.executable, "-m", "onnxgrow.cli", "widen", str(model), "--layer", "fc1",
             "--width", str(WIDER), "--no-verify", "-o", str(out)]
-    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def temp_folders(folder: Path) -> list[Path]:
@@ -171,3 +171,14 @@ def test_clear_stale_removes_only_dead_runs_folders(tmp_path):
         (folder / "student.onnx").write_bytes(b"partial")
     assert files.clear_stale(tmp_path) == [dead]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, foreign.name])
+
+
+def test_ctrl_c_stays_ignored_where_the_parent_ignores_it(big_model, reference, tmp_path):
+    """A background job or `nohup` ignores SIGINT: onnxgrow must not take that back."""
+    out = tmp_path / "student.onnx"
+    proc = start(big_model, out, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert wait_for_temp_folder(proc, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert digest(out) == reference[0]
