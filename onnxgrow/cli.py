@@ -255,9 +255,11 @@ def _grow(model_path, out, transform, no_verify, verify_args, preserving=True):
     inputs_file = verify_args[4]
     files.check_output(out, reads=(model_path, inputs_file))  # before any work
     model = graph.load(model_path)
+    reads = (inputs_file, *graph.data_files(model))
+    files.check_output(out, reads=reads)
     validate.check_finite(model, str(model_path))
     summary = transform(model)
-    with graph.staged(out, source=model_path, reads=(inputs_file,)) as tmp_path:
+    with graph.staged(out, source=model_path, reads=reads) as tmp_path:
         graph.write(model, tmp_path)
         if not no_verify:
             report = _run_verify(model_path, str(tmp_path), *verify_args)

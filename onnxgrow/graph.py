@@ -184,6 +184,12 @@ def staged(path, source=None, reads=()):
     return files.staged(path, reads=(source, *reads))
 
 
+def data_files(model: ir.Model) -> list[Path]:
+    """The external data files `model`'s initializers are read from."""
+    return sorted({Path(v.const_value.path) for v in model.graph.initializers.values()
+                   if isinstance(v.const_value, ir.ExternalTensor)})
+
+
 def weight_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
