@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the student differs from the teacher; 2 the request cannot be done
 (bad input, unsupported pattern, unknown layer), with a message saying why and what would work;
-3 an internal error (a bug: please report it with the `--debug` traceback).
+3 an internal error (a bug: please report it with the `--debug` traceback); 130 / 143 interrupted
+by Ctrl-C / SIGTERM (the command unwinds, its temporary files are removed, one line is printed).
 
 Heavy modules (onnx, onnx-ir, onnxruntime, torch) are imported inside the commands, so
 `onnxgrow --help` answers at once.
@@ -30,7 +31,7 @@ _SIGNAL_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 def _exit_at_once(signum, frame) -> None:
     """Before main() runs there is nothing to clean up: say so in one line and leave."""
-    os.write(2, f"{_SIGNAL_WORDS[signum]}.\n".encode())
+    os.write(2, f"{_SIGNAL_WORDS[signum]} by {signal.Signals(signum).name}.\n".encode())
     os._exit(128 + signum)
 
 
@@ -41,8 +42,11 @@ def _raise_signalled(signum, frame) -> None:
 
 
 def _install(handler) -> None:
+    """Handle SIGINT and SIGTERM with `handler`, except one the parent set to be ignored (a
+    background job or `nohup` ignores Ctrl-C, and so does onnxgrow there)."""
     for sig in _SIGNAL_WORDS:
-        signal.signal(sig, handler)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, handler)
 
 
 # The console script and `python -m onnxgrow.cli` (never a library import, such as a test
@@ -55,8 +59,8 @@ import traceback  # noqa: E402
 
 import click  # noqa: E402
 
-from .errors import GrowError, InternalError, MismatchError
-from .methods import DEEPEN_METHODS, WIDEN_METHODS
+from .errors import GrowError, InternalError, MismatchError  # noqa: E402
+from .methods import DEEPEN_METHODS, WIDEN_METHODS  # noqa: E402
 
 SEED = click.IntRange(0, 2**63 - 1)  # numpy seeds are non-negative
 
@@ -99,7 +103,8 @@ def _run_cli(argv) -> None:
     try:
         cli.main(args=argv, prog_name="onnxgrow", standalone_mode=False)
     except Signalled as exc:
-        click.echo(f"{_SIGNAL_WORDS[exc.signum]}; temporary files removed, nothing written.", err=True)
+        name = signal.Signals(exc.signum).name
+        click.echo(f"{_SIGNAL_WORDS[exc.signum]} by {name}; temporary files removed.", err=True)
         sys.exit(128 + exc.signum)
     except click.exceptions.Abort:
         click.echo("aborted.", err=True)
@@ -249,9 +254,11 @@ def _grow(model_path, out, transform, no_verify, verify_args, preserving=True):
     inputs_file = verify_args[4]
     files.check_output(out, reads=(model_path, inputs_file))  # before any work
     model = graph.load(model_path)
+    reads = (inputs_file, *graph.data_files(model))
+    files.check_output(out, reads=reads)
     validate.check_finite(model, str(model_path))
     summary = transform(model)
-    with graph.staged(out, source=model_path, reads=(inputs_file,)) as tmp_path:
+    with graph.staged(out, source=model_path, reads=reads) as tmp_path:
         graph.write(model, tmp_path)
         if not no_verify:
             report = _run_verify(model_path, str(tmp_path), *verify_args)

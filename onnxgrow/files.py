@@ -46,11 +46,14 @@ def check_output(out, reads=()) -> Path:
     if str(out) == "":
         raise GrowError("the output path is empty: name a file with -o, e.g. -o student.onnx.")
     _check_name_length(dest)
+    data = dest.with_name(dest.name + ".data")  # written beside a model over 2 GB
     for source in reads:
-        if source is not None and isinstance(source, (str, os.PathLike)) and _same_file(Path(source), dest):
+        if source is None or not isinstance(source, (str, os.PathLike)):
+            continue
+        if _same_file(Path(source), dest) or _same_file(Path(source), data):
             raise GrowError(
-                f"refusing to write over {str(dest)!r}: the command reads it, and onnxgrow never "
-                "modifies its input. Choose another output path with -o."
+                f"refusing to write over {str(source)!r} (with -o {str(dest)!r}): the command "
+                "reads it, and onnxgrow never modifies its input. Choose another output path with -o."
             )
     if dest.is_dir():
         raise GrowError(f"the output {str(dest)!r} is a folder; name a file inside it, e.g. "

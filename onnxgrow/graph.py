@@ -64,16 +64,16 @@ def _load_path(path: Path, what: str) -> ir.Model:
             f"cannot read {str(path)!r} as an ONNX model ({short_message(exc)}). Is it truncated or "
             "not an .onnx file? Re-export it, or check it with `python -m onnx.checker`."
         ) from None
-    _check_not_empty(proto, str(path))
-    validate.check_model_proto(proto, str(path), base_dir=path.parent)
-    model = _from_proto(proto, str(path))
+    model = _from_proto(proto, str(path), base_dir=path.parent)
     ir.external_data.set_base_dir(model.graph, path.parent)  # as ir.load: data files beside the model
     return model
 
 
-def _from_proto(proto: onnx.ModelProto, what: str) -> ir.Model:
+def _from_proto(proto: onnx.ModelProto, what: str, base_dir: Path | None = None) -> ir.Model:
+    """Check `proto` (see validate.py; external data files are looked for in `base_dir`) and
+    convert it to onnx-ir."""
     _check_not_empty(proto, what)
-    validate.check_model_proto(proto, what)
+    validate.check_model_proto(proto, what, base_dir)
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
@@ -180,6 +180,12 @@ def staged(path, source=None, reads=()):
     """Yield a temporary path beside `path`, renamed into place when the block succeeds; writing
     over `source` or any of `reads` (the files the command reads) is refused. See files.staged."""
     return files.staged(path, reads=(source, *reads))
+
+
+def data_files(model: ir.Model) -> list[Path]:
+    """The external data files `model`'s initializers are read from."""
+    return sorted({Path(v.const_value.path) for v in model.graph.initializers.values()
+                   if isinstance(v.const_value, ir.ExternalTensor)})
 
 
 def weight_bytes(model: ir.Model) -> int:

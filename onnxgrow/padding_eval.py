@@ -10,7 +10,16 @@ import onnx_ir as ir
 from . import graph as g
 from . import padding
 from .groups.core import desc
-from .padding import HOMOGENEOUS, LAYOUT, LINEAR_REDUCE, MEAN, OTHER, PASS_THROUGH, ZERO, ZERO_AT_ZERO
+from .padding import (
+    HOMOGENEOUS,
+    LAYOUT,
+    LINEAR_REDUCE,
+    MEAN,
+    OTHER,
+    PASS_THROUGH,
+    ZERO,
+    ZERO_AT_ZERO,
+)
 
 UNKNOWN = (OTHER, False)
 

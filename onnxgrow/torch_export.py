@@ -352,8 +352,10 @@ def import_weights_file(model, trained_pt, out) -> Path:
     _require_torch()
     files.check_output(out, reads=[model, trained_pt])
     irm = graph.load(model)
+    reads = [trained_pt, *graph.data_files(irm)]
+    files.check_output(out, reads=reads)
     _apply_weights(irm, _load_trained(trained_pt))
-    return graph.save(irm, out, source=model, reads=[trained_pt])
+    return graph.save(irm, out, source=model, reads=reads)
 
 
 def _load_trained(path):

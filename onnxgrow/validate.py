@@ -65,6 +65,7 @@ def _check_versions(proto: onnx.ModelProto, where: str) -> None:
                 f"opset {newest} or lower, or upgrade onnx and onnxruntime."
             )
     imported = {o.domain if o.domain != "ai.onnx" else "" for o in proto.opset_import} or {""}
+    imported |= {f.domain for f in proto.functions}  # model-local functions resolve themselves
     for node in proto.graph.node:
         domain = node.domain if node.domain != "ai.onnx" else ""
         if domain not in imported:

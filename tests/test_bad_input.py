@@ -402,6 +402,18 @@ def case_output_is_the_model_via_dotdot(d):
 
 
 @case("never modifies its input")
+def case_output_is_the_models_external_data(d):
+    return ["deepen", str(external(d)), "--after", "conv1", "-o", str(d / "m.onnx.data")]
+
+
+@case("never modifies its input")
+def case_output_data_file_would_replace_the_models(d):
+    model = external(d, location="other.onnx.data")
+    os.replace(d / "m.onnx.data", d / "other.onnx.data")
+    return ["widen", str(model), "--layer", "conv1", "--width", "8", "-o", str(d / "other.onnx")]
+
+
+@case("never modifies its input")
 def case_output_is_the_inputs_npz(d):
     np.savez(d / "x.npz", x=np.ones((1, 3, 8, 8), np.float32))
     return ["widen", str(good(d)), "--layer", "conv1", "--width", "8", "--inputs", str(d / "x.npz"),

@@ -43,12 +43,18 @@ def test_every_preserving_method_grows_a_whole_model_exactly(zoo_model, method):
 def test_a_factor_rounds_to_what_the_group_allows_and_says_so(zoo_model):
     from onnxgrow import growth
 
-    teacher = G.load(zoo_model("transformer_mini", "legacy"))  # LayerNorm stream: multiples only
-    plan = growth.plan_from(widen=["blocks.0.attn.proj=x1.5"])
+    teacher = G.load(zoo_model("resnet_mini", "legacy"))
+    plan = growth.plan_from(widen=["layer1.conv1=x1.4"], method="r2r")  # 8·1.4 = 11.2: r2r adds pairs
     summary = growth.grow_model(teacher, plan)
     (group,) = summary["groups"]
-    assert group["width"]["after"] == 2 * group["width"]["before"] and group["rounded"]
-    assert "rounded from ×1.5" in "\n".join(summary["lines"])
+    assert group["width"] == {"before": 8, "after": 10} and group["rounded"]
+    assert "rounded from ×1.4" in "\n".join(summary["lines"])
+
+
+def test_a_normalised_stream_grows_to_a_non_multiple(zoo_model):
+    teacher = zoo_model("transformer_mini", "legacy")  # pre-norm LayerNorm stream of 16
+    student = og.grow(teacher, widen={"blocks.0.attn.proj": "x1.5"})
+    assert_equivalent(teacher, student)
 
 
 def _cli(capsys, *argv):
