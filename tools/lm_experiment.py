@@ -45,6 +45,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 import exp_common as C
 
@@ -139,90 +142,96 @@ def validation_windows(val: np.ndarray, seq: int, count: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- model
 
 
-def build_lm(d: int, layers: int, heads: int, kv_heads: int, ffn: int, vocab: int = VOCAB,
-             theta: float = 10000.0, eps: float = 1e-6):
-    """A Llama-style decoder (see the module docstring), weights N(0, INIT_STD), norm gains 1."""
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
+class LlamaRMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
 
-    head_dim = d // heads
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
-    class RMSNorm(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(d))
 
-        def forward(self, x):
-            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
-    def rotate_half(x):
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
-    class Attention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q_proj = nn.Linear(d, heads * head_dim, bias=False)
-            self.k_proj = nn.Linear(d, kv_heads * head_dim, bias=False)
-            self.v_proj = nn.Linear(d, kv_heads * head_dim, bias=False)
-            self.o_proj = nn.Linear(heads * head_dim, d, bias=False)
+class LlamaAttention(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int):
+        super().__init__()
+        self.head_dim = d // heads
+        self.q_proj = nn.Linear(d, heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * self.head_dim, d, bias=False)
 
-        def forward(self, x, cos, sin, mask):
-            b, t, _ = x.shape
-            q, k, v = (p(x).view(b, t, -1, head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-            groups = q.shape[1] // k.shape[1]
-            if groups > 1:  # repeat_kv
-                k, v = (z[:, :, None].expand(b, z.shape[1], groups, t, head_dim).reshape(b, -1, t, head_dim)
-                        for z in (k, v))
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim) + mask
-            return self.o_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1))
+    def forward(self, x, cos, sin, mask):
+        b, t, _ = x.shape
+        hd = self.head_dim
+        q, k, v = (p(x).view(b, t, -1, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:  # repeat_kv
+            k, v = (z[:, :, None].expand(b, z.shape[1], groups, t, hd).reshape(b, -1, t, hd) for z in (k, v))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd) + mask
+        return self.o_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1))
 
-    class MLP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.gate_proj = nn.Linear(d, ffn, bias=False)
-            self.up_proj = nn.Linear(d, ffn, bias=False)
-            self.down_proj = nn.Linear(ffn, d, bias=False)
 
-        def forward(self, x):
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+class LlamaMLP(nn.Module):
+    def __init__(self, d: int, ffn: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(d, ffn, bias=False)
+        self.up_proj = nn.Linear(d, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, d, bias=False)
 
-    class DecoderLayer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.input_layernorm, self.self_attn = RMSNorm(), Attention()
-            self.post_attention_layernorm, self.mlp = RMSNorm(), MLP()
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
-        def forward(self, x, cos, sin, mask):
-            x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
-            return x + self.mlp(self.post_attention_layernorm(x))
 
-    class ByteLlama(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed_tokens = nn.Embedding(vocab, d)
-            self.layers = nn.ModuleList(DecoderLayer() for _ in range(layers))
-            self.norm = RMSNorm()
-            self.lm_head = nn.Linear(d, vocab, bias=False)
-            inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-            self.register_buffer("inv_freq", inv_freq, persistent=False)
-            for m in self.modules():
-                if isinstance(m, (nn.Linear, nn.Embedding)):
-                    nn.init.normal_(m.weight, 0.0, INIT_STD)
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int, ffn: int, eps: float):
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(d, eps)
+        self.self_attn = LlamaAttention(d, heads, kv_heads)
+        self.post_attention_layernorm = LlamaRMSNorm(d, eps)
+        self.mlp = LlamaMLP(d, ffn)
 
-        def forward(self, input_ids):
-            t = input_ids.shape[1]
-            freqs = torch.arange(t, device=input_ids.device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
-            angles = torch.cat((freqs, freqs), dim=-1)
-            mask = torch.full((t, t), float("-inf"), device=input_ids.device).triu(1)
-            x = self.embed_tokens(input_ids)
-            for layer in self.layers:
-                x = layer(x, angles.cos(), angles.sin(), mask)
-            return self.lm_head(self.norm(x))
+    def forward(self, x, cos, sin, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
-    return ByteLlama()
+
+class ByteLlama(nn.Module):
+    """A Llama-style decoder over bytes (see the module docstring); weights N(0, INIT_STD), gains 1."""
+
+    def __init__(self, d: int, layers: int, heads: int, kv_heads: int, ffn: int, vocab: int = VOCAB,
+                 theta: float = 10000.0, eps: float = 1e-6):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(d, heads, kv_heads, ffn, eps) for _ in range(layers))
+        self.norm = LlamaRMSNorm(d, eps)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        head_dim = d // heads
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, INIT_STD)
+
+    def forward(self, input_ids):
+        t = input_ids.shape[1]
+        freqs = torch.arange(t, device=input_ids.device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        mask = torch.full((t, t), float("-inf"), device=input_ids.device).triu(1)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, angles.cos(), angles.sin(), mask)
+        return self.lm_head(self.norm(x))
+
+
+def build_lm(**shape) -> ByteLlama:
+    return ByteLlama(**shape)
 
 
 def macs_per_token(d: int, layers: int, heads: int, kv_heads: int, ffn: int, seq: int, vocab: int = VOCAB) -> int:
@@ -310,8 +319,6 @@ def redraw_new_initializers(teacher, student, seed: int):
 
 
 def adamw(module):
-    import torch
-
     return torch.optim.AdamW(module.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
 
 
@@ -323,9 +330,6 @@ def eval_points(steps: int, every: int) -> list[int]:
 def evaluate(module, windows, dist, chunk: int = 64) -> float:
     """Mean next-byte cross-entropy (nats) over the validation windows, this rank's share summed
     over ranks."""
-    import torch
-    import torch.nn.functional as F
-
     module.eval()
     mine = windows[dist.rank::dist.world]
     total, count = 0.0, 0
@@ -339,13 +343,11 @@ def evaluate(module, windows, dist, chunk: int = 64) -> float:
     return total / count
 
 
-def train(module, optimizer, data: dict, steps: int, stream: int, warmup: int, dist, progress) -> dict:
+def train(module, optimizer, data: dict, steps: int, stream: int, warmup: int, dist, progress, stop=None) -> dict:
     """AdamW steps on global batches of random windows drawn from a generator seeded with `stream`
     (each rank takes its rows; its loss is its share of the global mean, so DDP's gradient
-    average equals the one-process gradient). Returns the curve at eval_points."""
-    import torch
-    import torch.nn.functional as F
-
+    average equals the one-process gradient). Returns the curve at eval_points; `stop(step,
+    val_loss)` may end the run at an evaluation by returning the reason."""
     cfg, tokens, windows = data["cfg"], data["train"], data["val"]
     seq, batch = cfg["seq"], cfg["batch"]
     model = dist.wrap(module)
@@ -363,6 +365,10 @@ def train(module, optimizer, data: dict, steps: int, stream: int, warmup: int, d
             curve["train_loss"].append(float(np.mean(recent)) if recent else None)
             recent = []
             progress(step, steps, loss)
+            reason = stop(step, loss) if stop else None
+            if reason:
+                curve["stopped"] = reason
+                break
         if step == steps:
             break
         model.train()
@@ -399,11 +405,11 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
     data = dict(cfg=cfg, train=torch.from_numpy(corpus["train"]).to(dist.device),
                 val=torch.from_numpy(validation_windows(corpus["val"], cfg["seq"], cfg["val_windows"])).to(dist.device))
 
-    def fit(run, module, optimizer, steps, stream, warmup):
+    def fit(run, module, optimizer, steps, stream, warmup, stop=None):
         def progress(step, total, loss):
             log(f"seed {seed} {run:<22} step {step:>5}/{total}  val_loss {loss:.4f}")
 
-        return train(module, optimizer, data, steps, stream, warmup, dist, progress)
+        return train(module, optimizer, data, steps, stream, warmup, dist, progress, stop)
 
     out = {}
     torch.manual_seed(seed)
@@ -445,9 +451,31 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
             if carry:
                 carried = carry_adamw_state(teacher_state, module, opt, mappings)
                 rec = dict(rec, state_carried=len(carried["carried"]), state_fresh=len(carried["fresh"]))
-            out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, 0 if carry else WARMUP))
+            stop = student_stop(out, shape, cfg, teacher_flops=flops_curve(out["teacher"], cfg)[-1],
+                                macs=macs_per_token(**SHAPES[shape], seq=cfg["seq"]))
+            out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, 0 if carry else WARMUP, stop))
         out[run]["macs_per_token"] = macs_per_token(**SHAPES[shape], seq=cfg["seq"])
     return out
+
+
+def student_stop(out: dict, shape: str, cfg: dict, teacher_flops: int, macs: int):
+    """A student's stopping rule: it ends at the first evaluation that reaches the from-scratch
+    run's final loss (what the compute-saved figure needs), or once its compute (teacher's
+    included) has passed what the from-scratch run needed, after which growth cannot pay."""
+    scratch = out.get(f"scratch_{shape}")
+    if scratch is None:
+        return None
+    target = scratch["val_loss"][-1]
+    budget = reach_flops(scratch, cfg, target)
+
+    def stop(step, loss):
+        if loss <= target:
+            return "reached the from-scratch loss"
+        if teacher_flops + C.train_flops(macs, step * cfg["batch"] * cfg["seq"]) >= budget:
+            return "used the from-scratch compute without reaching its loss"
+        return None
+
+    return stop
 
 
 def grow_and_verify(teacher_onnx, shape: str, method: str, seed: int, dist, log, run: str):
@@ -521,16 +549,21 @@ def summarise(per_seed: dict, cfg: dict) -> dict:
         recs = [per_seed[s][run] for s in seeds]
         kind = RUNS[run][0]
         offsets = teacher_flops if kind in ("grown", "control") else [0] * len(seeds)
-        loss = np.array([r["val_loss"] for r in recs])
-        rec = dict(description=RUNS[run][4], macs_per_token=recs[0]["macs_per_token"], steps=recs[0]["steps"],
-                   flops=np.mean([flops_curve(r, cfg, o) for r, o in zip(recs, offsets)], axis=0).tolist(),
-                   val_loss=dict(mean=loss.mean(0).tolist(),
-                                 std=loss.std(0, ddof=1 if len(seeds) > 1 else 0).tolist()))
+        longest = max(recs, key=lambda r: len(r["steps"]))  # students stop early, each seed when it may
+        loss = np.full((len(recs), len(longest["steps"])), np.nan)
+        for i, r in enumerate(recs):
+            loss[i, :len(r["val_loss"])] = r["val_loss"]
+        stats = [C.mean_std(col[~np.isnan(col)]) for col in loss.T]
+        rec = dict(description=RUNS[run][4], macs_per_token=recs[0]["macs_per_token"], steps=longest["steps"],
+                   flops=flops_curve(longest, cfg, offsets[0]),
+                   val_loss=dict(mean=[m for m, _ in stats], std=[sd for _, sd in stats]),
+                   final_loss=C.mean_std([r["val_loss"][-1] for r in recs]),
+                   stopped=[r.get("stopped") for r in recs])
         if kind in ("grown", "control"):
             start = loss[:, 0]
-            early = loss[:, [i for i, s in enumerate(recs[0]["steps"]) if s <= max(EARLY_EVALS)]]
+            early = loss[:, [i for i, s in enumerate(longest["steps"]) if s <= max(EARLY_EVALS)]]
             rec["start_loss"] = C.mean_std(start)
-            rec["spike"] = C.mean_std(early.max(1) - start)
+            rec["spike"] = C.mean_std(np.nanmax(early, 1) - start)
         if "verify_ok" in recs[0]:
             rec["verify_ok"] = [r["verify_ok"] for r in recs]
             rec["verify_max_rel"] = max(o["max_rel"] for r in recs for o in r["verify"]["outputs"])
@@ -568,7 +601,7 @@ def compute_table(summary: dict, shape: str) -> list[str]:
     ref = summary[f"scratch_{shape}"]["to_target"][shape]
     lines = [f"### {shape} ({SHAPES[shape]['layers']} layers, width {SHAPES[shape]['d']}): target "
              f"{C.pm(*C.mean_std(ref['target']))} (the from-scratch final validation loss)", "",
-             "| run | verify | start loss | spike (≤ step 20) | final loss | reached | GFLOPs to target "
+             "| run | verify | start loss | spike (≤ step 20) | loss at the end | reached | GFLOPs to target "
              "(incl. teacher) | compute saved |", "|---|---|---|---|---|---|---|---|"]
     notes = []
     for run, rec in summary.items():
@@ -580,7 +613,7 @@ def compute_table(summary: dict, shape: str) -> list[str]:
                                      f"differs ({rec['verify_max_rel']:.0e})")
         start = C.pm(*rec["start_loss"]) if "start_loss" in rec else "—"
         spike = C.pm(*rec["spike"]) if "spike" in rec else "—"
-        final = C.pm(rec["val_loss"]["mean"][-1], rec["val_loss"]["std"][-1])
+        final = C.pm(*rec["final_loss"])
         saved = "(reference)" if run == f"scratch_{shape}" else C.saved_cell(reach["saved"])
         lines.append(f"| {run} | {verify} | {start} | {spike} | {final} | "
                      f"{reach['saved']['reached']}/{reach['saved']['seeds']} | {C.gflops(reach['flops'])} | {saved} |")
@@ -615,11 +648,13 @@ def write_table(path: Path, result: dict):
     for shape in ("wider", "deeper", "both"):
         if f"scratch_{shape}" in summary and "to_target" in summary[f"scratch_{shape}"]:
             lines += compute_table(summary, shape)
-    lines += ["## All runs", "", "| run | fwd MACs/token | steps | final val loss | GFLOPs at the end (incl. teacher) |",
+    lines += ["## All runs", "", "Students stop at the first evaluation that reaches their target, or once they "
+              "have used the from-scratch run's compute to reach it.", "",
+              "| run | fwd MACs/token | steps (longest seed) | val loss at the end | GFLOPs at the end (incl. teacher) |",
               "|---|---|---|---|---|"]
     for run, rec in summary.items():
         lines.append(f"| {run} | {rec['macs_per_token']:,} | {rec['steps'][-1]} | "
-                     f"{C.pm(rec['val_loss']['mean'][-1], rec['val_loss']['std'][-1])} | {rec['flops'][-1] / 1e9:.3g} |")
+                     f"{C.pm(*rec['final_loss'])} | {rec['flops'][-1] / 1e9:.3g} |")
     env = result["environment"]
     lines += ["", "Runs: " + "; ".join(f"`{r}` {RUNS[r][4]}" for r in summary) + ".", "",
               f"Wall time {result['wall_seconds']:.0f} s on {env['host']}, {env['device']} "
