@@ -148,3 +148,16 @@ def test_compute_saved_against_the_big_model_from_scratch_by_hand():
 
 def test_eval_points_include_the_early_steps_after_a_start():
     assert lm.eval_points(100, 25) == [0, 5, 10, 20, 25, 50, 75, 100]
+
+
+def test_the_table_says_when_not_growing_was_cheaper():
+    """The control reaches the target at its step 20: 60 + 6·1·20 = 180 FLOPs < the student's 660."""
+    seed = {"teacher": _curve(1, [0, 10], [5.0, 3.0]),
+            "scratch_wider": _curve(10, [0, 10, 20], [5.0, 3.0, 2.0]),
+            "wider_net2net": _curve(10, [0, 10, 20], [3.0, 2.0, 1.5]),
+            "teacher_continued": _curve(1, [0, 10, 20], [3.0, 2.5, 1.9])}
+    summary = lm.summarise({0: seed}, dict(batch=1, seq=1))
+    assert summary["teacher_continued"]["to_target"]["wider"]["flops"] == [180]
+    table = "\n".join(lm.compute_table(summary, "wider"))
+    assert "at this budget the bigger architecture is not better per FLOP" in table
+    assert "`wider_net2net` needed more compute than training the teacher on without growth (6.6e-07 vs 1.8e-07" in table

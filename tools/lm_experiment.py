@@ -71,10 +71,10 @@ GROWTH = {
     "both": dict(widen={"*": "x2"}, deepen=["layers.0:zero", "layers.1:zero"]),
 }
 MODES = {
-    "quick": dict(seeds=2, seq=64, batch=16, teacher_steps=150, student_steps=150, scratch_steps=300,
-                  eval_every=25, val_windows=128),
-    "full": dict(seeds=3, seq=128, batch=16, teacher_steps=600, student_steps=600, scratch_steps=1200,
-                 eval_every=50, val_windows=256),
+    "quick": dict(seeds=2, seq=64, batch=16, teacher_steps=100, student_steps=100, scratch_steps=120,
+                  eval_every=20, val_windows=64),
+    "full": dict(seeds=3, seq=128, batch=16, teacher_steps=400, student_steps=800, scratch_steps=1000,
+                 eval_every=50, val_windows=128),
 }
 LR, BETAS, WEIGHT_DECAY, WARMUP, INIT_STD = 3e-3, (0.9, 0.95), 0.01, 30, 0.02
 EARLY_EVALS = (5, 10, 20)  # extra evaluations right after a start: the loss spike after growth
@@ -619,7 +619,29 @@ def compute_table(summary: dict, shape: str) -> list[str]:
                      f"{reach['saved']['reached']}/{reach['saved']['seeds']} | {C.gflops(reach['flops'])} | {saved} |")
         if run != f"scratch_{shape}":
             notes.append(verdict(run, shape, reach["saved"]))
+    notes += against_no_growth(summary, shape)
     return lines + [""] + [n for n in notes if n] + [""]
+
+
+def against_no_growth(summary: dict, shape: str) -> list[str]:
+    """Sentences comparing the students with the teacher trained on without growth, where that
+    control reaches the target too (then the bigger model is not worth its compute at this budget)."""
+    control = summary.get("teacher_continued", {}).get("to_target", {}).get(shape)
+    if control is None or control["saved"]["reached"] == 0:
+        return []
+    control_flops = C.mean_std(control["flops"])[0]
+    lines = [f"The teacher trained on without growth reaches the {shape} target too "
+             f"({control['saved']['reached']}/{control['saved']['seeds']} seeds, {control_flops / 1e9:.3g} GFLOPs): "
+             f"at this budget the bigger architecture is not better per FLOP."]
+    for run, rec in summary.items():
+        reach = rec.get("to_target", {}).get(shape)
+        if RUNS[run][0] == "grown" and reach and reach["saved"]["reached"]:
+            grown_flops = C.mean_std(reach["flops"])[0]
+            if grown_flops > control_flops:
+                lines.append(f"`{run}` needed more compute than training the teacher on without growth "
+                             f"({grown_flops / 1e9:.3g} vs {control_flops / 1e9:.3g} GFLOPs): against not "
+                             f"growing, growth did not pay.")
+    return lines
 
 
 def write_table(path: Path, result: dict):
