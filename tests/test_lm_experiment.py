@@ -109,6 +109,9 @@ def test_carried_state_continues_the_teachers_training_in_the_exported_layout(tr
     state, constants = lm.teacher_layout(teacher, teacher_opt, model)
     assert len(constants) == 1  # the rotary frequencies, folded into an initializer by the exporter
     student = lm.trainable(model, constants)
+    lm.check_architecture(student, "teacher")  # the FLOP count's shape, the folded constant frozen
+    with pytest.raises(RuntimeError, match="does not make SHAPES"):
+        lm.check_architecture(student, "wider")
     student_opt = lm.adamw(student)
     done = carry_adamw_state(state, student, student_opt, [])
     assert sorted(done["fresh"]) == sorted(constants) and len(done["carried"]) == len(list(teacher.parameters()))

@@ -427,6 +427,34 @@ def claim(per_seed: dict) -> dict:
 # ----------------------------------------------------------------------------- reporting
 
 
+def compute_tables(summary: dict) -> list[str]:
+    """Per bigger architecture: each run's compute to reach its from-scratch final accuracy."""
+    lines = []
+    for fam in ("wider", "deeper"):
+        rows = [r for r in summary if fam in summary[r]["to_scratch_acc"]]
+        if not rows:
+            continue
+        lines += ["", f"## Compute to first reach the {fam} architecture's from-scratch final accuracy", "",
+                  "Checked once per epoch. Training FLOPs = 6 × forward multiply-adds × samples seen. "
+                  "\"Incl. teacher\" adds the teacher's whole training to a student's (and the control's). "
+                  "Compute saved = 1 − GFLOPs incl. teacher / GFLOPs of the from-scratch run to reach its "
+                  "own final accuracy.", "",
+                  "| run | fwd MACs/sample | reached | epochs | steps | GFLOPs | GFLOPs incl. teacher | compute saved | final val acc (%) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            reach = summary[r]["to_scratch_acc"][fam]
+            got = [x for x in reach["per_seed"] if x["epochs"] is not None]
+            ep = f"{np.mean([x['epochs'] for x in got]):.2g}" if got else "—"
+            st = f"{np.mean([x['steps'] for x in got]):.0f}" if got else "—"
+            acc = summary[r]["val_acc"]
+            saved = "(reference)" if r == f"scratch_{fam}" else C.saved_cell(reach["saved"])
+            lines.append(f"| {r} | {summary[r]['macs_per_sample']:,} | {len(got)}/{len(reach['per_seed'])} | {ep} | "
+                         f"{st} | {gflops([x['flops'] for x in reach['per_seed']])} | "
+                         f"{gflops([x['flops_incl_teacher'] for x in reach['per_seed']])} | {saved} | "
+                         f"{pm(acc['mean'][-1], acc['std'][-1], True)} |")
+    return lines
+
+
 def write_table(path: Path, result: dict):
     cfg, summary, c = result["config"], result["summary"], result["claim"]
     n = len(result["per_seed"])
@@ -493,28 +521,7 @@ def write_table(path: Path, result: dict):
             s, a = summary[r]["val_loss"], summary[r]["val_acc"]
             cells += [pm(s["mean"][e], s["std"][e]), pm(a["mean"][e], a["std"][e], True)] if e < len(s["mean"]) else ["", ""]
         lines.append(f"| {e} | " + " | ".join(cells) + " |")
-    for fam in ("wider", "deeper"):
-        rows = [r for r in summary if fam in summary[r]["to_scratch_acc"]]
-        if not rows:
-            continue
-        lines += ["", f"## Compute to first reach the {fam} architecture's from-scratch final accuracy", "",
-                  "Checked once per epoch. Training FLOPs = 6 × forward multiply-adds × samples seen. "
-                  "\"Incl. teacher\" adds the teacher's whole training to a student's (and the control's). "
-                  "Compute saved = 1 − GFLOPs incl. teacher / GFLOPs of the from-scratch run to reach its "
-                  "own final accuracy.", "",
-                  "| run | fwd MACs/sample | reached | epochs | steps | GFLOPs | GFLOPs incl. teacher | compute saved | final val acc (%) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            reach = summary[r]["to_scratch_acc"][fam]
-            got = [x for x in reach["per_seed"] if x["epochs"] is not None]
-            ep = f"{np.mean([x['epochs'] for x in got]):.2g}" if got else "—"
-            st = f"{np.mean([x['steps'] for x in got]):.0f}" if got else "—"
-            acc = summary[r]["val_acc"]
-            saved = "(reference)" if r == f"scratch_{fam}" else C.saved_cell(reach["saved"])
-            lines.append(f"| {r} | {summary[r]['macs_per_sample']:,} | {len(got)}/{len(reach['per_seed'])} | {ep} | "
-                         f"{st} | {gflops([x['flops'] for x in reach['per_seed']])} | "
-                         f"{gflops([x['flops_incl_teacher'] for x in reach['per_seed']])} | {saved} | "
-                         f"{pm(acc['mean'][-1], acc['std'][-1], True)} |")
+    lines += compute_tables(summary)
     lines += ["", "Means over the seeds that reached the target. Runs: " +
               "; ".join(f"`{r}` {RUNS[r][2]}" for r in summary) + ".", "",
               f"Wall time {result['wall_seconds']:.0f} s on {result['environment']['host']} "

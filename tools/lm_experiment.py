@@ -276,14 +276,28 @@ def export_onnx(module, seq: int = 16, dynamic: bool = True):
 
 
 def grow(teacher, shape: str, method: str, seed: int):
-    """The grown student as (onnx.ModelProto, channel mappings for onnxgrow.optim), via og.grow."""
+    """The grown student as (onnx.ModelProto, channel mappings for onnxgrow.optim), via og.grow.
+
+    `random` is the same growth without preservation: widening with og.grow's `random` method,
+    then the block copies inserted as for net2net and re-drawn (`redraw_new_initializers`), so
+    that only the copies, not the widened teacher weights, are re-drawn."""
     import onnxgrow as og
 
     spec = GROWTH[shape]
-    student = og.grow(teacher, widen=spec["widen"], deepen=spec["deepen"], method=method, seed=seed)
-    if method == "random" and spec["deepen"]:
-        student = redraw_new_initializers(teacher, student, seed)
-    return student, growth_mappings(student)
+    if method != "random":
+        student = og.grow(teacher, **grow_kwargs(spec["widen"], spec["deepen"]), method=method, seed=seed)
+        return student, growth_mappings(student)
+    wide = og.grow(teacher, widen=spec["widen"], method="random", seed=seed) if spec["widen"] else teacher
+    mappings = growth_mappings(wide) if spec["widen"] else []
+    if not spec["deepen"]:
+        return wide, mappings
+    deep = og.grow(wide, deepen=spec["deepen"], method="net2net", seed=seed)
+    return redraw_new_initializers(wide, deep, seed), mappings  # the copies are fresh: no state to carry
+
+
+def grow_kwargs(widen: dict, deepen: list) -> dict:
+    """og.grow's keyword arguments, leaving out an empty widen or deepen."""
+    return {k: v for k, v in (("widen", widen), ("deepen", deepen)) if v}
 
 
 def growth_mappings(student) -> list[dict]:
@@ -297,8 +311,8 @@ def growth_mappings(student) -> list[dict]:
 
 
 def redraw_new_initializers(teacher, student, seed: int):
-    """The random-growth baseline for depth: every float initializer the teacher lacks (the new
-    blocks) re-drawn as a fresh model would have it: 1-D gains 1, matrices N(0, INIT_STD)."""
+    """The random-growth baseline for depth: every float initializer that `teacher` lacks (the
+    inserted blocks) re-drawn as a fresh model would have it: 1-D gains 1, matrices N(0, INIT_STD)."""
     import onnx
     from onnx import numpy_helper
 
@@ -437,7 +451,8 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
             out[run] = fit(run, module, opt, cfg["student_steps"], stream, 0)
         else:
             if (shape, method) not in grown:
-                grown[(shape, method)] = grow_and_verify(teacher_onnx, shape, method, seed, dist, log, run)
+                inputs = data["val"][:4, :-1].long().cpu().numpy()
+                grown[(shape, method)] = grow_and_verify(teacher_onnx, shape, method, seed, dist, log, inputs)
                 if models_dir is not None and dist.main:
                     path = models_dir / f"{shape}_{method}.onnx"
                     path.write_bytes(grown[(shape, method)][0].SerializeToString())
@@ -447,6 +462,7 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
             if teacher_state is None:
                 teacher_state, constants = teacher_layout(teacher, teacher_opt, teacher_onnx)
             module = trainable(student, constants).to(dist.device)
+            check_architecture(module, shape)
             opt = adamw(module)
             if carry:
                 carried = carry_adamw_state(teacher_state, module, opt, mappings)
@@ -478,15 +494,16 @@ def student_stop(out: dict, shape: str, cfg: dict, teacher_flops: int, macs: int
     return stop
 
 
-def grow_and_verify(teacher_onnx, shape: str, method: str, seed: int, dist, log, run: str):
-    """(student, mappings, record): grown by og.grow, checked by og.verify on rank 0."""
+def grow_and_verify(teacher_onnx, shape: str, method: str, seed: int, dist, log, inputs):
+    """(student, mappings, record): grown by og.grow, checked by og.verify on rank 0 on `inputs`
+    (validation text, so attention sees whole windows rather than the one-token default)."""
     import onnxgrow as og
 
     t0 = time.perf_counter()
     student, mappings = grow(teacher_onnx, shape, method, seed)
     rec = dict(grow_seconds=round(time.perf_counter() - t0, 2))
     if dist.main:
-        check = og.verify(teacher_onnx, student)
+        check = og.verify(teacher_onnx, student, inputs={"input_ids": inputs})
         rec.update(verify_ok=bool(check.ok), verify=check.to_dict())
         worst = max(o["max_rel"] for o in rec["verify"]["outputs"])
         log(f"seed {seed} {shape} grown with {method}: verify {'match' if check.ok else 'DIFFERS'} "
@@ -505,6 +522,16 @@ def teacher_layout(teacher, optimizer, teacher_onnx):
     matched = match_parameters(teacher, like)
     constants = {like.onnx_names[p] for p, _ in like.named_parameters() if p not in matched}
     return adamw_state(teacher, optimizer, like=like), constants
+
+
+def check_architecture(module, shape: str) -> None:
+    """The grown student must have as many trainable parameters as the `shape` model from scratch:
+    its compute is counted from SHAPES[shape], so a growth that made something else is an error."""
+    grown = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    expected = sum(p.numel() for p in ByteLlama(**SHAPES[shape]).parameters())
+    if grown != expected:
+        raise RuntimeError(f"the {shape} student has {grown:,} trainable parameters, the {shape} architecture "
+                           f"{expected:,}: GROWTH[{shape!r}] does not make SHAPES[{shape!r}]")
 
 
 def trainable(model, constants: set[str]):
