@@ -579,13 +579,16 @@ def plot(path: Path, result: dict):
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="experiment.py [--task digits]", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="experiment.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
                       help="8×8 digits, 3 seeds, few epochs: a few minutes on 2 CPU cores (default)")
     mode.add_argument("--full", action="store_const", const="full", dest="mode",
                       help="the record: mnist5k, 5 seeds, more epochs")
+    p.add_argument("--task", choices=["digits", "lm"], default="digits",
+                   help="digits: this CNN experiment (default); lm: the language-model experiment "
+                        "(tools/lm_experiment.py; see --task lm --help)")
     p.add_argument("--data", choices=["digits", "mnist5k"], help="override the mode's data set")
     p.add_argument("--seeds", type=int, help="number of seeds (0, 1, ...)")
     p.add_argument("--teacher-epochs", type=int)

@@ -29,6 +29,11 @@ the full rate, as the teacher would have.
 Compute: forward MACs per token are counted from the shapes (`macs_per_token`: every matrix
 product, attention scores over the full causal window included); training FLOPs = 6 × MACs ×
 tokens (tools/exp_common.py). Target per shape: the from-scratch run's final validation loss.
+A student stops at the first evaluation that reaches it, or once its compute (teacher's included)
+has passed what the from-scratch run needed (then growth cannot pay).
+
+    python tools/experiment.py --task lm --quick        # results/lm-quick/, minutes on 2 CPU cores
+    torchrun --nproc_per_node=2 tools/experiment.py --task lm --full   # results/lm-full/ (DDP, gloo)
 """
 
 from __future__ import annotations
