@@ -21,8 +21,9 @@ t = 0 with zero moments on its first step).
 The mappings come from the widening code, one entry per grown initializer and axis:
     {"initializer": NEW_NAME, "source": OLD_NAME, "axis": AXIS,
      "index": [π(j) for each position j along AXIS], "scale": [s_j for each position]}
-Initializers not listed keep their teacher state when the teacher has one of the same name and
-shape (unchanged weights), and get none otherwise (brand-new tensors).
+A source may itself be grown by an earlier entry (successive widenings chain); entries are
+followed in order. Initializers not listed keep their teacher state when the teacher has one of
+the same name and shape (unchanged weights), and get none otherwise (brand-new tensors).
 
 Parameters are matched to initializers by name: `module.onnx_names` (what onnxgrow.to_torch
 gives) maps a parameter to its initializer; a plain torch module's parameter names are used as
@@ -60,24 +61,17 @@ def map_moment(array: np.ndarray, entries: list[dict], power: int) -> np.ndarray
     return out
 
 
-def _check_entries(name: str, entries: list[dict], old_shape, new_shape) -> None:
-    """Refuse a mapping that does not describe `name`'s growth from its source."""
-    axes = [e["axis"] % len(new_shape) for e in entries]
+def _check_entries(name: str, entries: list[dict], old_shape) -> None:
+    """Refuse entries that cannot describe one growth step of `name` from an array of `old_shape`."""
+    axes = [e["axis"] % len(old_shape) for e in entries]
     if len(set(axes)) != len(axes):
-        raise GrowError(f"mapping for {name!r} lists axis {axes} more than once; give one entry per axis.")
-    if len({e["source"] for e in entries}) != 1:
-        raise GrowError(f"mapping for {name!r} names several sources; one initializer grows from one source.")
-    expected = list(old_shape)
+        raise GrowError(f"mapping for {name!r} lists axis {axes} more than once in one step; give one entry per axis.")
     for e, axis in zip(entries, axes):
         if len(e["index"]) != len(e["scale"]):
             raise GrowError(f"mapping for {name!r} axis {axis}: index and scale differ in length.")
         if max(e["index"], default=-1) >= old_shape[axis]:
             raise GrowError(f"mapping for {name!r} axis {axis} copies unit {max(e['index'])} but "
                             f"{e['source']!r} has {old_shape[axis]} along that axis.")
-        expected[axis] = len(e["index"])
-    if expected != list(new_shape):
-        raise GrowError(f"mapping for {name!r} makes shape {expected} from {e['source']!r} "
-                        f"{list(old_shape)}, but the parameter has shape {list(new_shape)}.")
 
 
 def _onnx_names(module) -> dict[str, str]:
@@ -133,6 +127,26 @@ def adamw_state(module, optimizer, like=None) -> dict[str, dict]:
     return out
 
 
+def grown_state(teacher_state: dict[str, dict], mappings: list[dict]) -> dict[str, dict | None]:
+    """The state of every initializer the mappings grew: {name: {"exp_avg", "exp_avg_sq", "step"}},
+    or None where its source had no state. Entries are followed in order, grouped by (initializer,
+    source) — the axes of one step — and a source may be an initializer an earlier entry grew
+    (successive widenings chain: A → A.w128 → A.w128.w8)."""
+    groups = defaultdict(list)
+    for entry in mappings:
+        groups[(entry["initializer"], entry["source"])].append(entry)
+    out = {}
+    for (name, source), entries in groups.items():
+        base = out[source] if source in out else teacher_state.get(source)
+        if base is None:
+            out[name] = None
+            continue
+        _check_entries(name, entries, base["exp_avg"].shape)
+        out[name] = dict(step=base["step"], **{k: map_moment(base[k], entries, power)
+                                               for k, power in zip(MOMENTS, (1, 2))})
+    return out
+
+
 def carry_adamw_state(teacher_state: dict[str, dict], module, optimizer, mappings: list[dict]) -> dict:
     """Fill `optimizer` (a fresh torch.optim.AdamW/Adam over `module`'s parameters) with the
     teacher's state, carried as the weights were (see the module docstring).
@@ -143,32 +157,21 @@ def carry_adamw_state(teacher_state: dict[str, dict], module, optimizer, mapping
     for group in optimizer.param_groups:
         if group.get("amsgrad"):
             raise GrowError("carry_adamw_state does not carry amsgrad's max_exp_avg_sq; use amsgrad=False.")
-    by_new = defaultdict(list)
-    for entry in mappings:
-        by_new[entry["initializer"]].append(entry)
+    grown = grown_state(teacher_state, mappings)
     params = dict(module.named_parameters())
     carried, fresh = [], []
     for pname, name in _onnx_names(module).items():
         param = params[pname]
         shape = tuple(param.shape)
-        if name in by_new:
-            entries = by_new[name]
-            source = teacher_state.get(entries[0]["source"])
-            if source is None:
-                fresh.append(name)
-                continue
-            _check_entries(name, entries, source["exp_avg"].shape, shape)
-            moments = {k: map_moment(source[k], entries, power) for k, power in zip(MOMENTS, (1, 2))}
-        elif name in teacher_state and tuple(teacher_state[name]["exp_avg"].shape) == shape:
-            source = teacher_state[name]
-            moments = {k: source[k] for k in MOMENTS}
-        elif name in teacher_state:
-            raise GrowError(f"{name!r} changed shape {list(teacher_state[name]['exp_avg'].shape)} -> "
-                            f"{list(shape)} but no mapping says how; pass the growth's mappings.")
-        else:
+        state = grown[name] if name in grown else teacher_state.get(name)
+        if state is None:
             fresh.append(name)
             continue
-        optimizer.state[param] = _adam_entry(param, source["step"], moments, optimizer, torch)
+        if tuple(state["exp_avg"].shape) != shape:
+            how = "the mappings make" if name in grown else "no mapping says how it grew from"
+            raise GrowError(f"{name!r} has shape {list(shape)} but {how} {list(state['exp_avg'].shape)}; "
+                            "pass the growth's mappings (all of them, in order).")
+        optimizer.state[param] = _adam_entry(param, state["step"], state, optimizer, torch)
         carried.append(name)
     return dict(carried=carried, fresh=fresh)
 

@@ -125,10 +125,28 @@ def test_refusals_say_what_is_wrong():
     teacher, teacher_opt = _teacher()
     state = adamw_state(teacher, teacher_opt)
     student = _student()
-    with pytest.raises(GrowError, match="no mapping says how"):
+    with pytest.raises(GrowError, match="no mapping says how it grew"):
         carry_adamw_state(state, student, torch.optim.AdamW(student.parameters()), MAPPINGS[:1])
     short = [dict(MAPPINGS[0], index=[0, 1, 1], scale=[1.0, 1.0, 1.0]), *MAPPINGS[1:]]
-    with pytest.raises(GrowError, match="parameter has shape"):
+    with pytest.raises(GrowError, match="the mappings make"):
         carry_adamw_state(state, student, torch.optim.AdamW(student.parameters()), short)
     with pytest.raises(GrowError, match="amsgrad"):
         carry_adamw_state(state, student, torch.optim.AdamW(student.parameters(), amsgrad=True), MAPPINGS)
+
+
+def test_successive_widenings_chain_through_intermediate_names():
+    """A → A.w3 (rows: copy unit 1) → A.w3.w4 (columns: split input 0), as two widen calls name them."""
+    rng = np.random.default_rng(0)
+    state = {"A": {"exp_avg": rng.normal(size=(2, 3)).astype(np.float32),
+                   "exp_avg_sq": rng.random((2, 3)).astype(np.float32), "step": 7.0}}
+    chain = [{"initializer": "A.w3", "source": "A", "axis": 0, "index": [0, 1, 1], "scale": [1.0, 1.0, 1.0]},
+             {"initializer": "A.w3.w4", "source": "A.w3", "axis": 1, "index": [0, 1, 2, 0],
+              "scale": [0.5, 1.0, 1.0, 0.5]}]
+    net = nn.Module()
+    net.w = nn.Parameter(torch.zeros(3, 4))
+    net.onnx_names = {"w": "A.w3.w4"}
+    opt = torch.optim.AdamW(net.parameters())
+    assert carry_adamw_state(state, net, opt, chain)["carried"] == ["A.w3.w4"]
+    m = state["A"]["exp_avg"][[0, 1, 1]][:, [0, 1, 2, 0]] * np.array([0.5, 1, 1, 0.5], np.float32)
+    np.testing.assert_allclose(opt.state[net.w]["exp_avg"].numpy(), m)
+    assert float(opt.state[net.w]["step"]) == 7.0

@@ -306,9 +306,10 @@ def grow_kwargs(widen: dict, deepen: list) -> dict:
 
 
 def growth_mappings(student) -> list[dict]:
-    """The channel mappings og.grow recorded (onnxgrow.optim's format), read from the model's
-    metadata_props key 'onnxgrow.mappings' (JSON); [] when there is none (then only tensors whose
-    shape did not change can carry state, and carry_adamw_state says so for the others)."""
+    """The channel mappings of the growth (onnxgrow.optim's format: what widening's summary lists
+    under "mappings", in order), read from the model's metadata_props key 'onnxgrow.mappings'
+    (JSON); [] when there is none (then only tensors whose shape did not change can carry state,
+    and carry_adamw_state refuses the others). The one place to wire og.grow's mappings in."""
     for prop in student.metadata_props:
         if prop.key == "onnxgrow.mappings":
             return json.loads(prop.value)
