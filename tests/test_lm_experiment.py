@@ -1,0 +1,166 @@
+"""tools/lm_experiment.py: the language-model growth experiment's pieces (data rule, model export,
+FLOP count, training, optimizer carry through the exported layout, compute-saved summary)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+sys.path.insert(0, str(TOOLS))
+import exp_common as C  # noqa: E402
+import lm_experiment as lm  # noqa: E402
+
+TINY = dict(seq=32, batch=8, eval_every=20, val_windows=32)
+
+
+def test_corpus_rule_is_deterministic_and_split_by_file():
+    files = lm.corpus_files()
+    assert files == sorted(files) == lm.corpus_files() and len(files) > 50
+    root = lm.stdlib_root()
+    assert all(f.split("/")[0] in lm.PACKAGES for f in files)
+    assert not any(part.startswith("test") for f in files for part in f.split("/")[:-1])
+    assert all((root / f).stat().st_size <= lm.MAX_FILE_BYTES for f in files)
+    val = [f for f in files if lm.is_validation(f)]
+    corpus = lm.load_corpus()
+    assert corpus["files"] == (len(files) - len(val), len(val))
+    sizes = {f: (root / f).stat().st_size for f in files}
+    assert len(corpus["val"]) == sum(sizes[f] for f in val)
+    assert len(corpus["train"]) + len(corpus["val"]) == sum(sizes.values())
+    assert 0.05 < len(corpus["val"]) / sum(sizes.values()) < 0.3
+    windows = lm.validation_windows(corpus["val"], 16, 10)
+    assert windows.shape == (10, 17) and windows.dtype == np.uint8
+
+
+def test_macs_per_token_by_hand_and_from_the_exported_graph():
+    shape = dict(d=64, layers=2, heads=4, kv_heads=2, ffn=176)  # grouped-query attention
+    q_o, k_v = 2 * 64 * 64, 2 * 64 * 32
+    attention = 2 * 4 * 16 * 8  # QKᵀ and attention·V: heads × head size × the 8 positions
+    by_hand = 2 * (q_o + k_v + attention + 3 * 64 * 176) + 64 * 256
+    assert lm.macs_per_token(**shape, seq=8) == by_hand
+    torch.manual_seed(0)
+    static = lm.export_onnx(lm.build_lm(**shape), seq=8, dynamic=False)
+    assert C.macs_per_sample(static) == 8 * by_hand  # one sample = one sequence of 8 tokens
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The experiment's teacher shape, every norm gain randomised, trained 40 steps; its export."""
+    torch.manual_seed(0)
+    module = lm.build_lm(**lm.SHAPES["teacher"])
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    opt = lm.adamw(module)
+    dist = C.Dist()
+    corpus = lm.load_corpus()
+    data = dict(cfg=TINY, train=torch.from_numpy(corpus["train"]),
+                val=torch.from_numpy(lm.validation_windows(corpus["val"], TINY["seq"], TINY["val_windows"])))
+    curve = lm.train(module, opt, data, 40, stream=0, warmup=10, dist=dist, progress=lambda *a: None)
+    return module, opt, curve, lm.export_onnx(module), data, dist
+
+
+def test_training_reduces_the_validation_loss(trained):
+    _, _, curve, _, _, _ = trained
+    assert curve["steps"] == [0, 5, 10, 20, 40]
+    assert curve["val_loss"][0] > 5.0  # ≈ ln 256 at the start
+    assert curve["val_loss"][-1] < curve["val_loss"][0] - 1.5
+
+
+def _scaled_error(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.abs(a - b).max() / np.abs(a).max()
+
+
+def test_exported_teacher_runs_in_onnxruntime_and_to_torch_matches(trained):
+    import onnxruntime as ort
+
+    import onnxgrow as og
+
+    module, _, _, model, _, _ = trained
+    names = {t.name for t in model.graph.initializer}
+    assert "embed_tokens.weight" in names and "layers.1.post_attention_layernorm.weight" in names
+    ids = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = module.eval()(ids).numpy()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ort_out,) = session.run(None, {"input_ids": ids.numpy()})
+    assert _scaled_error(ort_out, reference) <= 1e-5
+    with torch.no_grad():
+        assert _scaled_error(ort_out, og.to_torch(model)(ids).numpy()) <= 1e-5
+
+
+def test_carried_state_continues_the_teachers_training_in_the_exported_layout(trained):
+    """The exported graph stores the projections transposed under new names; the carried AdamW
+    state takes the teacher's next step on the to_torch module (no growth: mappings [])."""
+    from onnxgrow.optim import carry_adamw_state
+
+    module, opt, _, model, data, dist = trained
+    teacher = copy.deepcopy(module)
+    teacher_opt = lm.adamw(teacher)
+    teacher_opt.load_state_dict(opt.state_dict())
+    state, constants = lm.teacher_layout(teacher, teacher_opt, model)
+    assert len(constants) == 1  # the rotary frequencies, folded into an initializer by the exporter
+    student = lm.trainable(model, constants)
+    lm.check_architecture(student, "teacher")  # the FLOP count's shape, the folded constant frozen
+    with pytest.raises(RuntimeError, match="does not make SHAPES"):
+        lm.check_architecture(student, "wider")
+    student_opt = lm.adamw(student)
+    done = carry_adamw_state(state, student, student_opt, [])
+    assert sorted(done["fresh"]) == sorted(constants) and len(done["carried"]) == len(list(teacher.parameters()))
+    assert any(not name.startswith(("layers", "embed", "norm", "lm_head")) for name in done["carried"])  # transposed
+    for net, o in ((teacher, teacher_opt), (student, student_opt)):
+        lm.train(net, o, data, 1, stream=5, warmup=0, dist=dist, progress=lambda *a: None)
+    ids = data["val"][:4, :-1].long()
+    with torch.no_grad():
+        assert _scaled_error(teacher(ids).numpy(), student(ids).numpy()) <= 1e-5
+
+
+def _curve(macs, steps, losses):
+    return dict(macs_per_token=macs, steps=steps, val_loss=losses, train_loss=[None] * len(steps))
+
+
+def test_compute_saved_against_the_big_model_from_scratch_by_hand():
+    """One token per step: the teacher's 10 steps cost 6·1·10 = 60 FLOPs; the wider model from
+    scratch first reaches its final loss 2.0 at step 20: 6·10·20 = 1200; the grown student at its
+    step 10: 60 + 6·10·10 = 660, so it saves 1 − 660/1200 = 45%. The teacher trained on never
+    gets there."""
+    cfg = dict(batch=1, seq=1)
+    seed = {"teacher": _curve(1, [0, 10], [5.0, 3.0]),
+            "scratch_wider": _curve(10, [0, 10, 20], [5.0, 3.0, 2.0]),
+            "wider_net2net": _curve(10, [0, 10, 20], [3.0, 2.0, 1.5]),
+            "teacher_continued": _curve(1, [0, 10, 20], [3.0, 2.8, 2.6])}
+    summary = lm.summarise({0: seed, 1: copy.deepcopy(seed)}, cfg)
+    grown = summary["wider_net2net"]["to_target"]["wider"]
+    assert grown["flops"] == [660, 660]
+    assert grown["saved"]["mean"] == pytest.approx(0.45) and grown["saved"]["reached"] == 2
+    assert summary["scratch_wider"]["to_target"]["wider"]["flops"] == [1200, 1200]
+    assert summary["teacher_continued"]["to_target"]["wider"]["saved"]["reached"] == 0
+    assert summary["wider_net2net"]["start_loss"][0] == 3.0 and summary["wider_net2net"]["spike"][0] == 0.0
+    table = "\n".join(lm.compute_table(summary, "wider"))
+    assert "45 ± 0 % (2/2 reach)" in table
+    assert "The teacher trained on without growth never reaches the wider target" in table
+
+
+def test_eval_points_include_the_early_steps_after_a_start():
+    assert lm.eval_points(100, 25) == [0, 5, 10, 20, 25, 50, 75, 100]
+
+
+def test_the_table_says_when_not_growing_was_cheaper():
+    """The control reaches the target at its step 20: 60 + 6·1·20 = 180 FLOPs < the student's 660."""
+    seed = {"teacher": _curve(1, [0, 10], [5.0, 3.0]),
+            "scratch_wider": _curve(10, [0, 10, 20], [5.0, 3.0, 2.0]),
+            "wider_net2net": _curve(10, [0, 10, 20], [3.0, 2.0, 1.5]),
+            "teacher_continued": _curve(1, [0, 10, 20], [3.0, 2.5, 1.9])}
+    summary = lm.summarise({0: seed}, dict(batch=1, seq=1))
+    assert summary["teacher_continued"]["to_target"]["wider"]["flops"] == [180]
+    table = "\n".join(lm.compute_table(summary, "wider"))
+    assert "reaches the wider target too, in 1/1 seeds" in table and "not better per FLOP" in table
+    assert "`wider_net2net` needed more compute than training the teacher on without growth (6.6e-07 vs 1.8e-07" in table

@@ -1,0 +1,152 @@
+"""onnxgrow.optim: AdamW state carried across growth, moments mapped as the weights are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from onnxgrow.errors import GrowError
+from onnxgrow.optim import adamw_state, carry_adamw_state, map_moment
+
+
+def test_map_moment_copies_splits_and_zeroes_along_an_axis():
+    m = np.arange(6, dtype=np.float32).reshape(2, 3)  # [[0 1 2] [3 4 5]]
+    entry = {"axis": 1, "index": [0, 1, 2, 1, -1], "scale": [1.0, 0.5, 1.0, 0.5, 1.0]}
+    np.testing.assert_array_equal(map_moment(m, [entry], power=1),
+                                  [[0, 0.5, 2, 0.5, 0], [3, 2, 5, 2, 0]])
+    np.testing.assert_array_equal(map_moment(m, [entry], power=2),
+                                  [[0, 0.25, 2, 0.25, 0], [3, 1, 5, 1, 0]])
+
+
+def test_map_moment_on_two_axes_composes_both():
+    v = np.arange(4, dtype=np.float32).reshape(2, 2) + 1  # [[1 2] [3 4]]
+    rows = {"axis": 0, "index": [1, 0, -1], "scale": [2.0, 1.0, 1.0]}
+    cols = {"axis": -1, "index": [0, 0, 1], "scale": [0.5, 0.5, 1.0]}
+    expected = np.array([[3 * 4 * 0.25, 3 * 4 * 0.25, 4 * 4], [1 * 0.25, 1 * 0.25, 2], [0, 0, 0]])
+    np.testing.assert_allclose(map_moment(v, [rows, cols], power=2), expected)
+    np.testing.assert_allclose(map_moment(v, [cols, rows], power=2), expected)
+
+
+def _teacher():
+    """Linear(3→2) → Linear(2→1), trained three AdamW steps so every moment is nonzero."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(8, 3)).pow(2).mean().backward()
+        opt.step()
+    return net, opt
+
+
+# net2net by hand: hidden units 0, 1 → 0, 1, copy of 1, fresh unit; the consumer's column of unit 1
+# is split between its two copies (s = 1/2 each), the fresh unit's column is new.
+HIDDEN = {"index": [0, 1, 1, -1], "scale": [1.0, 1.0, 1.0, 1.0]}
+CONSUMER = {"index": [0, 1, 1, -1], "scale": [1.0, 0.5, 0.5, 1.0]}
+MAPPINGS = [
+    {"initializer": "0.weight", "source": "0.weight", "axis": 0, **HIDDEN},
+    {"initializer": "0.bias", "source": "0.bias", "axis": 0, **HIDDEN},
+    {"initializer": "1.weight", "source": "1.weight", "axis": 1, **CONSUMER},
+]
+
+
+def _student():
+    return nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1), nn.Linear(1, 1))  # "2.*" is brand new
+
+
+def test_carry_maps_the_moments_of_a_hand_grown_net():
+    teacher, teacher_opt = _teacher()
+    state = adamw_state(teacher, teacher_opt)
+    assert set(state) == {"0.weight", "0.bias", "1.weight", "1.bias"} and state["0.bias"]["step"] == 3
+    student = _student()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
+    done = carry_adamw_state(state, student, opt, MAPPINGS)
+    assert sorted(done["carried"]) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    assert sorted(done["fresh"]) == ["2.bias", "2.weight"]
+
+    t = {n: teacher_opt.state[p] for n, p in teacher.named_parameters()}
+    s = {n: opt.state.get(p) for n, p in student.named_parameters()}
+    for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
+        w = t["0.weight"][key]
+        torch.testing.assert_close(s["0.weight"][key], torch.stack([w[0], w[1], w[1], torch.zeros(3)]))
+        c = t["1.weight"][key][0]
+        half = 0.5 ** power
+        torch.testing.assert_close(s["1.weight"][key], torch.stack([c[0], half * c[1], half * c[1], 0 * c[0]])[None])
+        torch.testing.assert_close(s["1.bias"][key], t["1.bias"][key])  # unchanged: copied as it is
+    assert float(s["0.weight"]["step"]) == 3.0
+    assert s["2.weight"] is None and s["2.bias"] is None  # brand new: torch starts it at zero
+    student(torch.randn(5, 3)).pow(2).mean().backward()
+    opt.step()  # the carried state is in the form torch's AdamW expects
+
+
+def test_carried_state_continues_exactly_as_the_teachers_optimizer_would():
+    """Without growth (a copy, no mappings) the carried optimizer takes the teacher's next step.
+    With net2net splits no carry is exact (Adam is not equivariant to splitting a unit: its copies
+    see half the gradient), which is why the experiment measures carried against fresh state."""
+    import copy
+
+    teacher, teacher_opt = _teacher()
+    twin = copy.deepcopy(teacher)
+    opt = torch.optim.AdamW(twin.parameters(), lr=1e-2)
+    assert len(carry_adamw_state(adamw_state(teacher, teacher_opt), twin, opt, [])["carried"]) == 4
+    x = torch.randn(8, 3)
+    for net, o in ((teacher, teacher_opt), (twin, opt)):
+        o.zero_grad()
+        net(x).pow(2).mean().backward()
+        o.step()
+    for (name, a), b in zip(teacher.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+
+
+def test_names_come_from_onnx_names_when_the_module_has_them():
+    teacher, teacher_opt = _teacher()
+    teacher.onnx_names = {"0.weight": "fc1.w", "0.bias": "fc1.b", "1.weight": "fc2.w", "1.bias": "fc2.b"}
+    assert set(adamw_state(teacher, teacher_opt)) == {"fc1.w", "fc1.b", "fc2.w", "fc2.b"}
+
+
+def test_state_found_by_value_in_a_transposed_export():
+    teacher, teacher_opt = _teacher()
+
+    class Exported(nn.Module):  # what an optimising exporter makes: W stored transposed, renamed
+        def __init__(self):
+            super().__init__()
+            self.val_1 = nn.Parameter(teacher[0].weight.detach().T.clone())
+            self.b = nn.Parameter(teacher[0].bias.detach().clone())
+            self.onnx_names = {"val_1": "val_1", "b": "0.bias"}
+
+    state = adamw_state(teacher, teacher_opt, like=Exported())
+    assert set(state) == {"val_1", "0.bias"}
+    np.testing.assert_array_equal(state["val_1"]["exp_avg_sq"], teacher_opt.state[teacher[0].weight]["exp_avg_sq"].numpy().T)
+
+
+def test_refusals_say_what_is_wrong():
+    teacher, teacher_opt = _teacher()
+    state = adamw_state(teacher, teacher_opt)
+    student = _student()
+    with pytest.raises(GrowError, match="no mapping says how it grew"):
+        carry_adamw_state(state, student, torch.optim.AdamW(student.parameters()), MAPPINGS[:1])
+    short = [dict(MAPPINGS[0], index=[0, 1, 1], scale=[1.0, 1.0, 1.0]), *MAPPINGS[1:]]
+    with pytest.raises(GrowError, match="the mappings make"):
+        carry_adamw_state(state, student, torch.optim.AdamW(student.parameters()), short)
+    with pytest.raises(GrowError, match="amsgrad"):
+        carry_adamw_state(state, student, torch.optim.AdamW(student.parameters(), amsgrad=True), MAPPINGS)
+
+
+def test_successive_widenings_chain_through_intermediate_names():
+    """A → A.w3 (rows: copy unit 1) → A.w3.w4 (columns: split input 0), as two widen calls name them."""
+    rng = np.random.default_rng(0)
+    state = {"A": {"exp_avg": rng.normal(size=(2, 3)).astype(np.float32),
+                   "exp_avg_sq": rng.random((2, 3)).astype(np.float32), "step": 7.0}}
+    chain = [{"initializer": "A.w3", "source": "A", "axis": 0, "index": [0, 1, 1], "scale": [1.0, 1.0, 1.0]},
+             {"initializer": "A.w3.w4", "source": "A.w3", "axis": 1, "index": [0, 1, 2, 0],
+              "scale": [0.5, 1.0, 1.0, 0.5]}]
+    net = nn.Module()
+    net.w = nn.Parameter(torch.zeros(3, 4))
+    net.onnx_names = {"w": "A.w3.w4"}
+    opt = torch.optim.AdamW(net.parameters())
+    assert carry_adamw_state(state, net, opt, chain)["carried"] == ["A.w3.w4"]
+    m = state["A"]["exp_avg"][[0, 1, 1]][:, [0, 1, 2, 0]] * np.array([0.5, 1, 1, 0.5], np.float32)
+    np.testing.assert_allclose(opt.state[net.w]["exp_avg"].numpy(), m)
+    assert float(opt.state[net.w]["step"]) == 7.0

@@ -1,0 +1,834 @@
+"""Does growth pay on a language model? A byte-level Llama-style decoder on the Python standard
+library's own source, grown with onnxgrow and measured as the growth papers measure it.
+
+Data. Every `.py` file of at most MAX_FILE_BYTES under the stdlib packages in PACKAGES (found
+through `sysconfig.get_paths()["stdlib"]`; test folders excluded), in sorted order of relative
+path. A file is held out for validation when crc32(relative path) % VAL_MODULUS == 0, so the split
+is by file and the same everywhere. Bytes are the tokens (vocabulary 256). The corpus is the same
+on every machine with the same Python version (patch releases can touch a few files: results.json
+records the corpus's size and sha256).
+
+Model. A Llama-style decoder in plain torch whose export looks like a transformers export:
+`embed_tokens`, `layers.N.input_layernorm`, `layers.N.self_attn.{q,k,v,o}_proj`,
+`layers.N.post_attention_layernorm`, `layers.N.mlp.{gate,up,down}_proj`, `norm`, `lm_head`;
+RMSNorm (x·rsqrt(mean x² + ε)·g), rotary embeddings (rotate-half), grouped-query attention
+(kv_heads ≤ heads, repeat_kv), SwiGLU MLP (down(silu(gate x) ⊙ up x)), causal softmax attention.
+
+Runs, per seed. The teacher (2 layers, width 64, 4 heads) trains for teacher_steps; it is exported
+(torch.onnx.export, dynamo, IR 10) and grown with `onnxgrow.grow` into three shapes: wider (width,
+heads and FFN ×2), deeper (a copy of each block inserted after it, branch outputs zero), both.
+Each student is verified against the teacher in onnxruntime, converted with onnxgrow.to_torch and
+trained on: with the teacher's AdamW state carried into it (onnxgrow.optim, net2net), with a
+fresh AdamW (net2net_fresh), and grown with `random` (new units random; new blocks re-drawn).
+Baselines: each big shape trained from scratch, and the teacher trained on without growth.
+
+Optimiser: AdamW (β = 0.9, 0.95, weight decay WEIGHT_DECAY), linear warm-up over WARMUP steps then a
+constant rate, for every run that starts with a fresh optimiser; a carried optimiser continues at
+the full rate, as the teacher would have.
+
+Compute: forward MACs per token are counted from the shapes (`macs_per_token`: every matrix
+product, attention scores over the full causal window included); training FLOPs = 6 × MACs ×
+tokens (tools/exp_common.py). Target per shape: the from-scratch run's final validation loss.
+A student stops at the first evaluation that reaches it, or once its compute (teacher's included)
+has passed what the from-scratch run needed (then growth cannot pay).
+
+    python tools/experiment.py --task lm --quick        # results/lm-quick/, minutes on 2 CPU cores
+    torchrun --nproc_per_node=2 tools/experiment.py --task lm --full   # results/lm-full/ (DDP, gloo)
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import math
+import sysconfig
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import exp_common as C
+
+PACKAGES = ("asyncio", "collections", "concurrent", "email", "html", "http", "importlib", "json",
+            "logging", "multiprocessing", "re", "tomllib", "unittest", "urllib", "wsgiref", "xml",
+            "xmlrpc", "zoneinfo")
+MAX_FILE_BYTES = 64 * 1024
+VAL_MODULUS = 10
+VOCAB = 256
+
+SHAPES = {
+    "teacher": dict(d=64, layers=2, heads=4, kv_heads=4, ffn=176),
+    "wider": dict(d=128, layers=2, heads=8, kv_heads=8, ffn=352),
+    "deeper": dict(d=64, layers=4, heads=4, kv_heads=4, ffn=176),
+    "both": dict(d=128, layers=4, heads=8, kv_heads=8, ffn=352),
+}
+# How each student is grown from the teacher: og.grow's widen targets and deepen specs.
+GROWTH = {
+    "wider": dict(widen={"*": "x2"}, deepen=[]),
+    "deeper": dict(widen={}, deepen=["layers.0:zero", "layers.1:zero"]),
+    "both": dict(widen={"*": "x2"}, deepen=["layers.0:zero", "layers.1:zero"]),
+}
+MODES = {
+    "quick": dict(seeds=2, seq=64, batch=16, teacher_steps=100, student_steps=100, scratch_steps=120,
+                  eval_every=20, val_windows=64),
+    "full": dict(seeds=3, seq=128, batch=16, teacher_steps=400, student_steps=800, scratch_steps=1000,
+                 eval_every=50, val_windows=128),
+}
+LR, BETAS, WEIGHT_DECAY, WARMUP, INIT_STD = 3e-3, (0.9, 0.95), 0.01, 30, 0.02
+EARLY_EVALS = (5, 10, 20)  # extra evaluations right after a start: the loss spike after growth
+
+# name: (kind, shape, method, carry optimizer state, description)
+RUNS = {
+    "teacher": ("teacher", "teacher", None, False, "the teacher, trained from scratch"),
+    "teacher_continued": ("control", "teacher", None, True, "no growth: the teacher trained on, its AdamW state kept"),
+}
+for _shape in ("wider", "deeper", "both"):
+    RUNS.update({
+        f"{_shape}_net2net": ("grown", _shape, "net2net", True, f"{_shape}, net2net, teacher's AdamW state carried"),
+        f"{_shape}_net2net_fresh": ("grown", _shape, "net2net", False, f"{_shape}, net2net, fresh AdamW (warm-up)"),
+        f"{_shape}_random": ("grown", _shape, "random", True, f"{_shape}, random growth (not preserving), state carried"),
+        f"scratch_{_shape}": ("scratch", _shape, None, False, f"the {_shape} architecture from scratch"),
+    })
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def corpus_files(root: Path | None = None) -> list[str]:
+    """Relative paths of the corpus files, sorted: the fixed rule of the module docstring."""
+    root = root or stdlib_root()
+    chosen = []
+    for package in PACKAGES:
+        for path in (root / package).rglob("*.py"):
+            rel = path.relative_to(root)
+            if any(part.startswith("test") for part in rel.parts[:-1]) or path.stat().st_size > MAX_FILE_BYTES:
+                continue
+            chosen.append(rel.as_posix())
+    return sorted(chosen)
+
+
+def is_validation(rel_path: str) -> bool:
+    return zlib.crc32(rel_path.encode()) % VAL_MODULUS == 0
+
+
+@functools.lru_cache(maxsize=None)
+def load_corpus() -> dict:
+    """{'train', 'val': uint8 arrays of the concatenated files, 'files': (n_train, n_val), 'sha256'}."""
+    root = stdlib_root()
+    parts = {"train": [], "val": []}
+    digest = hashlib.sha256()
+    for rel in corpus_files(root):
+        data = (root / rel).read_bytes()
+        digest.update(rel.encode() + b"\0" + data)
+        parts["val" if is_validation(rel) else "train"].append(data)
+    out = {k: np.frombuffer(b"".join(v), dtype=np.uint8).copy() for k, v in parts.items()}
+    out.update(files=(len(parts["train"]), len(parts["val"])), sha256=digest.hexdigest())
+    return out
+
+
+def validation_windows(val: np.ndarray, seq: int, count: int) -> np.ndarray:
+    """`count` evenly spaced non-overlapping windows of seq+1 bytes from the validation text."""
+    n = len(val) // (seq + 1)
+    picks = np.linspace(0, n - 1, num=min(count, n)).astype(np.int64)
+    return np.stack([val[i * (seq + 1):(i + 1) * (seq + 1)] for i in picks])
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class LlamaRMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int):
+        super().__init__()
+        self.head_dim = d // heads
+        self.q_proj = nn.Linear(d, heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * self.head_dim, d, bias=False)
+
+    def forward(self, x, cos, sin, mask):
+        b, t, _ = x.shape
+        hd = self.head_dim
+        q, k, v = (p(x).view(b, t, -1, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:  # repeat_kv
+            k, v = (z[:, :, None].expand(b, z.shape[1], groups, t, hd).reshape(b, -1, t, hd) for z in (k, v))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd) + mask
+        return self.o_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, d: int, ffn: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(d, ffn, bias=False)
+        self.up_proj = nn.Linear(d, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, d, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int, ffn: int, eps: float):
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(d, eps)
+        self.self_attn = LlamaAttention(d, heads, kv_heads)
+        self.post_attention_layernorm = LlamaRMSNorm(d, eps)
+        self.mlp = LlamaMLP(d, ffn)
+
+    def forward(self, x, cos, sin, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class ByteLlama(nn.Module):
+    """A Llama-style decoder over bytes (see the module docstring); weights N(0, INIT_STD), gains 1."""
+
+    def __init__(self, d: int, layers: int, heads: int, kv_heads: int, ffn: int, vocab: int = VOCAB,
+                 theta: float = 10000.0, eps: float = 1e-6):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(d, heads, kv_heads, ffn, eps) for _ in range(layers))
+        self.norm = LlamaRMSNorm(d, eps)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        head_dim = d // heads
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, INIT_STD)
+
+    def forward(self, input_ids):
+        t = input_ids.shape[1]
+        freqs = torch.arange(t, device=input_ids.device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        mask = torch.full((t, t), float("-inf"), device=input_ids.device).triu(1)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, angles.cos(), angles.sin(), mask)
+        return self.lm_head(self.norm(x))
+
+
+def build_lm(**shape) -> ByteLlama:
+    return ByteLlama(**shape)
+
+
+def macs_per_token(d: int, layers: int, heads: int, kv_heads: int, ffn: int, seq: int, vocab: int = VOCAB) -> int:
+    """Forward multiply-adds per token: q/k/v/o projections, QKᵀ and attention·V over the whole
+    seq × seq window (the model computes it and masks), the SwiGLU MLP, and the LM head.
+    Embedding lookups, norms, RoPE and softmax are element-wise and not counted."""
+    head_dim = d // heads
+    projections = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d
+    attention = 2 * heads * head_dim * seq
+    mlp = 3 * d * ffn
+    return layers * (projections + attention + mlp) + d * vocab
+
+
+def export_onnx(module, seq: int = 16, dynamic: bool = True):
+    """torch.onnx.export (dynamo, the default optimisation), IR version 10, input `input_ids`
+    [batch, seq] (dynamic unless `dynamic` is False), output `logits`."""
+    import logging
+
+    import torch
+
+    module = copy.deepcopy(module).cpu().eval()
+    example = (torch.zeros(1, seq, dtype=torch.int64),)
+    shapes = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}} if dynamic else None
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, example, dynamo=True, input_names=["input_ids"],
+                                        output_names=["logits"], dynamic_shapes=shapes, verbose=False)
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+    model = program.model_proto
+    model.ir_version = 10
+    return model
+
+
+# ----------------------------------------------------------------------------- growth
+
+
+def grow(teacher, shape: str, method: str, seed: int):
+    """The grown student as (onnx.ModelProto, channel mappings for onnxgrow.optim), via og.grow.
+
+    `random` is the same growth without preservation: widening with og.grow's `random` method,
+    then the block copies inserted as for net2net and re-drawn (`redraw_new_initializers`), so
+    that only the copies, not the widened teacher weights, are re-drawn."""
+    import onnxgrow as og
+
+    spec = GROWTH[shape]
+    if method != "random":
+        student = og.grow(teacher, **grow_kwargs(spec["widen"], spec["deepen"]), method=method, seed=seed)
+        return student, growth_mappings(student)
+    wide = og.grow(teacher, widen=spec["widen"], method="random", seed=seed) if spec["widen"] else teacher
+    mappings = growth_mappings(wide) if spec["widen"] else []
+    if not spec["deepen"]:
+        return wide, mappings
+    deep = og.grow(wide, deepen=spec["deepen"], method="net2net", seed=seed)
+    return redraw_new_initializers(wide, deep, seed), mappings  # the copies are fresh: no state to carry
+
+
+def grow_kwargs(widen: dict, deepen: list) -> dict:
+    """og.grow's keyword arguments, leaving out an empty widen or deepen."""
+    return {k: v for k, v in (("widen", widen), ("deepen", deepen)) if v}
+
+
+def growth_mappings(student) -> list[dict]:
+    """The channel mappings of the growth (onnxgrow.optim's format: what widening's summary lists
+    under "mappings", in order), read from the model's metadata_props key 'onnxgrow.mappings'
+    (JSON); [] when there is none (then only tensors whose shape did not change can carry state,
+    and carry_adamw_state refuses the others). The one place to wire og.grow's mappings in."""
+    for prop in student.metadata_props:
+        if prop.key == "onnxgrow.mappings":
+            return json.loads(prop.value)
+    return []
+
+
+def redraw_new_initializers(teacher, student, seed: int):
+    """The random-growth baseline for depth: every float initializer that `teacher` lacks (the
+    inserted blocks) re-drawn as a fresh model would have it: 1-D gains 1, matrices N(0, INIT_STD)."""
+    import onnx
+    from onnx import numpy_helper
+
+    old = {t.name for t in teacher.graph.initializer}
+    out = onnx.ModelProto()
+    out.CopyFrom(student)
+    rng = np.random.default_rng(seed + 7919)
+    for init in out.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if init.name in old or w.dtype != np.float32 or w.ndim == 0:
+            continue
+        fresh = np.ones_like(w) if w.ndim == 1 else rng.normal(0.0, INIT_STD, w.shape).astype(np.float32)
+        init.CopyFrom(numpy_helper.from_array(fresh, init.name))
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def adamw(module):
+    return torch.optim.AdamW(module.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
+
+
+def eval_points(steps: int, every: int) -> list[int]:
+    """Steps after which the validation loss is measured: 0, EARLY_EVALS, every `every`, the last."""
+    return sorted({0, steps, *(s for s in EARLY_EVALS if s < steps), *range(0, steps, every)})
+
+
+def evaluate(module, windows, dist, chunk: int = 64) -> float:
+    """Mean next-byte cross-entropy (nats) over the validation windows, this rank's share summed
+    over ranks."""
+    module.eval()
+    mine = windows[dist.rank::dist.world]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(mine), chunk):
+            w = mine[i:i + chunk].long()
+            logits = module(w[:, :-1])
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum").item()
+            count += w[:, 1:].numel()
+    total, count = dist.sum([total, count])
+    return total / count
+
+
+def train(module, optimizer, data: dict, steps: int, stream: int, warmup: int, dist, progress, stop=None) -> dict:
+    """AdamW steps on global batches of random windows drawn from a generator seeded with `stream`
+    (each rank takes its rows; its loss is its share of the global mean, so DDP's gradient
+    average equals the one-process gradient). Returns the curve at eval_points; `stop(step,
+    val_loss)` may end the run at an evaluation by returning the reason."""
+    cfg, tokens, windows = data["cfg"], data["train"], data["val"]
+    seq, batch = cfg["seq"], cfg["batch"]
+    model = dist.wrap(module)
+    gen = torch.Generator().manual_seed(stream)
+    offsets = torch.arange(seq + 1, device=tokens.device)
+    points = eval_points(steps, cfg["eval_every"])
+    curve = dict(steps=[], val_loss=[], train_loss=[])
+    recent = []
+    t0 = time.perf_counter()
+    for step in range(steps + 1):
+        if step in points:
+            loss = evaluate(module, windows, dist)
+            curve["steps"].append(step)
+            curve["val_loss"].append(loss)
+            curve["train_loss"].append(float(np.mean(recent)) if recent else None)
+            recent = []
+            progress(step, steps, loss)
+            reason = stop(step, loss) if stop else None
+            if reason:
+                curve["stopped"] = reason
+                break
+        if step == steps:
+            break
+        model.train()
+        starts = torch.randint(0, len(tokens) - seq - 1, (batch,), generator=gen).to(tokens.device)
+        rows = (starts[dist.rank::dist.world, None] + offsets).reshape(-1)
+        w = tokens[rows].view(-1, seq + 1).long()
+        logits = model(w[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum")
+        for group in optimizer.param_groups:
+            group["lr"] = LR * min(1.0, (step + 1) / warmup) if warmup else LR
+        optimizer.zero_grad(set_to_none=True)
+        (loss * dist.world / (batch * seq)).backward()
+        optimizer.step()
+        recent.append(loss.item() / w[:, 1:].numel())
+    curve["seconds"] = round(time.perf_counter() - t0, 2)
+    return curve
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def run_order(runs: list[str]) -> list[str]:
+    """Runs in the order they train: from-scratch runs first (their final loss is each student's
+    target), then the control, then the students."""
+    rank = dict(scratch=0, control=1, grown=2)
+    return sorted(runs, key=lambda r: (rank[RUNS[r][0]], list(RUNS).index(r)))
+
+
+def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path | None) -> dict:
+    """Teacher, baselines and students for one seed: {run: record}."""
+    import torch
+
+    corpus = load_corpus()
+    data = dict(cfg=cfg, train=torch.from_numpy(corpus["train"]).to(dist.device),
+                val=torch.from_numpy(validation_windows(corpus["val"], cfg["seq"], cfg["val_windows"])).to(dist.device))
+
+    def fit(run, module, optimizer, steps, stream, warmup, stop=None):
+        def progress(step, total, loss):
+            log(f"seed {seed} {run:<22} step {step:>5}/{total}  val_loss {loss:.4f}")
+
+        return train(module, optimizer, data, steps, stream, warmup, dist, progress, stop)
+
+    out = {}
+    torch.manual_seed(seed)
+    teacher = build_lm(**SHAPES["teacher"]).to(dist.device)
+    teacher_opt = adamw(teacher)
+    out["teacher"] = fit("teacher", teacher, teacher_opt, cfg["teacher_steps"], 1000 * seed, WARMUP)
+    out["teacher"]["macs_per_token"] = macs_per_token(**SHAPES["teacher"], seq=cfg["seq"])
+    teacher_onnx = export_onnx(teacher)
+    if models_dir is not None and dist.main:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        (models_dir / "teacher.onnx").write_bytes(teacher_onnx.SerializeToString())
+    teacher_state = None
+    grown = {}
+    for run in run_order(runs):
+        kind, shape, method, carry, _ = RUNS[run]
+        stream = 1000 * seed + 1 + list(RUNS).index(run) * (kind == "scratch")
+        if kind == "scratch":
+            torch.manual_seed(seed + 1)
+            module = build_lm(**SHAPES[shape]).to(dist.device)
+            out[run] = fit(run, module, adamw(module), cfg["scratch_steps"], stream, WARMUP)
+        elif kind == "control":
+            module, opt = copy.deepcopy(teacher), None
+            opt = adamw(module)
+            opt.load_state_dict(teacher_opt.state_dict())
+            out[run] = fit(run, module, opt, cfg["student_steps"], stream, 0)
+        else:
+            if (shape, method) not in grown:
+                inputs = data["val"][:4, :-1].long().cpu().numpy()
+                grown[(shape, method)] = grow_and_verify(teacher_onnx, shape, method, seed, dist, log, inputs)
+                if models_dir is not None and dist.main:
+                    path = models_dir / f"{shape}_{method}.onnx"
+                    path.write_bytes(grown[(shape, method)][0].SerializeToString())
+            student, mappings, rec = grown[(shape, method)]
+            from onnxgrow.optim import carry_adamw_state
+
+            if teacher_state is None:
+                teacher_state, constants = teacher_layout(teacher, teacher_opt, teacher_onnx)
+            module = trainable(student, constants).to(dist.device)
+            check_architecture(module, shape)
+            opt = adamw(module)
+            if carry:
+                carried = carry_adamw_state(teacher_state, module, opt, mappings)
+                rec = dict(rec, state_carried=len(carried["carried"]), state_fresh=len(carried["fresh"]))
+            stop = student_stop(out, shape, cfg, teacher_flops=flops_curve(out["teacher"], cfg)[-1],
+                                macs=macs_per_token(**SHAPES[shape], seq=cfg["seq"]))
+            out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, 0 if carry else WARMUP, stop))
+        out[run]["macs_per_token"] = macs_per_token(**SHAPES[shape], seq=cfg["seq"])
+    return out
+
+
+def student_stop(out: dict, shape: str, cfg: dict, teacher_flops: int, macs: int):
+    """A student's stopping rule: it ends at the first evaluation that reaches the from-scratch
+    run's final loss (what the compute-saved figure needs), or once its compute (teacher's
+    included) has passed what the from-scratch run needed, after which growth cannot pay."""
+    scratch = out.get(f"scratch_{shape}")
+    if scratch is None:
+        return None
+    target = scratch["val_loss"][-1]
+    budget = reach_flops(scratch, cfg, target)
+
+    def stop(step, loss):
+        if loss <= target:
+            return "reached the from-scratch loss"
+        if teacher_flops + C.train_flops(macs, step * cfg["batch"] * cfg["seq"]) >= budget:
+            return "used the from-scratch compute without reaching its loss"
+        return None
+
+    return stop
+
+
+def grow_and_verify(teacher_onnx, shape: str, method: str, seed: int, dist, log, inputs):
+    """(student, mappings, record): grown by og.grow, checked by og.verify on rank 0 on `inputs`
+    (validation text, so attention sees whole windows rather than the one-token default)."""
+    import onnxgrow as og
+
+    t0 = time.perf_counter()
+    student, mappings = grow(teacher_onnx, shape, method, seed)
+    rec = dict(grow_seconds=round(time.perf_counter() - t0, 2))
+    if dist.main:
+        check = og.verify(teacher_onnx, student, inputs={"input_ids": inputs})
+        rec.update(verify_ok=bool(check.ok), verify=check.to_dict())
+        worst = max(o["max_rel"] for o in rec["verify"]["outputs"])
+        log(f"seed {seed} {shape} grown with {method}: verify {'match' if check.ok else 'DIFFERS'} "
+            f"(max |teacher - student| / max |teacher| = {worst:.1e})")
+    return student, mappings, rec
+
+
+def teacher_layout(teacher, optimizer, teacher_onnx):
+    """The teacher's AdamW state keyed and laid out as the exported graph's initializers, and the
+    names of the initializers that were constants of the torch module (folded buffers such as the
+    rotary frequencies, which onnxgrow.to_torch would otherwise make trainable)."""
+    import onnxgrow as og
+    from onnxgrow.optim import adamw_state, match_parameters
+
+    like = og.to_torch(teacher_onnx)
+    matched = match_parameters(teacher, like)
+    constants = {like.onnx_names[p] for p, _ in like.named_parameters() if p not in matched}
+    return adamw_state(teacher, optimizer, like=like), constants
+
+
+def check_architecture(module, shape: str) -> None:
+    """The grown student must have as many trainable parameters as the `shape` model from scratch:
+    its compute is counted from SHAPES[shape], so a growth that made something else is an error."""
+    grown = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    expected = sum(p.numel() for p in ByteLlama(**SHAPES[shape]).parameters())
+    if grown != expected:
+        raise RuntimeError(f"the {shape} student has {grown:,} trainable parameters, the {shape} architecture "
+                           f"{expected:,}: GROWTH[{shape!r}] does not make SHAPES[{shape!r}]")
+
+
+def trainable(model, constants: set[str]):
+    """onnxgrow.to_torch(model) with the initializers named in `constants` frozen."""
+    import onnxgrow as og
+
+    module = og.to_torch(model)
+    for name, param in module.named_parameters():
+        if module.onnx_names[name] in constants:
+            param.requires_grad_(False)
+    return module
+
+
+def growth_available() -> bool:
+    import onnxgrow as og
+
+    return hasattr(og, "grow")
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def flops_curve(rec: dict, cfg: dict, offset: int = 0) -> list[int]:
+    """Cumulative training FLOPs at each evaluation of a run (plus `offset`, the teacher's)."""
+    tokens_per_step = cfg["batch"] * cfg["seq"]
+    return [offset + C.train_flops(rec["macs_per_token"], s * tokens_per_step) for s in rec["steps"]]
+
+
+def reach_flops(rec: dict, cfg: dict, target: float, offset: int = 0):
+    """FLOPs (incl. `offset`) at the first evaluation whose validation loss is ≤ target, or None."""
+    i = C.first_reach(rec["val_loss"], target, lower_is_better=True)
+    return None if i is None else flops_curve(rec, cfg, offset)[i]
+
+
+def summarise(per_seed: dict, cfg: dict) -> dict:
+    """Curves (mean ± std), loss spike after growth, and compute saved per shape."""
+    seeds = sorted(per_seed)
+    runs = [r for r in RUNS if all(r in per_seed[s] for s in seeds)]
+    teacher_flops = [flops_curve(per_seed[s]["teacher"], cfg)[-1] for s in seeds]
+    summary = {}
+    for run in runs:
+        recs = [per_seed[s][run] for s in seeds]
+        kind = RUNS[run][0]
+        offsets = teacher_flops if kind in ("grown", "control") else [0] * len(seeds)
+        longest = max(recs, key=lambda r: len(r["steps"]))  # students stop early, each seed when it may
+        loss = np.full((len(recs), len(longest["steps"])), np.nan)
+        for i, r in enumerate(recs):
+            loss[i, :len(r["val_loss"])] = r["val_loss"]
+        stats = [C.mean_std(col[~np.isnan(col)]) for col in loss.T]
+        rec = dict(description=RUNS[run][4], macs_per_token=recs[0]["macs_per_token"], steps=longest["steps"],
+                   flops=flops_curve(longest, cfg, offsets[0]),
+                   val_loss=dict(mean=[m for m, _ in stats], std=[sd for _, sd in stats]),
+                   final_loss=C.mean_std([r["val_loss"][-1] for r in recs]),
+                   stopped=[r.get("stopped") for r in recs])
+        if kind in ("grown", "control"):
+            start = loss[:, 0]
+            early = loss[:, [i for i, s in enumerate(longest["steps"]) if s <= max(EARLY_EVALS)]]
+            rec["start_loss"] = C.mean_std(start)
+            rec["spike"] = C.mean_std(np.nanmax(early, 1) - start)
+        if "verify_ok" in recs[0]:
+            rec["verify_ok"] = [r["verify_ok"] for r in recs]
+            rec["verify_max_rel"] = max(o["max_rel"] for r in recs for o in r["verify"]["outputs"])
+        summary[run] = rec
+    for shape in ("wider", "deeper", "both"):
+        ref = f"scratch_{shape}"
+        if ref not in summary:
+            continue
+        targets = [per_seed[s][ref]["val_loss"][-1] for s in seeds]
+        scratch = [reach_flops(per_seed[s][ref], cfg, t) for s, t in zip(seeds, targets)]
+        for run in [r for r in summary if RUNS[r][1] in (shape, "teacher") and RUNS[r][0] != "teacher"]:
+            offsets = teacher_flops if RUNS[run][0] in ("grown", "control") else [0] * len(seeds)
+            got = [reach_flops(per_seed[s][run], cfg, t, o) for s, t, o in zip(seeds, targets, offsets)]
+            saved = C.compute_saved(got, scratch)
+            summary[run].setdefault("to_target", {})[shape] = dict(target=targets, flops=got, saved=saved)
+    return summary
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def verdict(run: str, shape: str, saved: dict) -> str | None:
+    """A plain sentence where growth did not pay for `run` on `shape`, else None."""
+    if saved["reached"] == 0:
+        return f"`{run}` never reached the {shape} from-scratch loss within its steps: growth did not pay."
+    if saved["reached"] < saved["seeds"]:
+        return (f"`{run}` reached the {shape} from-scratch loss in only {saved['reached']}/{saved['seeds']} "
+                f"seeds: growth did not reliably pay.")
+    if saved["mean"] <= 0:
+        return f"`{run}` needed more compute than the {shape} model from scratch: growth did not pay."
+    return None
+
+
+def compute_table(summary: dict, shape: str) -> list[str]:
+    ref = summary[f"scratch_{shape}"]["to_target"][shape]
+    lines = [f"### {shape} ({SHAPES[shape]['layers']} layers, width {SHAPES[shape]['d']}): target "
+             f"{C.pm(*C.mean_std(ref['target']))} (the from-scratch final validation loss)", "",
+             "| run | verify | start loss | spike (≤ step 20) | loss at the end | reached | GFLOPs to target "
+             "(incl. teacher) | compute saved |", "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for run, rec in summary.items():
+        reach = rec.get("to_target", {}).get(shape)
+        if reach is None:
+            continue
+        ok = rec.get("verify_ok")
+        verify = "—" if not ok else (f"match ({rec['verify_max_rel']:.0e})" if all(ok) else
+                                     f"differs ({rec['verify_max_rel']:.0e})")
+        start = C.pm(*rec["start_loss"]) if "start_loss" in rec else "—"
+        spike = C.pm(*rec["spike"]) if "spike" in rec else "—"
+        final = C.pm(*rec["final_loss"])
+        saved = "(reference)" if run == f"scratch_{shape}" else C.saved_cell(reach["saved"])
+        lines.append(f"| {run} | {verify} | {start} | {spike} | {final} | "
+                     f"{reach['saved']['reached']}/{reach['saved']['seeds']} | {C.gflops(reach['flops'])} | {saved} |")
+        if RUNS[run][0] == "grown":
+            notes.append(verdict(run, shape, reach["saved"]))
+    notes += against_no_growth(summary, shape)
+    return lines + [""] + [n for n in notes if n] + [""]
+
+
+def against_no_growth(summary: dict, shape: str) -> list[str]:
+    """Sentences comparing the students with the teacher trained on without growth, where that
+    control reaches the target too (then the bigger model is not worth its compute at this budget)."""
+    control = summary.get("teacher_continued", {}).get("to_target", {}).get(shape)
+    if control is None:
+        return []
+    reached, seeds = control["saved"]["reached"], control["saved"]["seeds"]
+    if reached == 0:
+        return [f"The teacher trained on without growth never reaches the {shape} target within its steps: "
+                f"here the bigger architecture is better."]
+    control_flops = C.mean_std(control["flops"])[0]
+    lines = [f"The teacher trained on without growth reaches the {shape} target too, in {reached}/{seeds} "
+             f"seeds ({control_flops / 1e9:.3g} GFLOPs where it does): at this budget the bigger architecture "
+             f"is {'not better per FLOP' if reached == seeds else 'barely better'}."]
+    for run, rec in summary.items():
+        reach = rec.get("to_target", {}).get(shape)
+        if RUNS[run][0] == "grown" and reach and reach["saved"]["reached"]:
+            grown_flops = C.mean_std(reach["flops"])[0]
+            if grown_flops > control_flops:
+                lines.append(f"`{run}` needed more compute than training the teacher on without growth "
+                             f"({grown_flops / 1e9:.3g} vs {control_flops / 1e9:.3g} GFLOPs): against not "
+                             f"growing, growth did not pay.")
+    return lines
+
+
+def write_table(path: Path, result: dict):
+    cfg, summary, corpus = result["config"], result["summary"], result["corpus"]
+    n = len(result["per_seed"])
+    t = SHAPES["teacher"]
+    lines = [
+        f"# Does growth pay? A byte-level Llama on the Python standard library ({result['mode']} mode)", "",
+        f"**Data.** {corpus['files'][0]} train / {corpus['files'][1]} validation files "
+        f"({corpus['bytes'][0]:,} / {corpus['bytes'][1]:,} bytes; split by file), every .py file of at most "
+        f"{MAX_FILE_BYTES // 1024} KB under the stdlib packages {', '.join(PACKAGES)} of Python "
+        f"{corpus['python']} (sha256 {corpus['sha256'][:12]}; the same corpus wherever that Python version is "
+        f"installed). Validation: {cfg['val_windows']} windows of {cfg['seq']} bytes.",
+        f"**Model.** Teacher: {t['layers']} layers, width {t['d']}, {t['heads']} heads ({t['kv_heads']} kv), "
+        f"SwiGLU FFN {t['ffn']}, RMSNorm, RoPE. Students: wider (×2 width, heads, FFN), deeper (a copy of each "
+        f"block after it), both. **Recipe.** AdamW lr {LR}, betas {BETAS}, weight decay {WEIGHT_DECAY}, "
+        f"batch {cfg['batch']} × {cfg['seq']} bytes; warm-up {WARMUP} steps for fresh optimisers, then constant. "
+        f"Teacher {cfg['teacher_steps']} steps, students and the control {cfg['student_steps']} more, "
+        f"from scratch {cfg['scratch_steps']}. {n} seed(s), mean ± sample std.",
+        "**Compute.** Training FLOPs = 6 × forward multiply-adds × tokens; students and the control include "
+        "the teacher's training. Compute saved = 1 − FLOPs(run, to first reach the target) / FLOPs(from "
+        "scratch, to first reach its own final loss), per seed, checked at each evaluation.", "",
+    ]
+    if result.get("skipped"):
+        lines += [f"**Not run:** {result['skipped']}", ""]
+    for shape in ("wider", "deeper", "both"):
+        if f"scratch_{shape}" in summary and "to_target" in summary[f"scratch_{shape}"]:
+            lines += compute_table(summary, shape)
+    lines += ["## All runs", "", "Students stop at the first evaluation that reaches their target, or once they "
+              "have used the from-scratch run's compute to reach it.", "",
+              "| run | fwd MACs/token | steps (longest seed) | val loss at the end | GFLOPs at the end (incl. teacher) |",
+              "|---|---|---|---|---|"]
+    for run, rec in summary.items():
+        lines.append(f"| {run} | {rec['macs_per_token']:,} | {rec['steps'][-1]} | "
+                     f"{C.pm(*rec['final_loss'])} | {rec['flops'][-1] / 1e9:.3g} |")
+    env = result["environment"]
+    lines += ["", "Runs: " + "; ".join(f"`{r}` {RUNS[r][4]}" for r in summary) + ".", "",
+              f"Wall time {result['wall_seconds']:.0f} s on {env['host']}, {env['device']} "
+              f"({env['processes']} process(es) × {env['threads']} thread(s)).", ""]
+    path.write_text("\n".join(lines))
+
+
+def plot(path: Path, result: dict):
+    """Validation loss against cumulative training FLOPs, one panel per student shape."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = result["summary"]
+    shapes = [s for s in ("wider", "deeper", "both") if any(RUNS[r][1] == s for r in summary)] or ["wider"]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.8), squeeze=False)
+    style = {"teacher": dict(color="grey", lw=2.5), "teacher_continued": dict(color="grey", ls=":"),
+             "net2net": dict(color="tab:blue"), "net2net_fresh": dict(color="tab:cyan", ls="-."),
+             "random": dict(color="tab:red"), "scratch": dict(color="black", ls="--")}
+    for ax, shape in zip(axes[0], shapes):
+        for run, rec in summary.items():
+            kind, run_shape, _, _, _ = RUNS[run]
+            if run_shape not in (shape, "teacher"):
+                continue
+            key = run if kind in ("teacher", "control") else ("scratch" if kind == "scratch" else run[len(shape) + 1:])
+            x = np.array(rec["flops"]) / 1e9
+            m, sd = np.array(rec["val_loss"]["mean"]), np.array(rec["val_loss"]["std"])
+            ax.plot(x, m, marker=".", ms=3, label=run, **style[key])
+            ax.fill_between(x, m - sd, m + sd, color=style[key]["color"], alpha=0.15)
+        if f"scratch_{shape}" in summary:
+            ax.axhline(summary[f"scratch_{shape}"]["val_loss"]["mean"][-1], color="black", lw=0.6, alpha=0.5)
+        ax.set_title(f"{shape} ({len(result['per_seed'])} seeds)")
+        ax.set_xlabel("cumulative training GFLOPs (students include their teacher's)")
+        ax.set_ylabel("validation loss (nats/byte)")
+        ax.set_ylim(top=min(ax.get_ylim()[1], 3.5))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse(argv):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="experiment.py --task lm", description=__doc__.split("\n\n")[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", const="quick", dest="mode", help="a few minutes on 2 CPU cores (default)")
+    mode.add_argument("--full", action="store_const", const="full", dest="mode", help="the record: more steps and seeds")
+    p.add_argument("--seeds", type=int)
+    for key in ("teacher_steps", "student_steps", "scratch_steps", "eval_every", "seq", "batch", "val_windows"):
+        p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
+    p.add_argument("--runs", help="comma-separated subset of: " + ", ".join(r for r in RUNS if r != "teacher"))
+    p.add_argument("--out", type=Path, help="output folder (default results/lm-<mode>)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is present")
+    args = p.parse_args(argv)
+    args.mode = args.mode or "quick"
+    return args
+
+
+def main(argv, repo: Path) -> int:
+    import os
+
+    import torch
+
+    args = parse(argv)
+    cfg = dict(MODES[args.mode])
+    cfg.update({k: v for k, v in vars(args).items() if k in cfg and v is not None})
+    runs = [r for r in RUNS if r != "teacher"]
+    if args.runs:
+        runs = [r.strip() for r in args.runs.split(",") if r.strip() and r.strip() != "teacher"]
+        unknown = [r for r in runs if r not in RUNS]
+        if unknown:
+            raise SystemExit(f"unknown run(s) {unknown}; choose from {', '.join(RUNS)}")
+    dist = C.Dist(use_cuda=not args.cpu)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = args.threads or max(1, cores // dist.world)
+    torch.set_num_threads(threads)
+    log = C.logger(dist)
+    skipped = ""
+    if any(RUNS[r][0] == "grown" for r in runs) and not growth_available():
+        grown = [r for r in runs if RUNS[r][0] == "grown"]
+        runs = [r for r in runs if r not in grown]
+        skipped = f"this onnxgrow has no `grow` yet, so the grown students ({', '.join(grown)}) were skipped."
+        log("NOTE: " + skipped)
+    out_dir = args.out or repo / "results" / f"lm-{args.mode}"
+    corpus = load_corpus()
+    log(f"lm {args.mode} mode: {cfg['seeds']} seeds; corpus {len(corpus['train']):,} train / "
+        f"{len(corpus['val']):,} validation bytes; runs teacher + {', '.join(runs)}; "
+        f"{dist.world} process(es) × {threads} thread(s) on {dist.device}")
+    t0 = time.perf_counter()
+    per_seed = {s: run_seed(s, cfg, runs, dist, log, out_dir / "models" if s == 0 else None)
+                for s in range(cfg["seeds"])}
+    if dist.main:
+        import platform
+
+        result = dict(
+            mode=args.mode, config=cfg, skipped=skipped,
+            corpus=dict(files=corpus["files"], bytes=(len(corpus["train"]), len(corpus["val"])),
+                        sha256=corpus["sha256"], python=platform.python_version(), packages=PACKAGES,
+                        max_file_bytes=MAX_FILE_BYTES, val_rule=f"crc32(relative path) % {VAL_MODULUS} == 0"),
+            shapes=SHAPES, growth=GROWTH,
+            recipe=dict(lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, warmup=WARMUP, init_std=INIT_STD,
+                        train_flops="6 x forward MACs x tokens"),
+            summary=summarise(per_seed, cfg), per_seed=per_seed,
+            wall_seconds=round(time.perf_counter() - t0, 1), environment=C.environment(dist, threads),
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+        write_table(out_dir / "table.md", result)
+        plot(out_dir / "curves.png", result)
+        log(f"wrote {out_dir}/table.md, results.json, curves.png")
+    dist.close()
+    return 0
