@@ -250,15 +250,18 @@ def _names_a_block(model: ir.Model, target: str) -> bool:
 
 
 def grow(model, *, widen: dict | None = None, deepen: list | None = None, method: str = "net2net",
-         seed: int = 0, noise: float | None = None):
+         seed: int = 0, noise: float | None = None, with_summary: bool = False):
     """Grow `model` (path, ModelProto, onnx_ir.Model or gs.Graph; not modified) by a plan; return
-    the student as an onnx.ModelProto (a gs.Graph when given one)."""
+    the student as an onnx.ModelProto (a gs.Graph when given one) — with `with_summary`, the pair
+    (student, summary), whose "mappings" say where every grown weight's values came from (what an
+    optimizer's state needs to follow them: onnxgrow.optim)."""
     plan = GrowthPlan(widen=dict(widen or {}), deepen=list(deepen or []), method=method, seed=seed,
                       noise=noise)
     widen_method(method)
     ir_model = g.load(model)
-    grow_model(ir_model, plan)
-    return g.like_input(model, ir_model)
+    done = grow_model(ir_model, plan)
+    student = g.like_input(model, ir_model)
+    return (student, done) if with_summary else student
 
 
 def stderr_progress(message: str) -> None:

@@ -19,7 +19,7 @@ from onnxgrow import graph as G
 from onnxgrow import names
 from onnxgrow.errors import GrowError
 from tests import zoo
-from tests.helpers import assert_equivalent
+from tests.helpers import assert_equivalent, run
 from tests.rule_graphs import conv_sandwich, ints
 
 
@@ -169,3 +169,21 @@ def test_a_runtime_size_that_cannot_follow_is_refused():
     teacher = conv_sandwich(middle, inits, hw=2, out_channels=16)
     with pytest.raises(GrowError, match="computes the channel dimension of its target shape at run time"):
         og.widen(teacher, layer="p", width=8)
+
+
+def test_a_shape_read_into_a_value_is_refused_not_widened_wrongly(tmp_path):
+    """Legacy exports of attention compute the scale (C/heads)^-0.5 from Shape of the stream under
+    a dynamic batch: widening the stream would change it, so it must be refused; the rest exact."""
+    module, example = zoo.make("transformer_mini")
+    zoo.randomize_(module, 0)
+    path = zoo.export(module, example, str(tmp_path / "t.onnx"), exporter="legacy", dynamic_batch=True)
+    layers = og.inspect(path)["layers"]
+    refused = [layer for layer in layers if "methods" not in layer["widen"]]
+    assert any("computes a value from it" in layer["widen"]["reason"] for layer in refused)
+    for layer in layers:
+        if "methods" in layer["widen"]:
+            student = og.widen(path, layer=layer["name"], width=2 * layer["width"])
+            for batch in (1, 3):
+                ids = np.random.default_rng(batch).integers(0, 10, (batch, 8)).astype(np.int64)
+                (want,), (got,) = run(path, {"ids": ids}), run(student, {"ids": ids})
+                assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-5

@@ -134,7 +134,6 @@ def child(variant, src, dst, blocks, inserts, calls):
     if variant == "onnxgrow":
         import onnxgrow.deepening  # noqa: F401
     result = VARIANTS[variant](src, dst, blocks, inserts, calls)
-    import onnx
     out = onnx.load(dst)
     result["nodes_out"] = len(out.graph.node)
     with open("/proc/self/status") as f:

@@ -290,10 +290,12 @@ def grow(teacher, shape: str, method: str, seed: int):
 
     spec = GROWTH[shape]
     if method != "random":
-        student = og.grow(teacher, **grow_kwargs(spec["widen"], spec["deepen"]), method=method, seed=seed)
-        return student, growth_mappings(student)
-    wide = og.grow(teacher, widen=spec["widen"], method="random", seed=seed) if spec["widen"] else teacher
-    mappings = growth_mappings(wide) if spec["widen"] else []
+        student, done = og.grow(teacher, **grow_kwargs(spec["widen"], spec["deepen"]), method=method,
+                                seed=seed, with_summary=True)
+        return student, done["mappings"]
+    wide, done = (og.grow(teacher, widen=spec["widen"], method="random", seed=seed, with_summary=True)
+                  if spec["widen"] else (teacher, {"mappings": []}))
+    mappings = done["mappings"]
     if not spec["deepen"]:
         return wide, mappings
     deep = og.grow(wide, deepen=spec["deepen"], method="net2net", seed=seed)
@@ -303,17 +305,6 @@ def grow(teacher, shape: str, method: str, seed: int):
 def grow_kwargs(widen: dict, deepen: list) -> dict:
     """og.grow's keyword arguments, leaving out an empty widen or deepen."""
     return {k: v for k, v in (("widen", widen), ("deepen", deepen)) if v}
-
-
-def growth_mappings(student) -> list[dict]:
-    """The channel mappings of the growth (onnxgrow.optim's format: what widening's summary lists
-    under "mappings", in order), read from the model's metadata_props key 'onnxgrow.mappings'
-    (JSON); [] when there is none (then only tensors whose shape did not change can carry state,
-    and carry_adamw_state refuses the others). The one place to wire og.grow's mappings in."""
-    for prop in student.metadata_props:
-        if prop.key == "onnxgrow.mappings":
-            return json.loads(prop.value)
-    return []
 
 
 def redraw_new_initializers(teacher, student, seed: int):
@@ -551,12 +542,6 @@ def trainable(model, constants: set[str]):
     return module
 
 
-def growth_available() -> bool:
-    import onnxgrow as og
-
-    return hasattr(og, "grow")
-
-
 # ----------------------------------------------------------------------------- summary
 
 
@@ -702,8 +687,6 @@ def write_table(path: Path, result: dict):
         "the teacher's training. Compute saved = 1 − FLOPs(run, to first reach the target) / FLOPs(from "
         "scratch, to first reach its own final loss), per seed, checked at each evaluation.", "",
     ]
-    if result.get("skipped"):
-        lines += [f"**Not run:** {result['skipped']}", ""]
     for shape in ("wider", "deeper", "both"):
         if f"scratch_{shape}" in summary and "to_target" in summary[f"scratch_{shape}"]:
             lines += compute_table(summary, shape)
@@ -797,12 +780,6 @@ def main(argv, repo: Path) -> int:
     threads = args.threads or max(1, cores // dist.world)
     torch.set_num_threads(threads)
     log = C.logger(dist)
-    skipped = ""
-    if any(RUNS[r][0] == "grown" for r in runs) and not growth_available():
-        grown = [r for r in runs if RUNS[r][0] == "grown"]
-        runs = [r for r in runs if r not in grown]
-        skipped = f"this onnxgrow has no `grow` yet, so the grown students ({', '.join(grown)}) were skipped."
-        log("NOTE: " + skipped)
     out_dir = args.out or repo / "results" / f"lm-{args.mode}"
     corpus = load_corpus()
     log(f"lm {args.mode} mode: {cfg['seeds']} seeds; corpus {len(corpus['train']):,} train / "
@@ -815,7 +792,7 @@ def main(argv, repo: Path) -> int:
         import platform
 
         result = dict(
-            mode=args.mode, config=cfg, skipped=skipped,
+            mode=args.mode, config=cfg,
             corpus=dict(files=corpus["files"], bytes=(len(corpus["train"]), len(corpus["val"])),
                         sha256=corpus["sha256"], python=platform.python_version(), packages=PACKAGES,
                         max_file_bytes=MAX_FILE_BYTES, val_rule=f"crc32(relative path) % {VAL_MODULUS} == 0"),

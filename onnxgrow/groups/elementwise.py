@@ -3,6 +3,8 @@ normalisation and pooling, and reductions (ReduceMean over the channels: uniform
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import graph as g
 from ..errors import GrowError
 from .core import desc
@@ -148,7 +150,62 @@ def cast_like(walk, node, side, index, slot):
 
 
 def stop(walk, node, side, index, slot):
-    """Shape/Size read the tensor's shape, which follows the widening at run time."""
+    """Shape/Size read the tensor's shape, which follows the widening at run time: fine where the
+    widened size only shapes other tensors (Reshape/Expand targets, which their rules check), a
+    refusal where it flows into a value (an attention scale 1/√(C/heads), a Size)."""
     if side == "out":
         raise GrowError(f"cannot trace the channels back through {desc(node)}.")
+    if node.op_type == "Size":
+        carries = True
+    else:
+        start = g.attr(node, "start", 0) or 0
+        rank = need_rank(node.inputs[0], node)
+        carries = {norm_axis(slot.axis, rank) - norm_axis(start, rank)}
+    culprit = _value_use_of_size(node.outputs[0], carries)
+    if culprit is not None:
+        raise GrowError(f"{desc(node)} reads the widened channel count, and {desc(culprit)} computes "
+                        "a value from it (not a shape); widening would change that value.")
+
+
+_SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity",
+                     "Mul", "Add", "Sub", "Div", "Floor", "Ceil")
+
+
+def _value_use_of_size(value, carries, depth: int = 0):
+    """The first node that uses the widened size held in `value` as data rather than as a shape,
+    or None. `carries` is True for a scalar holding it, or the positions of a shape vector that do."""
+    if not carries or depth > 24:
+        return None
+    for use in value.uses():
+        user = use.node
+        if user.op_type in ("Reshape", "Expand", "ConstantOfShape", "Tile") and use.idx > 0:
+            continue  # a shape for another tensor: the layout rules check it
+        if user.op_type not in _SHAPE_ARITHMETIC:
+            return user
+        out = _carried_after(user, use.idx, carries)
+        culprit = _value_use_of_size(user.outputs[0], out, depth + 1)
+        if culprit is not None:
+            return culprit
+    return None
+
+
+def _carried_after(node, index, carries):
+    """Which entries of `node`'s output hold the widened size, given which of input `index` do."""
+    if node.op_type == "Gather" and index == 0:
+        picks = g.constant(node.inputs[1])
+        if picks is None or carries is True:
+            return True
+        picked = [int(i) for i in np.atleast_1d(picks)]
+        hits = {k for k, i in enumerate(picked) if i in carries}
+        return (bool(hits) if np.ndim(picks) == 0 else hits) or False
+    if node.op_type == "Slice" and index == 0 and carries is not True:
+        starts = g.constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        if starts is None:
+            return True
+        first = int(np.atleast_1d(starts)[0])
+        return {c - first for c in carries if c >= first} or False
+    if node.op_type == "Concat" and carries is not True:
+        offset = sum(static_dim(v, 0) or 0 for v in node.inputs[:index])
+        return {c + offset for c in carries}
+    return carries  # arithmetic and casts keep whatever they were given
 
