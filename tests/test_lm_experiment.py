@@ -164,3 +164,29 @@ def test_the_table_says_when_not_growing_was_cheaper():
     table = "\n".join(lm.compute_table(summary, "wider"))
     assert "reaches the wider target too, in 1/1 seeds" in table and "not better per FLOP" in table
     assert "`wider_net2net` needed more compute than training the teacher on without growth (6.6e-07 vs 1.8e-07" in table
+
+
+@pytest.fixture(scope="module")
+def lm_quick(tmp_path_factory):
+    """A very short LM run through onnxgrow's own path: export, og.grow, verify, to_torch, train."""
+    import json
+
+    import experiment
+
+    out = tmp_path_factory.mktemp("lm-quick")
+    experiment.main(["--task", "lm", "--quick", "--seeds", "1", "--teacher-steps", "40", "--student-steps", "10",
+                     "--scratch-steps", "20", "--eval-every", "10", "--val-windows", "16",
+                     "--runs", "scratch_both,both_net2net,both_net2net_fresh,both_random", "--out", str(out)])
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_grown_students_match_and_start_at_the_teachers_loss(lm_quick):
+    import onnxgrow as og
+
+    out, result = lm_quick
+    runs = result["per_seed"]["0"]
+    start = runs["teacher"]["val_loss"][-1]
+    for run in ("both_net2net", "both_net2net_fresh"):
+        assert runs[run]["verify_ok"] is True and abs(runs[run]["val_loss"][0] - start) <= 1e-5 * start
+    assert runs["both_random"]["verify_ok"] is False and runs["both_net2net"]["state_carried"] > 0
+    assert og.verify(str(out / "models/teacher.onnx"), str(out / "models/both_net2net.onnx")).ok
