@@ -146,25 +146,14 @@ def grow_model(model: ir.Model, plan: GrowthPlan, progress=None) -> dict:
     groups, skipped, mappings = [], [], []
     for target, width_text in plan.widen.items():
         kind, amount = parse_width(width_text, target)
-        explicit = not any(c in target for c in names.GLOB_CHARS)
-        count = 0
-        for node in names.select(graph, target):
-            try:
-                record = _widen_one(graph, node, target, kind, amount, plan, grown)
-            except GrowError as exc:
-                if explicit:
-                    raise GrowError(f"cannot widen {target!r}: {exc}") from None
-                skipped.append({"target": target, "layer": node.name, "reason": str(exc)})
-                continue
-            count += 1
+        widened = _each_selected(graph, target, target, "widen", skipped,
+                                 lambda node: _widen_one(graph, node, target, kind, amount, plan, grown))
+        for _, record in widened:
             if record is not None:
                 mappings += record.pop("mappings")
                 groups.append(record)
                 say(f"widened {record['layers'][0]} (+{len(record['layers']) - 1} coupled): "
                     f"{record['width']['before']} → {record['width']['after']}")
-        if not count:
-            raise GrowError(f"no layer selected by {target!r} can be widened: "
-                            + "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped[-3:]))
     if groups:
         g.remove_unused(model)
     insertions = _deepen_all(model, plan, skipped, say)
@@ -217,22 +206,31 @@ def _deepen_all(model, plan, skipped, say) -> list[dict]:
             say(f"copied block {target} ({method or 'zero'})")
             continue
         method = method or "net2net"
-        count = 0
-        for node in names.select(model.graph, target):
-            try:
-                done = deepening.deepen_node(model, node, method=method, seed=plan.seed)
-            except GrowError as exc:
-                if explicit:
-                    raise GrowError(f"cannot deepen after {target!r}: {exc}") from None
-                skipped.append({"target": spec, "layer": node.name, "reason": str(exc)})
-                continue
-            count += 1
+        inserted = _each_selected(model.graph, target, spec, "deepen after", skipped,
+                                  lambda node: deepening.deepen_node(model, node, method=method, seed=plan.seed))
+        for node, done in inserted:
             insertions.append({"spec": spec, "after": names.module_path(node) or node.name,
                                "method": method, "nodes": done["nodes"]})
             say(f"inserted {method} after {insertions[-1]['after']}")
-        if not count:
-            raise GrowError(f"no layer selected by {target!r} can be deepened after.")
     return insertions
+
+
+def _each_selected(graph, target: str, spec: str, verb: str, skipped: list, action) -> list:
+    """(node, action(node)) for every layer `target` selects. An explicitly named layer that cannot
+    be grown is an error; a glob skips such layers, listing why, and must grow at least one."""
+    explicit = not any(c in target for c in names.GLOB_CHARS)
+    done = []
+    for node in names.select(graph, target):
+        try:
+            done.append((node, action(node)))
+        except GrowError as exc:
+            if explicit:
+                raise GrowError(f"cannot {verb} {target!r}: {exc}") from None
+            skipped.append({"target": spec, "layer": node.name, "reason": str(exc)})
+    if not done:
+        reasons = "; ".join(f"{s['layer']}: {s['reason']}" for s in skipped[-3:])
+        raise GrowError(f"no layer selected by {target!r} can be grown ({verb}): {reasons}")
+    return done
 
 
 def _names_a_block(model: ir.Model, target: str) -> bool:

@@ -29,6 +29,7 @@ from onnxgrow.widening import (
 )
 from tests import zoo
 from tests.helpers import assert_equivalent, random_feeds, run, scaled_errors
+from tests.rule_graphs import model as _model
 
 METHODS = ("net2net", "netmorph", "r2r")
 
@@ -83,13 +84,6 @@ def test_layernorm_statistics_survive_uniform_replication_only():
 
 
 # ----------------------------------------------------------------------------- hand-built graphs
-
-
-def _model(nodes, inputs, outputs, inits, opset=17):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    return model
 
 
 def _w(name, *shape, seed=0, positive=False):
