@@ -22,6 +22,8 @@ _API = {
     "verify": ("verification", "verify"),
     "to_torch": ("torch_export", "to_torch"),
     "load_weights": ("torch_export", "load_weights"),
+    "adamw_state": ("optim", "adamw_state"),
+    "carry_adamw_state": ("optim", "carry_adamw_state"),
     "load": ("graph", "load"),
     "save": ("graph", "save"),
 }
