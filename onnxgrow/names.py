@@ -140,10 +140,20 @@ def select(graph: ir.Graph, pattern: str) -> list[ir.Node]:
     order; a pattern without glob characters names exactly one layer (see `resolve`)."""
     if not any(c in pattern for c in GLOB_CHARS):
         return [resolve(graph, pattern)]
-    chosen = [node for node, paths in layer_names(graph)
+    layers = layer_names(graph)
+    chosen = [node for node, paths in layers
               if fnmatch.fnmatchcase(node.name or "", pattern)
               or any(fnmatch.fnmatchcase(p, pattern) for p in paths)]
+    if not chosen:  # like a plain name, a glob may leave out a wrapper's leading components
+        chosen = [node for node, paths in layers
+                  if any(fnmatch.fnmatchcase(s, pattern) for p in paths for s in _suffixes(p))]
     if not chosen:
         raise GrowError(f"{pattern!r} matches no layer (by node name or module path). "
                         "`onnxgrow inspect MODEL` lists them.")
     return chosen
+
+
+def _suffixes(path: str) -> list[str]:
+    """`m.model.layers.0` → [`model.layers.0`, `layers.0`, `0`]."""
+    parts = path.split(".")
+    return [".".join(parts[i:]) for i in range(1, len(parts))]

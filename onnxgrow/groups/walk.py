@@ -185,7 +185,7 @@ def find_group(node: ir.Node) -> Group:
         raise GrowError(
             f"the output of {desc(node)} is the graph output {out.name!r}: widening it would "
             "change the model's output shape. Widen an inner layer.")
-    tried, pending, error = set(), [(1, 1)], None
+    tried, pending, error, heads_error, heads_block = set(), [(1, 1)], None, None, None
     while pending:
         outer, block = pending.pop(0)
         tried.add((outer, block))
@@ -200,6 +200,25 @@ def find_group(node: ir.Node) -> Group:
                 composed = [(outer * o, b) for o, b in exc.candidates]
                 pending += [c for c in composed if c not in tried and width % (c[0] * c[1]) == 0]
         except GrowError as exc:  # a restructured walk got further: its reason is the useful one
-            error = exc
+            if heads_error is None or block == 1:
+                error = exc
+            if block > 1 and heads_error is None:
+                heads_error, heads_block = exc, block  # where the walk that saw attention heads stopped
+    if heads_error is not None:
+        raise GrowError(f"{heads_error} (seen as attention heads of {heads_block} channels; grouped-query "
+                        "attention, whose key/value heads are repeated for several query heads, cannot "
+                        "be grown by query heads yet)" if _repeats_heads(out) else str(heads_error)) from None
     raise GrowError(str(error)) from None
 
+
+
+def _repeats_heads(value: ir.Value) -> bool:
+    """Whether the graph repeats key/value heads for several query heads (transformers'
+    repeat_kv: Unsqueeze → Expand → Reshape): a hint for the refusal message only."""
+    for node in value.graph or ():
+        if node.op_type == "Expand" and node.inputs[0] is not None:
+            source = node.inputs[0].producer()
+            if source is not None and source.op_type == "Unsqueeze" and any(
+                    u.node.op_type == "Reshape" for u in node.outputs[0].uses()):
+                return True
+    return False
