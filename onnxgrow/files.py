@@ -21,7 +21,7 @@ import fcntl
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 from .errors import GrowError
@@ -134,12 +134,15 @@ def staged(path, reads=()):
     dest = check_output(path, reads)
     folder = dest.parent
     clear_stale(folder)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder))
-    except OSError as exc:
-        raise GrowError(f"cannot write into {str(folder)!r}: {exc.strerror or exc}.") from None
+    # the name is chosen before the folder exists, inside the try: an interrupt at any moment
+    # after it is made still reaches the clean-up below
+    tmp = folder / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     lock = None
     try:
+        try:
+            os.mkdir(tmp, 0o700)
+        except OSError as exc:
+            raise GrowError(f"cannot write into {str(folder)!r}: {exc.strerror or exc}.") from None
         lock = os.open(tmp / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield tmp / dest.name
