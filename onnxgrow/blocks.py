@@ -428,10 +428,3 @@ def _input_group(layer: ir.Node):
         queue += [i for i in node.inputs if i is not None and g.constant(i) is None]
     raise GrowError(f"r2r cannot pair the units {layer.name!r} reads"
                     + (f" ({reason})" if reason else "") + "; use --method zero.")
-
-
-def deepen_block(model, *, block: str, method: str = "zero", seed: int = 0):
-    """Public API (og.deepen(model, block=...)): a copy of `model` with the block copied."""
-    m = g.load(model)
-    copy_block(m, block, method=method, seed=seed)
-    return g.like_input(model, m)

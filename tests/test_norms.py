@@ -16,6 +16,7 @@ from onnxgrow import groups as gr
 from onnxgrow.errors import GrowError
 from onnxgrow.padding import pad_value
 from tests.helpers import SCALED_TOL, run, scaled_errors
+from tests.llm_zoo import LogitsOnly
 
 PRESERVING = ("net2net", "netmorph", "r2r")
 
@@ -77,17 +78,9 @@ def _export_llama(path: str, tied: bool) -> None:
         for name, p in model.named_parameters():  # every parameter random, norm gains included
             p.copy_(torch.rand_like(p) + 0.5 if "norm" in name else torch.randn_like(p) * 0.3)
 
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids):
-            return self.m(input_ids=ids, use_cache=False).logits
-
     ids = torch.randint(0, 64, (2, 5))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-    program = torch.onnx.export(Logits(model).eval(), (ids,), dynamic_shapes=({0: batch, 1: seq},), dynamo=True,
+    program = torch.onnx.export(LogitsOnly(model).eval(), (ids,), dynamic_shapes=({0: batch, 1: seq},), dynamo=True,
                                 input_names=["ids"], output_names=["logits"])
     proto = program.model_proto
     proto.ir_version = 10
