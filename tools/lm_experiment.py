@@ -408,8 +408,12 @@ def run_order(runs: list[str]) -> list[str]:
     return sorted(runs, key=lambda r: (rank[RUNS[r][0]], list(RUNS).index(r)))
 
 
-def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path | None) -> dict:
-    """Teacher, baselines and students for one seed: {run: record}."""
+def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path | None,
+             earlier: dict | None = None) -> dict:
+    """Teacher, baselines and students for one seed: {run: record}. Runs recorded in `earlier`
+    (this seed's records of an earlier run with the same config) are taken from it instead of
+    trained again: from-scratch runs always, the teacher's continuation only when the teacher
+    trained here has exactly the recorded curve."""
     import torch
 
     corpus = load_corpus()
@@ -428,6 +432,9 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
     teacher_opt = adamw(teacher)
     out["teacher"] = fit("teacher", teacher, teacher_opt, cfg["teacher_steps"], 1000 * seed, WARMUP)
     out["teacher"]["macs_per_token"] = macs_per_token(**SHAPES["teacher"], seq=cfg["seq"])
+    reused = reusable(earlier or {}, out["teacher"])
+    if reused:
+        log(f"seed {seed}: reusing {', '.join(r for r in reused if r in runs)} from the earlier results")
     teacher_onnx = export_onnx(teacher)
     if models_dir is not None and dist.main:
         models_dir.mkdir(parents=True, exist_ok=True)
@@ -437,6 +444,9 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
     for run in run_order(runs):
         kind, shape, method, carry, _ = RUNS[run]
         stream = 1000 * seed + 1 + list(RUNS).index(run) * (kind == "scratch")
+        if run in reused:
+            out[run] = reused[run]
+            continue
         if kind == "scratch":
             torch.manual_seed(seed + 1)
             module = build_lm(**SHAPES[shape]).to(dist.device)
@@ -469,6 +479,14 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
             out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, 0 if carry else WARMUP, stop))
         out[run]["macs_per_token"] = macs_per_token(**SHAPES[shape], seq=cfg["seq"])
     return out
+
+
+def reusable(earlier: dict, teacher: dict) -> dict:
+    """The runs of an earlier record of this seed that this run may take as they are: the ones that
+    do not start from the teacher, and those that do when the teacher's curve is the same."""
+    same_teacher = earlier.get("teacher", {}).get("val_loss") == teacher["val_loss"]
+    return {run: rec for run, rec in earlier.items()
+            if run in RUNS and RUNS[run][0] != "teacher" and (RUNS[run][0] == "scratch" or same_teacher)}
 
 
 def student_stop(out: dict, shape: str, cfg: dict, teacher_flops: int, macs: int):
@@ -700,7 +718,9 @@ def write_table(path: Path, result: dict):
     env = result["environment"]
     lines += ["", "Runs: " + "; ".join(f"`{r}` {RUNS[r][4]}" for r in summary) + ".", "",
               f"Wall time {result['wall_seconds']:.0f} s on {env['host']}, {env['device']} "
-              f"({env['processes']} process(es) × {env['threads']} thread(s)).", ""]
+              f"({env['processes']} process(es) × {env['threads']} thread(s))"
+              + (f", plus {result['reused']['wall_seconds']:.0f} s of an earlier run whose runs this one reused "
+                 f"(--reuse)." if "reused" in result else "."), ""]
     path.write_text("\n".join(lines))
 
 
@@ -754,11 +774,22 @@ def parse(argv):
         p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
     p.add_argument("--runs", help="comma-separated subset of: " + ", ".join(r for r in RUNS if r != "teacher"))
     p.add_argument("--out", type=Path, help="output folder (default results/lm-<mode>)")
+    p.add_argument("--reuse", type=Path, metavar="RESULTS_JSON",
+                   help="take runs recorded in an earlier results.json of the same config and corpus instead of "
+                        "training them again (runs from the teacher only if its curve is reproduced exactly)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is present")
     args = p.parse_args(argv)
     args.mode = args.mode or "quick"
     return args
+
+
+def load_earlier(path: Path, cfg: dict, corpus: dict) -> dict:
+    """{seed: {run: record}} of an earlier results.json, which must have this config and corpus."""
+    earlier = json.loads(path.read_text())
+    if earlier["config"] != cfg or earlier["corpus"]["sha256"] != corpus["sha256"]:
+        raise SystemExit(f"{path}: recorded with another config or corpus; --reuse needs the same")
+    return {int(seed): runs for seed, runs in earlier["per_seed"].items()}
 
 
 def main(argv, repo: Path) -> int:
@@ -785,8 +816,9 @@ def main(argv, repo: Path) -> int:
     log(f"lm {args.mode} mode: {cfg['seeds']} seeds; corpus {len(corpus['train']):,} train / "
         f"{len(corpus['val']):,} validation bytes; runs teacher + {', '.join(runs)}; "
         f"{dist.world} process(es) × {threads} thread(s) on {dist.device}")
+    earlier = load_earlier(args.reuse, cfg, corpus) if args.reuse else {}
     t0 = time.perf_counter()
-    per_seed = {s: run_seed(s, cfg, runs, dist, log, out_dir / "models" if s == 0 else None)
+    per_seed = {s: run_seed(s, cfg, runs, dist, log, out_dir / "models" if s == 0 else None, earlier.get(s))
                 for s in range(cfg["seeds"])}
     if dist.main:
         import platform
@@ -802,6 +834,8 @@ def main(argv, repo: Path) -> int:
             summary=summarise(per_seed, cfg), per_seed=per_seed,
             wall_seconds=round(time.perf_counter() - t0, 1), environment=C.environment(dist, threads),
         )
+        if args.reuse:
+            result["reused"] = dict(path=str(args.reuse), wall_seconds=json.loads(args.reuse.read_text())["wall_seconds"])
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(result, indent=1))
         write_table(out_dir / "table.md", result)
