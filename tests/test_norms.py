@@ -235,3 +235,36 @@ def test_summary_says_how_the_stream_grew(llama):
     path = llama()
     summary = widen_model(g.load(path), layer=stream_layer(path), width=48, method="net2net")
     assert any("zero padding" in line and "net2net cannot split" in line for line in summary["lines"])
+
+
+# ----------------------------------------------------------------------------- tests/llm_zoo.py
+
+@pytest.fixture(scope="session")
+def llm_path(tmp_path_factory):
+    from tests import llm_zoo
+
+    cache = tmp_path_factory.getbasetemp().parent / "onnxgrow-zoo-cache"
+    cache.mkdir(exist_ok=True)
+
+    def build(family: str) -> str:
+        path = cache / f"llm-{family}.dynamo.onnx"
+        if not path.exists():
+            tmp = cache / f".{os.getpid()}-{path.name}"
+            llm_zoo.build(family, "dynamo", tmp)
+            os.replace(tmp, path)
+        return str(path)
+
+    return build
+
+
+@pytest.mark.parametrize("family", ["gpt_neox"])  # LayerNorm, parallel residual (Llama: above)
+def test_llm_zoo_stream_to_one_and_a_half_times(llm_path, family):
+    path = llm_path(family)
+    layer = stream_layer(path)
+    for method in PRESERVING:
+        student = og.widen(path, layer=layer, width=48, method=method)
+        feeds = [{"input_ids": np.random.default_rng(s).integers(0, 50, size=shape).astype(np.int64)}
+                 for s, shape in enumerate([(2, 5), (3, 7)])]
+        for feed in feeds:
+            (a,), (b,) = run(path, feed), run(student, feed)
+            assert np.abs(a - b).max() / np.abs(a).max() <= SCALED_TOL
