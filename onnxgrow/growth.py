@@ -26,7 +26,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from . import blocks, deepening, names, widening
+from . import blocks, deepening, names, padding, widening
 from . import graph as g
 from . import groups as gr
 from .errors import GrowError
@@ -111,8 +111,8 @@ def rounded_width(group: gr.Group, factor: float, method: str) -> int:
     wanted = max(units + 1, round(units * factor))
 
     def allowed(q: int) -> bool:
-        if group.uniform_only and method != "random" and q % units and (group.outer, group.block) != (1, 1):
-            return False  # a plain normalised stream takes any width (padding.py); heads need multiples
+        if group.uniform_only and method != "random" and q % units and not padding.can_pad(group, q, method):
+            return False  # a pre-norm or RMS stream takes any width (padding.py); others multiples
         method_obj = widen_method(method)
         if isinstance(method_obj, R2R) and method_obj.why_not(group) is None:
             try:

@@ -59,6 +59,17 @@ def needs_padding(group: gr.Group, n: int, width: int, method: str) -> bool:
     return bool(group.uniform_only) and width % n != 0 and method != "random"
 
 
+def can_pad(group: gr.Group, q: int, method: str) -> bool:
+    """Whether padding keeps `group` exact at q units (False for post-norm stacks, heads, …)."""
+    if group.outer != 1 or group.block != 1 or not group.norms or q <= group.width:
+        return False
+    try:
+        PadPlan(group.norms[0].graph, group, group.width, q, method, 0, "")
+    except GrowError:
+        return False
+    return True
+
+
 def pad_value(old: np.ndarray, mode: str, count: int) -> np.ndarray:
     """New entries for a 5-D channel view (…, n, block, after): zeros, or the mean over the
     old channels repeated `count` times."""

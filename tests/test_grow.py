@@ -57,6 +57,25 @@ def test_a_normalised_stream_grows_to_a_non_multiple(zoo_model):
     assert_equivalent(teacher, student)
 
 
+def test_a_factor_on_a_post_norm_stream_rounds_to_a_multiple(zoo_model):
+    from onnxgrow import growth
+
+    teacher = G.load(zoo_model("bert_layer", "legacy"))  # post-norm LayerNorm stream: multiples only
+    summary = growth.grow_model(teacher, growth.plan_from(widen=["o=x1.5"]))
+    (group,) = summary["groups"]
+    assert group["width"]["after"] == 2 * group["width"]["before"] and group["rounded"]
+    assert "rounded from ×1.5" in "\n".join(summary["lines"])
+
+
+def test_a_factor_on_a_pre_norm_stream_is_not_rounded(zoo_model):
+    from onnxgrow import growth
+
+    teacher = G.load(zoo_model("transformer_mini", "legacy"))  # pre-norm: any width (padding.py)
+    summary = growth.grow_model(teacher, growth.plan_from(widen=["blocks.0.attn.proj=x1.5"]))
+    (group,) = summary["groups"]
+    assert group["width"]["after"] == 24 and not group["rounded"]
+
+
 def _cli(capsys, *argv):
     with pytest.raises(SystemExit) as done:
         cli.main(list(argv))
