@@ -20,6 +20,9 @@ as for RMSNorm, ε* = (d/d′)·ε and gain × √(d/d′) keep the original out
 makes the new outputs 0. Post-norm stacks (the norm's output, whose new channels are 0, is added
 back into the stream) break "new = mean of old" for the next norm: refused, multiples only.
 
+A gain computed as (c + w) (Gemma's RMSNorm: 1 + w) is rescaled as a whole: the old entries of
+w become (c + w)·√(d/d′) − c.
+
 Consumers. Where a consumer reads a tensor whose new channels are 0 (a norm's output, or any
 RMS-stream tensor), its new input columns multiply zeros: they are drawn at random (every
 preserving method: the new channels can learn; exact regardless — net2net cannot split a zero
@@ -97,6 +100,7 @@ class PadPlan:
         self.fill: dict = {}  # id(WeightEdit) -> "pad" | "zero" | "mean" | "gain" | "fresh" | "fresh-gain" | "tied"
         self.variance: set = set()  # ReduceMean nodes over x² (their ε scales by d/d′)
         self.centring: set = set()  # ReduceMean nodes over x (the mean, unchanged)
+        self.offsets: dict = {}  # id(gain edit) -> c of a (c + w) gain
         self.in_place: dict = {}  # id(table) -> (table, Transposes reading it): a tied embedding
         from .padding_eval import Evaluation  # it reads this module's op sets
 
@@ -132,8 +136,9 @@ class PadPlan:
             part = pad_value(old, self.mode, self.new)
         elif how in (ZERO, MEAN):
             part = pad_value(old, how, self.new)
-        elif how == "gain":
-            array = wd.scale_channels(array, axis, slot, np.full(self.n, np.sqrt(self.ratio)))
+        elif how == "gain":  # (c + w)·√(d/d′) − c; c = 0 for a plain gain
+            c, dtype = self.offsets.get(id(edit), 0.0), array.dtype
+            array = (wd.scale_channels(array + c, axis, slot, np.full(self.n, np.sqrt(self.ratio))) - c).astype(dtype)
             part = wd.take_channels(array, axis, slot, np.arange(self.new) % self.n)
         else:  # fresh / fresh-gain: consumer columns that multiply zeros
             if how == "fresh-gain":

@@ -22,6 +22,7 @@ from .padding import (
 )
 
 UNKNOWN = (OTHER, False)
+CONST = "const"  # computed from constants only (the 1 + w of a Gemma gain)
 
 
 class Evaluation:
@@ -105,6 +106,8 @@ class Evaluation:
             return (ZERO, False) if states == [(ZERO, False)] and not params else UNKNOWN
         if op in PASS_THROUGH and len(states) == 1:
             return states[0]
+        if op == "CastLike":  # its second input lends only the type
+            return self.plan.state.get(node.inputs[0], UNKNOWN)
         if op in ZERO_AT_ZERO and states and states[0][0] == ZERO:
             return (ZERO, states[0][1]) if op in HOMOGENEOUS or not states[0][1] else UNKNOWN
         if op in LAYOUT or (op in LINEAR_REDUCE) or (op == "MatMul" and len(states) == 1):
@@ -117,6 +120,8 @@ class Evaluation:
         return UNKNOWN
 
     def additive(self, node, states, params, others):
+        if not states and len(params) == 1 and _scalar(others):
+            return (CONST, False)  # w + 1: a gain written as (1 + w) (Gemma); filled by its Mul
         kinds = set(states)
         if len(kinds) != 1 or next(iter(kinds))[1]:
             return UNKNOWN
@@ -131,6 +136,9 @@ class Evaluation:
         return (MEAN, False) if pad == MEAN else UNKNOWN  # a broadcast shift keeps only the mean
 
     def multiplicative(self, node, states, params, others):
+        if len(states) == 2 and (ZERO, True) in states and (CONST, False) in states and node.op_type == "Mul":
+            self.offset_gain(node)
+            return (ZERO, False)
         if len(states) == 2:
             zero = [s for s in states if s == (ZERO, False)]
             return (ZERO, False) if zero and node.op_type == "Mul" else UNKNOWN
@@ -148,6 +156,17 @@ class Evaluation:
         if any(self.from_variance(v) for v in others):
             return (ZERO, True) if pad == ZERO and not scaled else UNKNOWN
         return states[0] if pad != OTHER else UNKNOWN  # times a broadcast scalar
+
+    def offset_gain(self, mul):
+        """The gain is (c + w): old entries of w become (c + w)·√(d/d′) − c."""
+        source = next(v for v in mul.inputs if self.plan.state.get(v) == (CONST, False))
+        add = source.producer()
+        while add.op_type in PASS_THROUGH:
+            add = add.inputs[0].producer()
+        (edit,) = [e for e in self.by_node.get(id(add), []) if e.role == "param"]
+        (other,) = [v for i, v in enumerate(add.inputs) if i != edit.index]
+        self.plan.fill[id(edit)] = "gain"
+        self.plan.offsets[id(edit)] = float(g.constant(other).reshape(-1)[0])
 
     def norm(self, node, edits):
         state = self.plan.state.get(node.inputs[0], UNKNOWN)
@@ -220,6 +239,11 @@ class Evaluation:
             weight = g.constant(edit.node.inputs[edit.index])
             if weight is not None and weight.shape == table.T.shape and np.array_equal(weight, table.T):
                 self.plan.fill[id(edit)] = "tied"
+
+
+def _scalar(values) -> bool:
+    arrays = [g.constant(v) for v in values]
+    return len(arrays) == 1 and arrays[0] is not None and arrays[0].size == 1
 
 
 def _squared(node) -> bool:

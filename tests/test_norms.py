@@ -268,3 +268,32 @@ def test_llm_zoo_stream_to_one_and_a_half_times(llm_path, family):
         for feed in feeds:
             (a,), (b,) = run(path, feed), run(student, feed)
             assert np.abs(a - b).max() / np.abs(a).max() <= SCALED_TOL
+
+
+def test_gemma_style_one_plus_w_gain_hand_built():
+    """RMSNorm whose gain is computed as (1 + w): w's old entries become (1 + w)·√(d/d′) − 1.
+    d = 4100: above the size onnxgrow folds constant expressions at, so 1 + w stays computed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    const = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="p"),
+             helper.make_node("Pow", ["h", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]),
+             helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Reciprocal", ["rms"], ["inv"]),
+             helper.make_node("Mul", ["h", "inv"], ["normed"]),
+             helper.make_node("Add", ["w", "one"], ["gain"]),
+             helper.make_node("Mul", ["normed", "gain"], ["n"]),
+             helper.make_node("MatMul", ["n", "w2"], ["y"], name="c")]
+    inits = [const("w1", rng.normal(size=(4, 4100))), const("two", 2.0), const("eps", 1e-2),
+             const("w", rng.normal(size=4100)), const("one", 1.0), const("w2", rng.normal(size=(4100, 3))),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    graph = helper.make_graph(nodes, "gemma_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    for method in PRESERVING:
+        student = og.widen(model, layer="p", width=4105, method=method)
+        assert max(scaled_errors(model, student)) <= SCALED_TOL
