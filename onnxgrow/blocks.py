@@ -34,6 +34,7 @@ from . import graph as g
 from . import groups as gr
 from . import names, ops
 from .errors import GrowError
+from .methods import pairs_inside_heads
 from .summary import summary
 
 BLOCK_METHODS = ("zero", "r2r")
@@ -190,7 +191,7 @@ def copy_block(model: ir.Model, block: str, method: str = "zero", seed: int = 0)
     if method not in BLOCK_METHODS:
         raise GrowError(f"unknown block method {method!r}: choose one of {', '.join(BLOCK_METHODS)}.")
     graph = model.graph
-    g.infer_shapes(model)
+    g.prepare(model)
     chosen = resolve_block(find_blocks(model), block)
     before = g.parameter_count(model)
     nodes = _with_constant_inputs([n for u in chosen.units for n in u.nodes])
@@ -350,14 +351,10 @@ def _r2r_targets(value: ir.Value) -> list[tuple]:
     if [c for c in group.consumers if c is not node]:
         raise GrowError(f"the units {node.name!r} reads are also read elsewhere in the branch, so "
                         "pairing them would change it; use --method zero.")
-    if group.width % 2 and not _pairs_in_heads(group):
+    if group.width % 2 and not pairs_inside_heads(group):
         raise GrowError(f"r2r pairs the {group.width} units {node.name!r} reads, an odd number; use "
                         "--method zero.")
     return [(node, trailing, group)]
-
-
-def _pairs_in_heads(group) -> bool:
-    return group.block > 1 and group.block % 2 == 0
 
 
 def _pair_group(graph: ir.Graph, group, rng: np.random.Generator) -> None:
@@ -365,7 +362,7 @@ def _pair_group(graph: ir.Graph, group, rng: np.random.Generator) -> None:
     consumer's columns become +V, −V per pair."""
     # whole heads in pairs when their number is even (q, k and v of a pair agree, so the query and
     # key weights get gradients too); else the channels inside each head, or whole units
-    k = 2 if _pairs_in_heads(group) and group.width % 2 else 1
+    k = 2 if pairs_inside_heads(group) and group.width % 2 else 1
     even, odd = [slice(None)] * 4, [slice(None)] * 4
     even[k], odd[k] = slice(0, None, 2), slice(1, None, 2)
     for edit in group.edits:

@@ -544,7 +544,7 @@ def deepen_model(model: ir.Model, *, after: str, method: str = "net2net", kernel
     editing `model` in place. Returns a summary with human-readable "lines"."""
     node = names.resolve(model.graph, after)
     check_growth_memory(node, kernel=kernel)
-    G.infer_shapes(model)
+    G.prepare(model)
     return deepen_node(model, node, method=method, kernel=kernel, bn=bn, seed=seed)
 
 

@@ -22,7 +22,7 @@ from .methods import widen_methods_for
 def describe(model) -> dict:
     """The inspect report of `model` (path, ModelProto, onnx_ir.Model) as a JSON-ready dict."""
     ir_model = g.load(model)
-    g.infer_shapes(ir_model)
+    g.prepare(ir_model)
     graph = ir_model.graph
     layers = []
     groups_by_producer: dict[int, gr.Group] = {}
@@ -92,7 +92,10 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
     entry = {"methods": methods, "group": others}
     if why:
         entry["not"] = why
-    if group.block > 1:
+    if group.block > 1 and group.broadcasts and group.outer > 1:
+        entry["note"] = (f"grows by query heads of {group.block} channels, one in each of the {group.outer} "
+                         f"key/value heads' groups: the new width must be a multiple of {group.outer * group.block}")
+    elif group.block > 1:
         entry["note"] = (f"grows by whole attention heads of {group.block} channels: the new width "
                          f"must be a multiple of {group.outer * group.block}")
     elif group.outer > 1:

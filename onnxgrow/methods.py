@@ -84,21 +84,25 @@ class R2R(WidenMethod):
     help = "random units in identical pairs with outgoing weights +V/−V (exact)"
 
     def why_not(self, group):
-        if group.width % 2 and not group.uniform_only and not _pairs_inside_heads(group):
+        if group.width % 2 and not group.uniform_only and not pairs_inside_heads(group):
             return (f"r2r adds units in ±V pairs; the current width {group.width} is odd, so "
                     "doubling it adds an odd number (widths of the same parity work)")
         return None
 
     def check_width(self, layer, n, width, group):
         repeat = group.outer * group.block
-        if group.uniform_only or _pairs_inside_heads(group) or ((width - n) // repeat) % 2 == 0:
+        if group.uniform_only or pairs_inside_heads(group) or ((width - n) // repeat) % 2 == 0:
             return
         if repeat > 1:
-            unit = "attention heads" if group.block > 1 else "channels per conv group"
+            if group.broadcasts and group.outer > 1:
+                unit = (f"query heads, one per key/value head ({group.outer} key/value heads × {group.block} "
+                        f"channels = {repeat} channels a step)")
+            else:
+                unit = ("attention heads" if group.block > 1 else "channels per conv group") + f" ({repeat} channels each)"
+            options = " or ".join(f"--width {w}" for w in (width - repeat, width + repeat) if w > n)
             raise GrowError(
-                f"r2r adds units in ±V pairs, and {layer!r} grows by whole {unit} ({repeat} channels "
-                f"each): {width} gives {(width - n) // repeat} new ones, an odd number. Use --width "
-                f"{width - repeat} or {width + repeat}, or another method.")
+                f"r2r adds units in ±V pairs, and {layer!r} grows by whole {unit}: {width} gives "
+                f"{(width - n) // repeat} new ones, an odd number. Use {options}, or another method.")
         raise GrowError(
             f"r2r adds units in ±V pairs, so the increase must be even: {width} - {n} = {width - n} "
             f"is odd. Use --width {width - 1} or {width + 1}, or another method.")
@@ -133,8 +137,12 @@ class Random(WidenMethod):
         return plan.insert(array, axis, slot, plan.random_like(array, copies.shape))
 
 
-def _pairs_inside_heads(group) -> bool:
-    return group.block > 1 and group.block % 2 == 0
+def pairs_inside_heads(group) -> bool:
+    """Whether r2r can pair channels inside each new head (so any number of heads can be added):
+    every producer's new rows come in whole even blocks, and no new head copies a shared key/value
+    head (grouped-query attention), whose channels are not paired."""
+    return (group.block > 1 and group.block % 2 == 0 and not group.broadcasts
+            and all(e.slot.block % 2 == 0 for e in group.edits if e.role == "producer"))
 
 
 WIDEN_METHODS: dict[str, WidenMethod] = {m.name: m for m in (Net2Net(), NetMorph(), R2R(), Random())}

@@ -42,7 +42,7 @@ from . import graph as g
 from . import groups as gr
 from . import names, ops
 from .errors import GrowError, InternalError
-from .methods import R2R, Net2Net, widen_method
+from .methods import R2R, Net2Net, pairs_inside_heads, widen_method
 from .summary import summary
 from .validate import check_growth_memory
 
@@ -113,14 +113,13 @@ class Plan:
     (methods.WIDEN_METHODS) decides what the new producer rows and consumer columns get."""
 
     def __init__(self, n: int, q: int, method: str, seed: int, noise: float, uniform: bool = False,
-                 block: int = 1):
+                 pairs_inside: bool = False):
         self.n, self.q = n, q
         self.method = widen_method(method)
         self.copies_only = uniform and self.method.preserving  # new units must replicate old ones
         # r2r on attention heads pairs the channels inside each new head (any number of heads)
         is_r2r = isinstance(self.method, R2R)
-        self.pair_axis = 3 if is_r2r and not uniform and block > 1 and block % 2 == 0 else 2
-        self.block = block
+        self.pair_axis = 3 if is_r2r and not uniform and pairs_inside else 2
         self.rng = np.random.default_rng(seed)
         self.src = source_units(n, q - n, self.rng, paired=is_r2r and not uniform and self.pair_axis == 2)
         split_noise = noise if isinstance(self.method, Net2Net) else 0.0
@@ -149,7 +148,7 @@ class Plan:
         return channel_map(self, dim, edit, is_bias)
 
     def pairs_within(self, slot) -> bool:
-        return self.pair_axis == 3 and slot.block == self.block
+        return self.pair_axis == 3 and slot.block % 2 == 0
 
     def view(self, array, axis, slot):
         return _view(array, axis, slot)
@@ -188,7 +187,7 @@ def widen_model(model: ir.Model, *, layer: str, width: int, method: str = "net2n
     widen_method(method)
     node = names.resolve(model.graph, layer)
     check_growth_memory(node, width=width)
-    g.infer_shapes(model)
+    g.prepare(model)
     group = gr.find_group(node)
     params_before = g.parameter_count(model)
     details = widen_group(model.graph, node, group, width, method, seed, noise)
@@ -223,7 +222,7 @@ def widen_group(graph: ir.Graph, node: ir.Node, group: gr.Group, width: int, met
         plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, node.name)
     else:
         plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
-                    block=group.block)
+                    pairs_inside=pairs_inside_heads(group))
     mappings = apply(graph, group, plan)
     details = {"method": method, "noise": noise if method == "net2net" else None,
                "width": {"before": n, "after": width}, "producers": [x.name for x in group.producers],

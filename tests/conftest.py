@@ -4,6 +4,7 @@ every xdist worker) through a cache folder beside pytest's temporary directories
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,12 @@ def zoo_model(tmp_path_factory):
     return build
 
 
+def _zoo_hash() -> str:
+    import hashlib
+
+    return hashlib.sha256((Path(__file__).parent / "llm_zoo.py").read_bytes()).hexdigest()[:10]
+
+
 @pytest.fixture(scope="session")
 def llm_model(tmp_path_factory):
     """llm_model(family, variant="dynamo") -> path of a tiny random transformers decoder (see
@@ -40,7 +47,7 @@ def llm_model(tmp_path_factory):
     cache.mkdir(exist_ok=True)
 
     def build(family: str, variant: str = "dynamo") -> str:
-        path = cache / f"{family}.{variant}.onnx"
+        path = cache / f"{family}.{variant}.{_zoo_hash()}.onnx"  # a changed zoo is rebuilt
         if not path.exists():
             tmp = cache / f".{os.getpid()}-{path.name}"
             llm_zoo.build(family, variant, tmp)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 import onnxgrow as og
 from onnxgrow.errors import GrowError
@@ -43,10 +43,21 @@ def test_slice_of_the_other_part_shifts_past_the_new_channels():
 
 def test_slice_taking_part_of_the_group_is_refused():
     middle = [helper.make_node("Slice", ["h", "start", "end", "axis"], ["m"])]
-    teacher = conv_sandwich(middle, [ints("start", [0]), ints("end", [2]), ints("axis", [1])],
+    teacher = conv_sandwich(middle, [ints("start", [1]), ints("end", [3]), ints("axis", [1])],
                             out_channels=2)
     with pytest.raises(GrowError, match="Slice.*takes part of the widened channels"):
         og.widen(teacher, layer="p", width=8)
+
+
+def test_slices_into_equal_parts_grow_every_part_alike():
+    """A fused projection: Slices take whole equal parts (q, k, v); each part grows alike and the
+    bounds of the later parts move."""
+    middle = [helper.make_node("Slice", ["h", "s0", "e0", "axis"], ["a"]),
+              helper.make_node("Slice", ["h", "s1", "e1", "axis"], ["b"]),
+              helper.make_node("Mul", ["a", "b"], ["m"])]
+    teacher = conv_sandwich(middle, [ints("s0", [0]), ints("e0", [2]), ints("s1", [2]), ints("e1", [4]),
+                                     ints("axis", [1])], out_channels=2)
+    assert_widens_exactly(teacher, width=8)
 
 
 @pytest.mark.parametrize("sizes", ["attribute", "input"])
@@ -137,3 +148,14 @@ def test_flatten_makes_each_channel_a_block_of_features():
     teacher = conv_sandwich(middle, [ints("axes", [2, 3])], out_channels=4 * 16)
     assert_widens_exactly(teacher, width=6)
     assert np.prod([4, 4]) == 16
+
+
+def test_split_to_sequence_read_at_constant_positions_grows_as_a_split():
+    """The raw dynamo exporter's torch.chunk: SplitToSequence + SequenceAt becomes a Split."""
+    middle = [helper.make_node("SplitToSequence", ["h", "two"], ["seq"], axis=1),
+              helper.make_node("SequenceAt", ["seq", "zero"], ["a"]),
+              helper.make_node("SequenceAt", ["seq", "one"], ["b"]),
+              helper.make_node("Mul", ["a", "b"], ["m"])]
+    scalars = [helper.make_tensor(name, TensorProto.INT64, [], [v]) for name, v in (("two", 2), ("zero", 0), ("one", 1))]
+    teacher = conv_sandwich(middle, scalars, out_channels=2)
+    assert_widens_exactly(teacher, width=8)

@@ -1,5 +1,6 @@
-"""Decoder LMs from `transformers` (tests/llm_zoo.py): what widens exactly today, and a refusal
-that says why where it does not (grouped-query attention's query/key heads)."""
+"""Decoder LMs from `transformers` (tests/llm_zoo.py): values, FFN and stream, and attention heads
+under RoPE with grouped-query and multi-query attention, checked at several batch and sequence
+lengths (at one token attention ignores the queries and keys, so a wrong head would not show)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tests.helpers import run
 
 
 def _assert_same(teacher, student):
-    for batch, seq in ((2, 5), (3, 9)):
+    for batch, seq in ((2, 5), (3, 9), (1, 1)):
         ids = {"input_ids": np.random.default_rng(seq).integers(0, 50, (batch, seq)).astype(np.int64)}
         (want,), (got,) = run(teacher, ids), run(student, ids)
         assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-5
@@ -26,6 +27,65 @@ def test_a_gqa_llama_grows_values_ffn_and_stream_exactly(llm_model, method):
     _assert_same(teacher, student)
 
 
-def test_gqa_query_heads_are_refused_with_the_reason(llm_model):
-    with pytest.raises(GrowError, match="grouped-query attention"):
-        og.widen(llm_model("llama"), layer="model.layers.0.self_attn.k_proj", width=32)
+# family, variant, query heads → kv heads of the tiny models: llama/mistral/qwen GQA 4 → 2, gemma MQA 4 → 1
+HEADS = [("llama", "dynamo"), ("llama", "dynamo_raw"), ("mistral", "dynamo"), ("qwen2", "dynamo"),
+         ("qwen3", "dynamo"), ("gemma", "dynamo")]
+
+
+@pytest.mark.parametrize("family,variant", HEADS)
+@pytest.mark.parametrize("method", ["net2net", "netmorph", "r2r"])
+def test_query_heads_grow_inside_their_key_value_groups(llm_model, family, variant, method):
+    """Widening q_proj adds query heads to every key/value head's group (heads per kv head 2 → 4,
+    or 4 → 6 for gemma's single kv head with r2r's even steps), exactly."""
+    teacher = llm_model(family, variant)
+    q = og.inspect(teacher)
+    width = next(r for r in q["layers"] if r["module"].endswith("layers.0.self_attn.q_proj"))["width"]
+    kv = {"gemma": 1}.get(family, 2)
+    student = og.widen(teacher, layer="model.layers.0.self_attn.q_proj", width=2 * width, method=method, seed=3)
+    _assert_same(teacher, student)
+    head = width // 4
+    assert _out_width(student, "layers.0.self_attn.q_proj") == 2 * width and (2 * width) % (kv * head) == 0
+
+
+@pytest.mark.parametrize("family,variant", HEADS)
+@pytest.mark.parametrize("method", ["net2net", "netmorph", "r2r"])
+def test_key_value_heads_grow_with_their_query_groups(llm_model, family, variant, method):
+    """Widening k_proj adds key/value heads (2 → 4; gemma's one → 2), each with a full group of
+    query heads: q, k, v and o grow together, exactly."""
+    teacher = llm_model(family, variant)
+    k_width = _out_width(teacher, "layers.1.self_attn.k_proj")
+    q_width = _out_width(teacher, "layers.1.self_attn.q_proj")
+    student = og.widen(teacher, layer="model.layers.1.self_attn.k_proj", width=2 * k_width, method=method, seed=4)
+    _assert_same(teacher, student)
+    assert _out_width(student, "layers.1.self_attn.v_proj") == 2 * k_width
+    assert _out_width(student, "layers.1.self_attn.q_proj") == 2 * q_width
+
+
+def test_an_odd_number_of_query_heads_per_group_is_refused_for_r2r_with_what_works(llm_model):
+    with pytest.raises(GrowError, match=r"one per key/value head .*--width 64"):
+        og.widen(llm_model("llama"), layer="model.layers.0.self_attn.q_proj", width=48, method="r2r")
+
+
+def test_inspect_promises_heads_on_grouped_query_attention(llm_model):
+    rows = {r["module"]: r for r in og.inspect(llm_model("llama"))["layers"]}
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        assert rows[f"lm.model.layers.0.self_attn.{proj}"]["widen"]["methods"][:3] == ["net2net", "netmorph", "r2r"]
+
+
+def _out_width(model, suffix: str) -> int:
+    return next(r["width"] for r in og.inspect(model)["layers"] if r["module"].endswith(suffix))
+
+
+@pytest.mark.parametrize("family,variant,layer", [
+    ("phi3", "dynamo", "model.layers.0.self_attn.qkv_proj"),  # Slices of the fused qkv
+    ("phi3", "dynamo_raw", "model.layers.0.self_attn.qkv_proj"),
+    ("phi3", "dynamo_raw", "model.layers.1.mlp.gate_up_proj"),  # SplitToSequence (torch.chunk, raw)
+    ("gpt_neox", "dynamo_raw", "gpt_neox.layers.0.attention.query_key_value"),  # per-head interleaved, raw
+])
+@pytest.mark.parametrize("method", ["net2net", "netmorph", "r2r"])
+def test_fused_projections_grow_per_part(llm_model, family, variant, layer, method):
+    teacher = llm_model(family, variant)
+    width = _out_width(teacher, layer)
+    student = og.widen(teacher, layer=layer, width=2 * width, method=method, seed=6)
+    _assert_same(teacher, student)
+    assert _out_width(student, layer) == 2 * width

@@ -69,6 +69,7 @@ class Group:
     group_attrs: list = field(default_factory=list)  # depthwise Convs whose `group` grows
     uniform_only: list = field(default_factory=list)  # names of nodes needing uniform replication
     norms: list = field(default_factory=list)  # those nodes (LayerNormalization, ReduceMean)
+    broadcasts: list = field(default_factory=list)  # Expands whose new channels copy one value (repeat_kv)
 
     @property
     def producers(self) -> list[ir.Node]:

@@ -28,8 +28,9 @@ def elementwise(walk, node, side, index, slot):
         if value is None:
             continue
         a = axis - (out_rank - need_rank(value, node))
-        if a < 0 or (static_dim(value, a) == 1 and full != 1):
-            continue  # broadcast along the channel axis
+        if a < 0 or (static_dim(value, a) == 1 and (full != 1 or (side == "in" and value is not known))):
+            continue  # broadcast along the channel axis (also beside a single unit: the cos of RoPE
+            # on multi-query attention's one key head)
         walk.join_input(node, i, slot.moved(a))
     walk.join_outputs(node, slot.moved(axis))
 

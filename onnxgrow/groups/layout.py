@@ -137,13 +137,19 @@ def _grow_split_part(walk, node, part, per_unit):
 
 
 def slice_(walk, node, side, index, slot):
-    if side == "out" or index != 0:
-        raise GrowError(f"cannot trace the widened channels through {desc(node)}.")
+    """Slice: another axis passes; on the channel axis the group must lie inside the kept range
+    (its start and explicit end move with new channels). Backward only through a slice that keeps
+    the whole channel axis (the raw exporter's x[:, :, None] and x[..., :] copies)."""
+    if side == "in" and index != 0:
+        raise GrowError(f"the widened channels are used as slice bounds by {desc(node)}.")
     rank = need_rank(node.inputs[0], node)
     starts, ends = int_list(node, "starts", 1), int_list(node, "ends", 2)
     axes = int_list(node, "axes", 3) or list(range(len(starts)))
     steps = int_list(node, "steps", 4) or [1] * len(starts)
     axes = [norm_axis(a, rank) for a in axes]
+    if side == "out":
+        _slice_backward(walk, node, slot, axes, starts, ends, steps)
+        return
     if slot.axis not in axes:
         walk.join_outputs(node, slot)
         return
@@ -153,13 +159,17 @@ def slice_(walk, node, side, index, slot):
     dim = static_dim(node.inputs[0], slot.axis)
     if steps[k] != 1 or dim is None:
         raise GrowError(f"{desc(node)} slices the channel axis with a step or an unknown size.")
-    _require_unstrided(walk, node, slot, dim)
-    lo, hi = slot.offset * slot.block, (slot.offset + walk.group.width) * slot.block
     s = min(max(starts[k] + dim if starts[k] < 0 else starts[k], 0), dim)
     e = min(max(ends[k] + dim if ends[k] < 0 else ends[k], 0), dim)
+    moves_end = ends[k] <= dim  # an explicit end (dim itself included) moves with new channels
+    part = slot.total * slot.block
+    if dim != part and dim % part == 0:  # `outer` parts growing alike: a fused projection
+        _slice_part(walk, node, slot, k, s, e, part, moves_end)
+        return
+    _require_unstrided(walk, node, slot, dim)
+    lo, hi = slot.offset * slot.block, (slot.offset + walk.group.width) * slot.block
     if starts[k] < 0 or (ends[k] < 0 and e > lo):
         raise GrowError(f"{desc(node)} slices the channel axis from its end.")
-    moves_end = ends[k] <= dim  # an explicit end (dim itself included) moves with new channels
     if s <= lo and hi <= e:
         if (lo - s) % slot.block:
             raise GrowError(f"{desc(node)} cuts into a channel block.")
@@ -172,7 +182,38 @@ def slice_(walk, node, side, index, slot):
         if moves_end:
             walk.shape_edit(ShapeEdit(node, 2, k, slot.block))
     elif e > lo:
+        if (slot.offset, slot.block, slot.total) == (0, 1, dim) and e > s and dim % (e - s) == 0 and s % (e - s) == 0:
+            raise Restructure([(dim // (e - s), 1)], f"{desc(node)} cuts the widened channels into "
+                              f"{dim // (e - s)} equal parts (a fused projection)")
         raise GrowError(f"{desc(node)} takes part of the widened channels; this cannot be widened.")
+
+
+def _slice_part(walk, node, slot, k, s, e, part, moves_end):
+    """A Slice that takes whole part p of a tensor holding `outer` parts that grow alike (q, k or
+    v of a fused qkv projection): its bounds move by p and p + 1 parts' growth."""
+    if s % part or e - s != part:
+        raise GrowError(f"{desc(node)} cuts a fused projection into unequal parts (as the q, k and v of a "
+                        "fused qkv with grouped-query attention): onnxgrow grows a fused projection only when "
+                        "its parts are equal. Its other layers grow; so does an export with separate q/k/v "
+                        "projections.")
+    p = s // part
+    if p:
+        walk.shape_edit(ShapeEdit(node, 1, k, p * slot.block))
+    if moves_end:
+        walk.shape_edit(ShapeEdit(node, 2, k, (p + 1) * slot.block))
+    walk.join(node.outputs[0], slot, node)
+
+
+def _slice_backward(walk, node, slot, axes, starts, ends, steps):
+    if slot.axis in axes:
+        k = axes.index(slot.axis)
+        dim = static_dim(node.inputs[0], slot.axis)
+        if dim is None or starts[k] != 0 or steps[k] != 1 or ends[k] < dim or dim != static_dim(node.outputs[0], slot.axis):
+            raise GrowError(f"the widened channels come out of {desc(node)}, which keeps only part of "
+                            "its input's channel axis; widen the layer that produces its input instead.")
+        if ends[k] == dim:  # an explicit end moves with the new channels
+            walk.shape_edit(ShapeEdit(node, 2, k, slot.block))
+    walk.join_input(node, 0, slot)
 
 
 def gather(walk, node, side, index, slot):
@@ -223,7 +264,8 @@ def expand(walk, node, side, index, slot):
     in_rank = need_rank(node.inputs[0], node)
     axis = slot.axis + (out_rank - in_rank if side == "in" else 0)
     in_axis = axis - (out_rank - in_rank)
-    if in_axis < 0 or static_dim(node.inputs[0], in_axis) == 1:
+    broadcast = in_axis < 0 or (static_dim(node.inputs[0], in_axis) == 1 and static_dim(node.outputs[0], axis) != 1)
+    if broadcast and side == "in":
         raise GrowError(f"{desc(node)} broadcasts a single value over the widened channels.")
     target = g.constant(node.inputs[1])
     length = len(target) if target is not None else (
@@ -237,9 +279,15 @@ def expand(walk, node, side, index, slot):
             raise GrowError(f"{desc(node)} expands the channel axis to a size computed at run "
                             "time; onnxgrow cannot keep it consistent.")
         _, (holder, idx, pos), value = entry
-        if value not in (1, -1):
+        if value not in (1, -1) or broadcast:
             walk.shape_edit(ShapeEdit(holder, idx, pos, static_dim(node.outputs[0], axis) // slot.total,
                                       consumer=node))
+    elif broadcast:
+        raise GrowError(f"{desc(node)} broadcasts a single value over the widened channels.")
+    if broadcast:  # every channel along the axis is a copy of one value (repeat_kv): so are new ones
+        walk.group.broadcasts.append(node)
+        walk.join(node.outputs[0], slot.moved(axis), node)
+        return
     walk.join_input(node, 0, slot.moved(in_axis))
     walk.join(node.outputs[0], slot.moved(axis), node)
 
@@ -291,8 +339,18 @@ def reshape(walk, node, side, index, slot):
         follow_reshape(out, data, slot, node), slot)
     if node.op_type == "Reshape":
         _reshape_target_edit(walk, node, in_slot, out_slot)
+    if (walk.group.outer, walk.group.block) == (1, 1) and _single_head(data, out, in_slot, out_slot, walk.group.width):
+        walk.alternatives.append((1, walk.group.width))
     walk.join_input(node, 0, in_slot)
     walk.join(out, out_slot, node)
+
+
+def _single_head(data, out, in_slot, out_slot, units) -> bool:
+    """A reshape (B, T, d) → (B, T, 1, d): one attention head (multi-query attention's key and
+    value). The channels map onto the head size, but the head as a whole is also a unit to grow."""
+    return (in_slot.offset == 0 and in_slot.block == 1 and in_slot.total == units == out_slot.total
+            and out_slot.block == 1 and out_slot.axis > 0 and static_dim(out, out_slot.axis - 1) == 1
+            and static_dim(data, in_slot.axis) == units)
 
 
 def _reshape_target_edit(walk, node, in_slot, out_slot):

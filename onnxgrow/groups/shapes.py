@@ -172,6 +172,7 @@ def follow_reshape(src, dst, slot, node):
     if a is None or b is None:
         raise GrowError(f"the shapes around {desc(node)} are unknown, so the channel axis cannot "
                         "be followed through it. Export with static shapes.")
+    a, b = _without_common_tail(a, b, slot.axis)
     inner_dims = a[slot.axis + 1:]
     if not all(isinstance(d, int) for d in inner_dims):
         raise GrowError(f"{desc(node)} merges the channel axis with dynamic dimensions.")
@@ -183,6 +184,9 @@ def follow_reshape(src, dst, slot, node):
         if not isinstance(d, int):
             break
         if inner % stride == 0 and (stride * d) % span == 0:
+            while slot.total == 1 and axis > 0 and b[axis - 1] == 1 and inner % (stride * d) == 0:
+                stride, axis = stride * d, axis - 1  # a single unit that fills the axis: the outer
+                d = 1  # size-1 axis counts it (one head of (B, T, 1, d) is a head, not d channels)
             return Slot(axis, slot.offset, slot.total, inner // stride)
         stride *= d
         if stride > inner:
@@ -194,6 +198,17 @@ def follow_reshape(src, dst, slot, node):
         raise Restructure([(int(np.prod(split[:k])), int(np.prod(split[k + 1:])))
                            for k in range(len(split)) if split[k] > 1], why)
     raise GrowError(f"{why}; onnxgrow cannot widen through it.")
+
+
+def _without_common_tail(a: tuple, b: tuple, axis: int) -> tuple[tuple, tuple]:
+    """Both shapes with the trailing dims they share (after `axis` in `a`) set to 1: a reshape
+    keeps the flat order, so dims that end both shapes alike (the sequence and head size of
+    repeat_kv's (B, kv, rep, T, d) → (B, kv·rep, T, d), dynamic or not) do not move the channels."""
+    dynamic = [i for i in range(axis + 1, len(a)) if not isinstance(a[i], int)]
+    k = len(a) - dynamic[0] if dynamic else 0  # up to the outermost dynamic dim: equal ints may differ in meaning
+    if k == 0 or k > len(b) or tuple(a[-k:]) != tuple(b[-k:]):
+        return a, b
+    return a[:len(a) - k] + (1,) * k, b[:len(b) - k] + (1,) * k
 
 
 def split_dims(a, b, slot):

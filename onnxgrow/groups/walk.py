@@ -27,6 +27,7 @@ class Walk:
         self.done: set[tuple] = set()
         self.edited: set[tuple] = set()
         self.came_from: dict = {}  # value -> the node whose rule added it (not walked back into)
+        self.alternatives: list = []  # (outer, block) views to try if this walk fails (a single head)
 
     # rules call these ------------------------------------------------------
     def join(self, value: ir.Value | None, slot: Slot, via: ir.Node, index: int | None = None) -> None:
@@ -196,29 +197,18 @@ def find_group(node: ir.Node) -> Group:
             return walk.run()
         except Restructure as exc:
             error = exc if error is None else error
-            if block == 1:  # compose: the split applies to the units of this view
-                composed = [(outer * o, b) for o, b in exc.candidates]
-                pending += [c for c in composed if c not in tried and width % (c[0] * c[1]) == 0]
+            # compose: the split applies to the units of this view. Inside a view of heads, the
+            # finer split comes first: query heads grouped per key/value head (outer = kv heads)
+            # before whole groups of query heads
+            composed = [(outer * o, block * b) for o, b in sorted(exc.candidates, key=lambda c: c[1] if block > 1 else 0)]
+            pending += [c for c in composed + walk.alternatives
+                        if c not in tried and c not in pending and width % (c[0] * c[1]) == 0]
         except GrowError as exc:  # a restructured walk got further: its reason is the useful one
+            pending += [c for c in walk.alternatives if c not in tried and c not in pending]
             if heads_error is None or block == 1:
                 error = exc
             if block > 1 and heads_error is None:
                 heads_error, heads_block = exc, block  # where the walk that saw attention heads stopped
     if heads_error is not None:
-        raise GrowError(f"{heads_error} (seen as attention heads of {heads_block} channels; grouped-query "
-                        "attention, whose key/value heads are repeated for several query heads, cannot "
-                        "be grown by query heads yet)" if _repeats_heads(out) else str(heads_error)) from None
+        raise GrowError(f"{heads_error} (seen as attention heads of {heads_block} channels)") from None
     raise GrowError(str(error)) from None
-
-
-
-def _repeats_heads(value: ir.Value) -> bool:
-    """Whether the graph repeats key/value heads for several query heads (transformers'
-    repeat_kv: Unsqueeze → Expand → Reshape): a hint for the refusal message only."""
-    for node in value.graph or ():
-        if node.op_type == "Expand" and node.inputs[0] is not None:
-            source = node.inputs[0].producer()
-            if source is not None and source.op_type == "Unsqueeze" and any(
-                    u.node.op_type == "Reshape" for u in node.outputs[0].uses()):
-                return True
-    return False
