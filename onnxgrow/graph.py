@@ -78,6 +78,7 @@ def _from_proto(proto: onnx.ModelProto, what: str, base_dir: Path | None = None)
         model = ir.from_proto(proto)
     except Exception as exc:
         raise GrowError(f"the {what} is not a valid ONNX model ({short_message(exc)}).") from None
+    model.graph.meta["onnxgrow.source"] = (proto, len(proto.graph.node))  # read while the graph is unedited
     return model
 
 
@@ -421,6 +422,74 @@ def set_input_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.nda
     edited(graph)
 
 
+def prepare(model: ir.Model) -> None:
+    """Make `model` ready for the analyses: sequences split into plain Splits, shapes inferred."""
+    infer_shapes(model)
+    if split_sequences(model.graph):
+        infer_shapes(model)
+
+
+def split_sequences(graph: ir.Graph) -> int:
+    """SplitToSequence read only by SequenceAt at constant positions (the raw dynamo exporter's
+    `torch.split`/`chunk`) becomes a Split with one output per part: the same values, in ops the
+    channel rules know."""
+    from . import ops
+
+    done = 0
+    for node in list(graph):
+        if node.op_type != "SplitToSequence" or not ops.is_onnx(node):
+            continue
+        parts = _sequence_parts(node)
+        if parts is None:
+            continue
+        sizes, picks = parts
+        split = ir.Node("", "Split", [node.inputs[0]], [ir.AttrInt64("axis", attr(node, "axis", 0))],
+                        num_outputs=len(sizes), name=unique_name(graph, f"{node.name}.split"))
+        if ops.opset(graph) < 13:
+            split.attributes["split"] = ir.AttrInt64s("split", sizes)
+        else:
+            split.resize_inputs(2)
+            split.replace_input_with(1, new_initializer(graph, f"{node.name}.sizes", np.array(sizes, np.int64)))
+        for i, out in enumerate(split.outputs):
+            out.name = unique_name(graph, f"{node.name}.part{i}")
+        graph.insert_before(node, split)
+        for at, position in picks:
+            out = split.outputs[position]
+            out.shape, out.type = at.outputs[0].shape, at.outputs[0].type
+            ir.convenience.replace_all_uses_with(at.outputs[0], out)
+            graph.remove(at, safe=True)
+        graph.remove(node, safe=True)
+        done += 1
+    if done:
+        edited(graph)
+    return done
+
+
+def _sequence_parts(node: ir.Node):
+    """(sizes, [(SequenceAt node, position)]) when `node` can become a Split, else None."""
+    axis = attr(node, "axis", 0)
+    shape = static_shape(node.inputs[0], probe=False)
+    split = constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if shape is None or split is None or not isinstance(shape[axis], int):
+        return None
+    dim = shape[axis]
+    if split.ndim == 0:
+        step = int(split)
+        sizes = [min(step, dim - start) for start in range(0, dim, step)]
+    else:
+        sizes = [int(v) for v in split]
+    if sum(sizes) != dim or not sizes:
+        return None
+    picks = []
+    for use in node.outputs[0].uses():
+        at = use.node
+        position = constant(at.inputs[1]) if at.op_type == "SequenceAt" and len(at.inputs) > 1 else None
+        if position is None or at.outputs[0].is_graph_output():
+            return None
+        picks.append((at, int(position) % len(sizes)))
+    return (sizes, picks) if picks and not node.outputs[0].is_graph_output() else None
+
+
 def infer_shapes(model: ir.Model) -> None:
     """Fill in value shapes with onnx shape inference.
 
@@ -433,19 +502,11 @@ def infer_shapes(model: ir.Model) -> None:
         if value.const_value is not None:
             value.shape = value.shape or value.const_value.shape
             value.dtype = value.dtype or value.const_value.dtype
-    big = [v for v in values if v.const_value is None or v.const_value.nbytes > 1000]
-    inputs = set(graph.inputs)
-    extra = [v for v in big if v not in inputs]
-    for value in big:
-        graph.initializers.pop(value.name)
-    graph.inputs.extend(extra)
-    try:
-        proto = ir.serde.serialize_model(model)
-    finally:
-        for _ in extra:
-            graph.inputs.pop()
-        for value in big:
-            graph.initializers.add(value)
+    source, nodes = graph.meta.get("onnxgrow.source", (None, None))
+    if source is not None and edit_count(graph) == 0 and nodes == graph.num_nodes():
+        proto = _without_big_weights(source)  # the loaded proto: no Python serialisation
+    else:
+        proto = _serialize_without_big_weights(model)
     graph.meta["onnxgrow.model"] = model
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
@@ -465,6 +526,44 @@ def infer_shapes(model: ir.Model) -> None:
             value_type = ir.serde.deserialize_type_proto_for_type(proto_type)
             if value_type is not None and out.type is None:
                 out.type = value_type
+
+
+def _serialize_without_big_weights(model: ir.Model) -> onnx.ModelProto:
+    graph = model.graph
+    big = [v for v in graph.initializers.values() if v.const_value is None or v.const_value.nbytes > 1000]
+    inputs = set(graph.inputs)
+    extra = [v for v in big if v not in inputs]
+    for value in big:
+        graph.initializers.pop(value.name)
+    graph.inputs.extend(extra)
+    try:
+        return ir.serde.serialize_model(model)
+    finally:
+        for _ in extra:
+            graph.inputs.pop()
+        for value in big:
+            graph.initializers.add(value)
+
+
+def _without_big_weights(source: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `source` whose initializers over 1 kB are data-less inputs (copied in C++)."""
+    light = onnx.ModelProto()
+    light.ir_version = source.ir_version
+    light.opset_import.extend(source.opset_import)
+    light.functions.extend(source.functions)
+    graph, src = light.graph, source.graph
+    graph.name = src.name
+    graph.node.extend(src.node)
+    graph.input.extend(src.input)
+    graph.output.extend(src.output)
+    graph.value_info.extend(src.value_info)
+    inputs = {i.name for i in src.input}
+    for tensor in src.initializer:
+        if tensor.ByteSize() <= 1000 and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            graph.initializer.append(tensor)
+        elif tensor.name not in inputs:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return light
 
 
 def remove_unused(model: ir.Model) -> None:

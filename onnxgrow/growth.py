@@ -140,13 +140,14 @@ def grow_model(model: ir.Model, plan: GrowthPlan, progress=None) -> dict:
     """Carry out `plan` on `model` in place; return the summary (groups, insertions, skips)."""
     say = progress or (lambda message: None)
     graph = model.graph
-    g.infer_shapes(model)
+    g.prepare(model)
     before = g.parameter_count(model)
     grown: dict[int, _Grown] = {}  # id(producer) -> the spec and width its group got
     groups, skipped, mappings = [], [], []
+    selected = {target: names.select(graph, target) for target in plan.widen}  # before any edit
     for target, width_text in plan.widen.items():
         kind, amount = parse_width(width_text, target)
-        widened = _each_selected(graph, target, target, "widen", skipped,
+        widened = _each_selected(selected[target], target, target, "widen", skipped,
                                  lambda node: _widen_one(graph, node, target, kind, amount, plan, grown))
         for _, record in widened:
             if record is not None:
@@ -206,7 +207,7 @@ def _deepen_all(model, plan, skipped, say) -> list[dict]:
             say(f"copied block {target} ({method or 'zero'})")
             continue
         method = method or "net2net"
-        inserted = _each_selected(model.graph, target, spec, "deepen after", skipped,
+        inserted = _each_selected(names.select(model.graph, target), target, spec, "deepen after", skipped,
                                   lambda node: deepening.deepen_node(model, node, method=method, seed=plan.seed))
         for node, done in inserted:
             insertions.append({"spec": spec, "after": names.module_path(node) or node.name,
@@ -215,12 +216,13 @@ def _deepen_all(model, plan, skipped, say) -> list[dict]:
     return insertions
 
 
-def _each_selected(graph, target: str, spec: str, verb: str, skipped: list, action) -> list:
-    """(node, action(node)) for every layer `target` selects. An explicitly named layer that cannot
-    be grown is an error; a glob skips such layers, listing why, and must grow at least one."""
+def _each_selected(nodes, target: str, spec: str, verb: str, skipped: list, action) -> list:
+    """(node, action(node)) for every layer of `nodes` (what `target` selects). An explicitly named
+    layer that cannot be grown is an error; a glob skips such layers, listing why, and must grow at
+    least one."""
     explicit = not any(c in target for c in names.GLOB_CHARS)
     done = []
-    for node in names.select(graph, target):
+    for node in nodes:
         try:
             done.append((node, action(node)))
         except GrowError as exc:

@@ -102,9 +102,24 @@ def layer_names(graph: ir.Graph) -> list[tuple[ir.Node, list[str]]]:
     return [(node, aliases(node)) for node in graph if g.is_weight_layer(node)]
 
 
+def _index(graph: ir.Graph) -> tuple[dict, list]:
+    """{node name: nodes} and `layer_names(graph)`, computed once while the graph is unedited
+    (a grow plan resolves many targets)."""
+    key = (g.edit_count(graph), graph.num_nodes())
+    cached = graph.meta.get("onnxgrow.layer_index")
+    if cached is None or cached[0] != key:
+        by_name: dict[str, list] = {}
+        for node in graph:
+            by_name.setdefault(node.name, []).append(node)
+        cached = (key, by_name, layer_names(graph))
+        graph.meta["onnxgrow.layer_index"] = cached
+    return cached[1], cached[2]
+
+
 def resolve(graph: ir.Graph, text: str, *, what: str = "layer") -> ir.Node:
     """The node `text` names: a node name, a module path, or a unique dotted suffix of one."""
-    named = [node for node in graph if node.name == text]
+    by_name, layers = _index(graph)
+    named = by_name.get(text, [])
     if len(named) > 1:
         raise GrowError(
             f"{len(named)} nodes are named {text!r} ({', '.join(n.op_type for n in named[:5])}), so the "
@@ -112,7 +127,6 @@ def resolve(graph: ir.Graph, text: str, *, what: str = "layer") -> ir.Node:
             "or rename them with onnx), or name the layer by its module path.")
     if named:
         return named[0]
-    layers = layer_names(graph)
     exact = [(n, paths) for n, paths in layers if text in paths]
     matches = exact or [(n, paths) for n, paths in layers if any(p.endswith("." + text) for p in paths)]
     if len(matches) == 1:
@@ -140,7 +154,7 @@ def select(graph: ir.Graph, pattern: str) -> list[ir.Node]:
     order; a pattern without glob characters names exactly one layer (see `resolve`)."""
     if not any(c in pattern for c in GLOB_CHARS):
         return [resolve(graph, pattern)]
-    layers = layer_names(graph)
+    _, layers = _index(graph)
     chosen = [node for node, paths in layers
               if fnmatch.fnmatchcase(node.name or "", pattern)
               or any(fnmatch.fnmatchcase(p, pattern) for p in paths)]

@@ -24,6 +24,7 @@ requested units, or the new kernel's taps times the output channels) against Mem
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -131,6 +132,7 @@ def _check_initializers(g: onnx.GraphProto, where: str, base_dir: Path | None) -
         _check_tensor_data(t, where, base_dir)
 
 
+@functools.lru_cache(maxsize=None)
 def _itemsize_bits(data_type: int) -> int | None:
     if data_type == onnx.TensorProto.STRING:
         return None
