@@ -157,15 +157,31 @@ def _write_inline(model: ir.Model, path: Path) -> None:
     with open(path, "wb") as f:
         f.write(head)
         for value in values:
-            tensor = value.const_value
-            if isinstance(tensor, ir.ExternalTensor):
-                tensor = ir.tensor(tensor.numpy(), name=value.name)
-            chunk = onnx.GraphProto()
-            ir.serde.serialize_tensor_into(chunk.initializer.add(), tensor)
-            data = chunk.SerializeToString()
-            del chunk
-            f.write(b"\x3a" + _varint(len(data)))  # field 7 (ModelProto.graph), length-delimited
-            f.write(data)
+            for piece in _initializer_chunk(value):
+                f.write(piece)
+
+
+def _initializer_chunk(value: ir.Value) -> list:
+    """The bytes of `graph { initializer { … } }` for one weight: a plain numeric array is written
+    as its tensor header followed by its raw bytes straight from numpy (no copies of the weight);
+    anything else through onnx-ir's serialiser."""
+    tensor = value.const_value
+    array = tensor.numpy() if tensor.dtype.bitwidth >= 8 and tensor.dtype != ir.DataType.STRING else None
+    if array is None or tensor.doc_string or tensor.metadata_props:
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor = ir.tensor(tensor.numpy(), name=value.name)
+        chunk = onnx.GraphProto()
+        ir.serde.serialize_tensor_into(chunk.initializer.add(), tensor)
+        data = chunk.SerializeToString()
+        return [b"\x3a" + _varint(len(data)), data]  # field 7 (ModelProto.graph), length-delimited
+    raw = memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")
+    if array.dtype.byteorder == ">":
+        raw = memoryview(array.astype(array.dtype.newbyteorder("<")).reshape(-1)).cast("B")
+    header = onnx.TensorProto(name=value.name, data_type=tensor.dtype.value, dims=array.shape).SerializeToString()
+    header += b"\x4a" + _varint(len(raw))  # field 9 (TensorProto.raw_data)
+    initializer = b"\x2a" + _varint(len(header) + len(raw))  # field 5 (GraphProto.initializer)
+    graph_head = initializer + header
+    return [b"\x3a" + _varint(len(graph_head) + len(raw)), graph_head, raw]
 
 
 def _varint(n: int) -> bytes:

@@ -19,7 +19,7 @@ Deepening (see deepening.py):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import GrowError, InternalError
 
@@ -59,10 +59,11 @@ class Net2Net(WidenMethod):
         return copies
 
     def grow_consumer(self, plan, array, axis, slot, copies):
+        import numpy as np
 
-        scaled = plan.scale(array, axis, slot, plan.s_old)
-        part = copies * plan.s_new[None, None, :, None, None]
-        return plan.insert(scaled, axis, slot, part)
+        grown = plan.insert(array, axis, slot, copies)  # then every copy's share, in place
+        wide = replace(slot, total=slot.total + plan.new)
+        return plan.scale(grown, axis, wide, np.concatenate([plan.s_old, plan.s_new]), in_place=True)
 
 
 class NetMorph(WidenMethod):

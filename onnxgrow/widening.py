@@ -93,16 +93,21 @@ def insert_channels(array, axis, slot, n, new_part) -> np.ndarray:
     """`array` with `new_part` (5-D, k channels) inserted after the group's n channels."""
     view = _view(array, axis, slot)
     at = slot.offset + n
-    grown = np.concatenate([view[:, :, :at], new_part.astype(array.dtype), view[:, :, at:]], axis=2)
+    grown = np.concatenate([view[:, :, :at], new_part.astype(array.dtype, copy=False), view[:, :, at:]], axis=2)
     shape = list(array.shape)
     shape[axis] = grown.shape[1] * grown.shape[2] * grown.shape[3]
     return grown.reshape(shape)
 
 
-def scale_channels(array, axis, slot, factors) -> np.ndarray:
-    view = _view(array, axis, slot).astype(np.float64)
-    view[:, :, slot.offset:slot.offset + len(factors)] *= np.asarray(factors)[None, None, :, None, None]
-    return view.reshape(array.shape).astype(array.dtype)
+def scale_channels(array, axis, slot, factors, in_place: bool = False) -> np.ndarray:
+    """`array` with the group's first len(factors) channels multiplied by `factors` (in float32
+    or wider: one rounding of the product, without a float64 copy of a large weight)."""
+    out = array if in_place else array.copy()
+    view = _view(out, axis, slot)
+    part = slice(slot.offset, slot.offset + len(factors))
+    f = np.asarray(factors, dtype=np.result_type(out.dtype, np.float32))[None, None, :, None, None]
+    view[:, :, part] = (view[:, :, part] * f).astype(out.dtype, copy=False)
+    return out
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -153,8 +158,8 @@ class Plan:
     def view(self, array, axis, slot):
         return _view(array, axis, slot)
 
-    def scale(self, array, axis, slot, factors):
-        return scale_channels(array, axis, slot, factors)
+    def scale(self, array, axis, slot, factors, in_place: bool = False):
+        return scale_channels(array, axis, slot, factors, in_place)
 
     def insert(self, array, axis, slot, part):
         return insert_channels(array, axis, slot, self.n, part)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark `onnxgrow grow` (issue 8, item 4) against plain onnx load + save, in one run.
 
-    python tools/bench_grow.py [--quick] [--models nodes,inline,external]
+    python tools/bench_grow.py [--quick] [--models nodes,inline,external] [--repeats 3]
 
 Models are the ones tools/bench_widen.py builds (its builders, reused): `nodes` the 24,000-node
 chain, `inline` the 101M-parameter FFN stack, `external` the 604M-parameter stack with its
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def run(step: str, src: str, dst: str, spec: dict) -> dict:
     return json.loads(lines[-1][7:])
 
 
-def bench(name: str, model: dict, work: Path) -> list[str]:
+def bench(name: str, model: dict, work: Path, repeats: int) -> list[str]:
     src, big = model["path"], model["bytes"] > 2_000_000_000
     student = str(work / f"{name}.grow.onnx")
     if name == "nodes":
@@ -78,10 +79,13 @@ def bench(name: str, model: dict, work: Path) -> list[str]:
     else:
         steps = {"grow*x2": {"widen": ["*=x2"]}}
     results = {}
-    for step, spec in steps.items():
-        results[step] = run(step, src, student, spec)
-    results["baseline"] = run("baseline", src, str(work / "base.onnx"),
-                              {"student": student, "big": big})
+    for _ in range(repeats):  # steps alternate with the baseline; the median of each is reported
+        for step, spec in steps.items():
+            results.setdefault(step, []).append(run(step, src, student, spec))
+        results.setdefault("baseline", []).append(run("baseline", src, str(work / "base.onnx"),
+                                                      {"student": student, "big": big}))
+    results = {step: {"seconds": statistics.median(r["seconds"] for r in runs),
+                      "peak_rss": max(r["peak_rss"] for r in runs)} for step, runs in results.items()}
     size = bw.model_bytes(student)
     base = results["baseline"]["seconds"]
     lines = []
@@ -95,6 +99,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default="nodes,inline")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each step (median seconds, max RSS)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -105,6 +110,7 @@ def main(argv=None) -> None:
         return
     sizes = bw.SIZES["quick" if args.quick else "full"]
     print(bw.machine())
+    print(f"median of {args.repeats} run(s) per step")
     print("| model | step | seconds | × baseline | peak RSS GiB | peak RSS ÷ student size |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-grow-") as tmp:
@@ -117,7 +123,7 @@ def main(argv=None) -> None:
             else:
                 d, blocks, external = sizes[name]
                 model = bw.build_model(path, d, blocks, external)
-            for line in bench(name, model, work):
+            for line in bench(name, model, work, args.repeats):
                 print(line, flush=True)
 
 
