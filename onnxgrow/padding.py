@@ -89,8 +89,11 @@ class PadPlan:
     def __init__(self, graph: ir.Graph, group: gr.Group, n: int, q: int, method: str, seed: int,
                  layer: str):
         if group.outer != 1 or group.block != 1:
-            raise GrowError(f"cannot widen {layer!r} to a width that is not a multiple of {n}: its "
-                            "normalised channels also come in heads or conv groups.")
+            current = n * group.outer * group.block
+            raise GrowError(f"cannot widen {layer!r} to a width that is not a multiple of {current}: "
+                            f"its norms ({', '.join(group.uniform_only[:2])}) average over all of its channels, "
+                            "which come in heads or conv groups: they stay exact only when every one is "
+                            f"copied equally often (e.g. --width {2 * current}).")
         self.n, self.q, self.method, self.layer = n, q, method, layer
         self.rng = np.random.default_rng(seed)
         self.ratio = n / q  # d/d′

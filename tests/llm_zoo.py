@@ -15,7 +15,7 @@ import onnx
 import torch
 
 VOCAB = 64  # the contract checker feeds integer inputs in [0, 50)
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3", "gpt_neox")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "olmo2", "phi3", "gpt_neox")
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, max_position_embeddings=64, attn_implementation="eager")
 
@@ -34,6 +34,8 @@ def config(family: str):
     if family == "gemma":  # multi-query, head size 16 ≠ 32/4, (1 + w) RMSNorm, GeGLU, √d-scaled tied embeddings
         return tf.GemmaConfig(**COMMON, num_key_value_heads=1, head_dim=16, hidden_activation="gelu_pytorch_tanh",
                               tie_word_embeddings=True)
+    if family == "olmo2":  # RMSNorm over the whole q and k projections (all heads), post-norm blocks
+        return tf.Olmo2Config(**COMMON, num_key_value_heads=2, tie_word_embeddings=False)
     if family == "phi3":  # fused qkv_proj and gate_up_proj
         return tf.Phi3Config(**COMMON, num_key_value_heads=4, tie_word_embeddings=False,
                              pad_token_id=0)

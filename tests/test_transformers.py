@@ -89,3 +89,14 @@ def test_fused_projections_grow_per_part(llm_model, family, variant, layer, meth
     student = og.widen(teacher, layer=layer, width=2 * width, method=method, seed=6)
     _assert_same(teacher, student)
     assert _out_width(student, layer) == 2 * width
+
+
+@pytest.mark.parametrize("method", ["net2net", "netmorph", "r2r"])
+def test_a_norm_over_all_heads_keeps_its_statistics_under_whole_head_copies(llm_model, method):
+    """OLMo2's q_norm/k_norm average over every head of q and k: doubling the heads copies each
+    one equally often (uniform replication), exact; 1.5× is refused with the multiple that works."""
+    teacher = llm_model("olmo2")
+    student = og.widen(teacher, layer="model.layers.0.self_attn.q_proj", width=64, method=method, seed=2)
+    _assert_same(teacher, student)
+    with pytest.raises(GrowError, match="multiple of 32.*copied equally often"):
+        og.widen(teacher, layer="model.layers.0.self_attn.q_proj", width=48, method=method)

@@ -108,7 +108,9 @@ def _mark_uniform(walk, node):
 
 
 def _require_whole_axis(walk, node, slot):
-    if slot.offset != 0 or slot.block != 1 or slot.total != walk.group.width:
+    """A mean over the channel axis survives uniform replication when the group is the whole axis
+    (whole heads or channel blocks copied equally often: OLMo2's q_norm over all heads)."""
+    if slot.offset != 0 or slot.total != walk.group.width:
         raise GrowError(f"{desc(node)} normalises over the widened channels together with other "
                         "features; no replication keeps its statistics.")
 
