@@ -176,7 +176,7 @@ def lm_quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm-quick")
     experiment.main(["--task", "lm", "--quick", "--seeds", "1", "--teacher-steps", "40", "--student-steps", "10",
                      "--scratch-steps", "20", "--eval-every", "10", "--val-windows", "16",
-                     "--runs", "scratch_both,both_net2net,both_net2net_fresh,both_random", "--out", str(out)])
+                     "--runs", "scratch_both,both_net2net,both_net2net_fresh,both_r2r,both_random", "--out", str(out)])
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -186,7 +186,7 @@ def test_grown_students_match_and_start_at_the_teachers_loss(lm_quick):
     out, result = lm_quick
     runs = result["per_seed"]["0"]
     start = runs["teacher"]["val_loss"][-1]
-    for run in ("both_net2net", "both_net2net_fresh"):
+    for run in ("both_net2net", "both_net2net_fresh", "both_r2r"):
         assert runs[run]["verify_ok"] is True and abs(runs[run]["val_loss"][0] - start) <= 1e-5 * start
     assert runs["both_random"]["verify_ok"] is False and runs["both_net2net"]["state_carried"] > 0
     assert og.verify(str(out / "models/teacher.onnx"), str(out / "models/both_net2net.onnx")).ok

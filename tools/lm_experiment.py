@@ -19,7 +19,9 @@ Runs, per seed. The teacher (2 layers, width 64, 4 heads) trains for teacher_ste
 heads and FFN ×2), deeper (a copy of each block inserted after it, branch outputs zero), both.
 Each student is verified against the teacher in onnxruntime, converted with onnxgrow.to_torch and
 trained on: with the teacher's AdamW state carried into it (onnxgrow.optim, net2net), with a
-fresh AdamW (net2net_fresh), and grown with `random` (new units random; new blocks re-drawn).
+fresh AdamW (net2net_fresh), grown with r2r (new units in ±V pairs, block copies with paired
+outputs: function-preserving with the copies' symmetry broken), and grown with `random` (new
+units random; new blocks re-drawn).
 Baselines: each big shape trained from scratch, and the teacher trained on without growth.
 
 Optimiser: AdamW (β = 0.9, 0.95, weight decay WEIGHT_DECAY), linear warm-up over WARMUP steps then a
@@ -93,6 +95,8 @@ for _shape in ("wider", "deeper", "both"):
     RUNS.update({
         f"{_shape}_net2net": ("grown", _shape, "net2net", True, f"{_shape}, net2net, teacher's AdamW state carried"),
         f"{_shape}_net2net_fresh": ("grown", _shape, "net2net", False, f"{_shape}, net2net, fresh AdamW (warm-up)"),
+        f"{_shape}_r2r": ("grown", _shape, "r2r", True, f"{_shape}, r2r (new units in ±V pairs, blocks with paired "
+                                                        "outputs: symmetry broken), teacher's AdamW state carried"),
         f"{_shape}_random": ("grown", _shape, "random", True, f"{_shape}, random growth (not preserving), state carried"),
         f"scratch_{_shape}": ("scratch", _shape, None, False, f"the {_shape} architecture from scratch"),
     })
@@ -290,7 +294,8 @@ def grow(teacher, shape: str, method: str, seed: int):
 
     spec = GROWTH[shape]
     if method != "random":
-        student, done = og.grow(teacher, **grow_kwargs(spec["widen"], spec["deepen"]), method=method,
+        deepen = [d.replace(":zero", ":r2r") for d in spec["deepen"]] if method == "r2r" else spec["deepen"]
+        student, done = og.grow(teacher, **grow_kwargs(spec["widen"], deepen), method=method,
                                 seed=seed, with_summary=True)
         return student, done["mappings"]
     wide, done = (og.grow(teacher, widen=spec["widen"], method="random", seed=seed, with_summary=True)
@@ -736,7 +741,8 @@ def plot(path: Path, result: dict):
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.8), squeeze=False)
     style = {"teacher": dict(color="grey", lw=2.5), "teacher_continued": dict(color="grey", ls=":"),
              "net2net": dict(color="tab:blue"), "net2net_fresh": dict(color="tab:cyan", ls="-."),
-             "random": dict(color="tab:red"), "scratch": dict(color="black", ls="--")}
+             "r2r": dict(color="tab:green"), "random": dict(color="tab:red"),
+             "scratch": dict(color="black", ls="--")}
     for ax, shape in zip(axes[0], shapes):
         for run, rec in summary.items():
             kind, run_shape, _, _, _ = RUNS[run]
