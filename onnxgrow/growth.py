@@ -144,7 +144,7 @@ def grow_model(model: ir.Model, plan: GrowthPlan, progress=None) -> dict:
     before = g.parameter_count(model)
     grown: dict[int, _Grown] = {}  # id(producer) -> the spec and width its group got
     groups, skipped, mappings = [], [], []
-    selected = {target: names.select(graph, target) for target in plan.widen}  # before any edit
+    selected = {target: _widest_groups_first(names.select(graph, target)) for target in plan.widen}  # before any edit
     for target, width_text in plan.widen.items():
         kind, amount = parse_width(width_text, target)
         widened = _each_selected(selected[target], target, target, "widen", skipped,
@@ -166,6 +166,22 @@ def grow_model(model: ir.Model, plan: GrowthPlan, progress=None) -> dict:
     lines += [f"skipped {s['layer']} ({s['target']}): {s['reason']}" for s in skipped]
     return summary("grow", lines, before, g.parameter_count(model), plan=plan.to_dict(), groups=groups,
                    insertions=insertions, skipped=skipped, mappings=mappings)
+
+
+def _widest_groups_first(nodes: list) -> list:
+    """`nodes` with the layers whose coupled group has more producers first (stable): under
+    grouped-query attention k_proj's group (key/value heads, with their query heads) contains
+    q_proj's (query heads per key/value head), so `*=x2` doubles q, k and v alike."""
+    if len(nodes) < 2:
+        return nodes
+
+    def producers(node) -> int:
+        try:
+            return len(gr.find_group(node).producers)
+        except GrowError:
+            return 0
+
+    return sorted(nodes, key=lambda node: -producers(node))
 
 
 def _widen_one(graph, node, spec, kind, amount, plan, grown) -> dict | None:

@@ -187,3 +187,21 @@ def test_a_shape_read_into_a_value_is_refused_not_widened_wrongly(tmp_path):
                 ids = np.random.default_rng(batch).integers(0, 10, (batch, 8)).astype(np.int64)
                 (want,), (got,) = run(path, {"ids": ids}), run(student, {"ids": ids})
                 assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-5
+
+
+@pytest.mark.parametrize("family,variant", [("llama", "dynamo"), ("qwen2", "dynamo"), ("phi3", "dynamo"),
+                                            ("gpt_neox", "dynamo"), ("llama", "dynamo_raw")])
+def test_transformers_module_paths_name_the_linear_that_owns_the_weight(llm_model, family, variant):
+    """Ground truth by weight values on transformers decoders: every nn.Linear's module path
+    (and its suffix without the wrapper, `model.layers.0.mlp.up_proj`) resolves to the node that
+    holds that Linear's weight (a tied lm_head: the embedding's, transposed)."""
+    from tests import llm_zoo
+
+    graph = G.load(llm_model(family, variant)).graph
+    module = llm_zoo.make(family)
+    linears = {name: m.weight.detach().numpy() for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+    assert len(linears) >= 8
+    for name, weight in linears.items():
+        for text in (name, name.removeprefix("lm.")):
+            node = names.resolve(graph, text)
+            assert _holds(G.constant(node.inputs[1]), weight), f"{text} resolves to {node.name}, not its weight"

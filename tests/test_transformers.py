@@ -100,3 +100,15 @@ def test_a_norm_over_all_heads_keeps_its_statistics_under_whole_head_copies(llm_
     _assert_same(teacher, student)
     with pytest.raises(GrowError, match="multiple of 32.*copied equally often"):
         og.widen(teacher, layer="model.layers.0.self_attn.q_proj", width=48, method=method)
+
+
+@pytest.mark.parametrize("family,variant", [("llama", "dynamo"), ("gemma", "dynamo"), ("phi3", "dynamo_raw")])
+def test_grow_star_x2_doubles_every_widenable_layer_exactly(llm_model, family, variant):
+    """`grow --widen '*=x2'` on a grouped/multi-query decoder: key/value heads double with their
+    query groups (k_proj's group first), so q, k, v, o, the FFN and the stream all double."""
+    teacher = llm_model(family, variant)
+    widenable = {r["name"]: r["width"] for r in og.inspect(teacher)["layers"] if r["widen"].get("methods")}
+    student = og.grow(teacher, widen={"*": "x2"})
+    _assert_same(teacher, student)
+    after = {r["name"]: r["width"] for r in og.inspect(student)["layers"]}
+    assert {n: after[n] for n in widenable} == {n: 2 * w for n, w in widenable.items()}

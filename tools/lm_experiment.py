@@ -841,7 +841,9 @@ def main(argv, repo: Path) -> int:
             wall_seconds=round(time.perf_counter() - t0, 1), environment=C.environment(dist, threads),
         )
         if args.reuse:
-            result["reused"] = dict(path=str(args.reuse), wall_seconds=json.loads(args.reuse.read_text())["wall_seconds"])
+            before = json.loads(args.reuse.read_text())  # its own reused runs' time included
+            result["reused"] = dict(path=str(args.reuse), wall_seconds=before["wall_seconds"]
+                                    + before.get("reused", {}).get("wall_seconds", 0))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(result, indent=1))
         write_table(out_dir / "table.md", result)
