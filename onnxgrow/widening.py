@@ -245,11 +245,16 @@ def check_width(node, n: int, width: int, method: str, group: gr.Group, padded: 
                         "onnxgrow only grows models.")
     repeat = group.outer * group.block
     if width % repeat:
-        what = (f"attention heads of {group.block} channels" if group.block > 1 else
-                f"a grouped convolution with {group.outer} groups")
+        if group.block > 1 and group.broadcasts and group.outer > 1:
+            what = (f"query heads of {group.block} channels in {group.outer} key/value heads' groups, "
+                    "which grow alike by whole heads")
+        elif group.block > 1:
+            what = f"attention heads of {group.block} channels, which grow as whole units"
+        else:
+            what = f"a grouped convolution with {group.outer} groups, which grow alike"
         raise GrowError(
-            f"cannot widen {name!r} to {width}: its channels are {what}, which grow as whole "
-            f"units; use a multiple of {repeat} (e.g. {2 * n}).")
+            f"cannot widen {name!r} to {width}: its channels are {what}; use a multiple of {repeat} "
+            f"(e.g. {-(-width // repeat) * repeat}).")
     if group.uniform_only and width % n and method != "random" and not padded:
         raise GrowError(
             f"cannot widen {name!r} to {width}: {', '.join(group.uniform_only[:3])} normalise over "
