@@ -518,7 +518,7 @@ def infer_shapes(model: ir.Model) -> None:
         if value.const_value is not None:
             value.shape = value.shape or value.const_value.shape
             value.dtype = value.dtype or value.const_value.dtype
-    source, nodes = graph.meta.get("onnxgrow.source", (None, None))
+    source, nodes = graph.meta.pop("onnxgrow.source", (None, None))  # not kept: it holds the teacher's weights
     if source is not None and edit_count(graph) == 0 and nodes == graph.num_nodes():
         proto = _without_big_weights(source)  # the loaded proto: no Python serialisation
     else:
@@ -575,11 +575,17 @@ def _without_big_weights(source: onnx.ModelProto) -> onnx.ModelProto:
     graph.value_info.extend(src.value_info)
     inputs = {i.name for i in src.input}
     for tensor in src.initializer:
-        if tensor.ByteSize() <= 1000 and tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and _small(tensor):
             graph.initializer.append(tensor)
         elif tensor.name not in inputs:
             graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
     return light
+
+
+def _small(tensor: onnx.TensorProto) -> bool:
+    """At most 1 kB of data (computed from the dims: ByteSize() walks a large tensor's bytes)."""
+    bits = validate.itemsize_bits(tensor.data_type)
+    return bits is not None and math.prod(tensor.dims) * bits <= 8000
 
 
 def remove_unused(model: ir.Model) -> None:

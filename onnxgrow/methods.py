@@ -44,6 +44,7 @@ class WidenMethod:
         return plan.random_like(array, copies.shape)
 
     copies_bias = False
+    copies_rows = False  # new producer rows are copies of their source units (new_rows returns `copies`)
 
     def grow_consumer(self, plan, array, axis, slot, copies):
         """The consumer weight with its new input columns (the whole grown array)."""
@@ -54,6 +55,7 @@ class Net2Net(WidenMethod):
     name = "net2net"
     help = "copies of existing units; their outgoing weights split (exact)"
     copies_bias = True
+    copies_rows = True
 
     def new_rows(self, plan, array, copies, slot):
         return copies
@@ -61,7 +63,7 @@ class Net2Net(WidenMethod):
     def grow_consumer(self, plan, array, axis, slot, copies):
         import numpy as np
 
-        grown = plan.insert(array, axis, slot, copies)  # then every copy's share, in place
+        grown = plan.insert_copies(array, axis, slot)  # then every copy's share, in place
         wide = replace(slot, total=slot.total + plan.new)
         return plan.scale(grown, axis, wide, np.concatenate([plan.s_old, plan.s_new]), in_place=True)
 

@@ -133,7 +133,7 @@ def _check_initializers(g: onnx.GraphProto, where: str, base_dir: Path | None) -
 
 
 @functools.lru_cache(maxsize=None)
-def _itemsize_bits(data_type: int) -> int | None:
+def itemsize_bits(data_type: int) -> int | None:
     if data_type == onnx.TensorProto.STRING:
         return None
     try:
@@ -149,7 +149,7 @@ def _check_tensor_data(t: onnx.TensorProto, where: str, base_dir: Path | None) -
         raise GrowError(f"the initializer {t.name!r} in {where} has a negative dimension "
                         f"{list(t.dims)}; the file is corrupt. Re-export the model.")
     count = math.prod(t.dims)
-    bits = _itemsize_bits(t.data_type)
+    bits = itemsize_bits(t.data_type)
     if t.data_location == onnx.TensorProto.EXTERNAL:
         if bits is not None:
             _check_external(t, where, base_dir, (count * bits + 7) // 8)

@@ -89,6 +89,19 @@ def take_channels(array, axis, slot, units) -> np.ndarray:
     return _view(array, axis, slot)[:, :, slot.offset + np.asarray(units, dtype=np.int64)]
 
 
+def insert_copies(array, axis, slot, n, units) -> np.ndarray:
+    """`array` with copies of the group channels `units` inserted after its n channels: one
+    gather into the grown array (no separate copies to concatenate)."""
+    view = _view(array, axis, slot)
+    at = slot.offset + n
+    index = np.concatenate([np.arange(at), slot.offset + np.asarray(units, dtype=np.int64),
+                            np.arange(at, view.shape[2])])
+    grown = np.take(view, index, axis=2)
+    shape = list(array.shape)
+    shape[axis] = grown.shape[1] * grown.shape[2] * grown.shape[3]
+    return grown.reshape(shape)
+
+
 def insert_channels(array, axis, slot, n, new_part) -> np.ndarray:
     """`array` with `new_part` (5-D, k channels) inserted after the group's n channels."""
     view = _view(array, axis, slot)
@@ -164,16 +177,24 @@ class Plan:
     def insert(self, array, axis, slot, part):
         return insert_channels(array, axis, slot, self.n, part)
 
+    def insert_copies(self, array, axis, slot):
+        return insert_copies(array, axis, slot, self.n, self.src)
+
     def grow(self, array: np.ndarray, edit: gr.WeightEdit, is_bias: bool) -> np.ndarray:
         slot, axis = edit.slot, edit.axis
+        copied = edit.role == "param" or (edit.role == "producer" and (
+            self.copies_only or (self.method.copies_bias if is_bias else self.method.copies_rows)))
+        if copied and not self.pairs_within(slot):
+            return self.insert_copies(array, axis, slot)  # per-channel values and copied rows
+        if edit.role == "consumer" and self.method.copies_rows:
+            return self.method.grow_consumer(self, array, axis, slot, None)  # split copies: no `copies` needed
         copies = take_channels(array, axis, slot, self.src)
-        if edit.role == "param":  # per-channel values: copied (both channels of a pair agree)
-            if self.pairs_within(slot):
-                copies = copies.copy()
-                copies[:, :, :, 1::2] = copies[:, :, :, 0::2]
+        if edit.role == "param":  # both channels of a pair agree
+            copies = copies.copy()
+            copies[:, :, :, 1::2] = copies[:, :, :, 0::2]
             return self.insert(array, axis, slot, copies)
         if edit.role == "producer":
-            if self.copies_only or (is_bias and self.method.copies_bias):
+            if copied:
                 part = copies
             elif is_bias:
                 part = np.zeros_like(copies)

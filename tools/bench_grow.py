@@ -6,7 +6,7 @@
 Models are the ones tools/bench_widen.py builds (its builders, reused): `nodes` the 24,000-node
 chain, `inline` the 101M-parameter FFN stack, `external` the 604M-parameter stack with its
 weights in a .data file (2.4 GB; run it only where there is room). Each step runs in a fresh
-Python process, timed after its imports; peak RSS is the child's own ru_maxrss.
+Python process, timed after its imports; peak RSS is the child's own VmHWM.
 
   baseline   onnx.load(teacher) + onnx.save of the student (the student written by `grow`,
              loaded untimed first), i.e. what any tool must at least read and write
@@ -60,6 +60,15 @@ def child(step: str, src: str, dst: str, spec: dict) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
+def _vm_hwm() -> int:
+    """This process's peak RSS in bytes. Not ru_maxrss: Linux carries that across execve, so a
+    child would report the parent's peak (the parent builds the models)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def run(step: str, src: str, dst: str, spec: dict) -> dict:
     cmd = [sys.executable, __file__, "--child", step, src, dst, json.dumps(spec)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -105,7 +114,7 @@ def main(argv=None) -> None:
     if args.child:
         step, src, dst, spec = args.child
         result = child(step, src, dst, json.loads(spec))
-        result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        result["peak_rss"] = _vm_hwm()
         print("RESULT " + json.dumps(result), flush=True)
         return
     sizes = bw.SIZES["quick" if args.quick else "full"]
