@@ -98,7 +98,7 @@ def _widen_entry(node: ir.Node, groups_by_producer: dict) -> dict:
     elif group.block > 1:
         entry["note"] = (f"grows by whole attention heads of {group.block} channels: the new width "
                          f"must be a multiple of {group.outer * group.block}")
-        query_group = max(e.slot.block for e in group.edits) // group.block
+        query_group = max((e.slot.block for e in group.edits), default=group.block) // group.block
         if query_group > 1:  # key/value heads of grouped-query attention
             entry["note"] += f" (each new key/value head comes with its {query_group} query heads)"
     elif group.outer > 1:
