@@ -449,8 +449,6 @@ def split_sequences(graph: ir.Graph) -> int:
     """SplitToSequence read only by SequenceAt at constant positions (the raw dynamo exporter's
     `torch.split`/`chunk`) becomes a Split with one output per part: the same values, in ops the
     channel rules know."""
-    from . import ops
-
     done = 0
     for node in list(graph):
         if node.op_type != "SplitToSequence" or not ops.is_onnx(node):

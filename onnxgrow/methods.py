@@ -44,7 +44,7 @@ class WidenMethod:
         return plan.random_like(array, copies.shape)
 
     copies_bias = False
-    copies_rows = False  # new producer rows are copies of their source units (new_rows returns `copies`)
+    copies_rows = False  # new producer rows are copies of their source units (then new_rows is not asked)
 
     def grow_consumer(self, plan, array, axis, slot, copies):
         """The consumer weight with its new input columns (the whole grown array)."""
@@ -55,10 +55,7 @@ class Net2Net(WidenMethod):
     name = "net2net"
     help = "copies of existing units; their outgoing weights split (exact)"
     copies_bias = True
-    copies_rows = True
-
-    def new_rows(self, plan, array, copies, slot):
-        return copies
+    copies_rows = True  # widening.Plan gathers the copies itself
 
     def grow_consumer(self, plan, array, axis, slot, copies):
         import numpy as np

@@ -96,10 +96,7 @@ def insert_copies(array, axis, slot, n, units) -> np.ndarray:
     at = slot.offset + n
     index = np.concatenate([np.arange(at), slot.offset + np.asarray(units, dtype=np.int64),
                             np.arange(at, view.shape[2])])
-    grown = np.take(view, index, axis=2)
-    shape = list(array.shape)
-    shape[axis] = grown.shape[1] * grown.shape[2] * grown.shape[3]
-    return grown.reshape(shape)
+    return _unview(np.take(view, index, axis=2), array.shape, axis)
 
 
 def insert_channels(array, axis, slot, n, new_part) -> np.ndarray:
@@ -107,7 +104,12 @@ def insert_channels(array, axis, slot, n, new_part) -> np.ndarray:
     view = _view(array, axis, slot)
     at = slot.offset + n
     grown = np.concatenate([view[:, :, :at], new_part.astype(array.dtype, copy=False), view[:, :, at:]], axis=2)
-    shape = list(array.shape)
+    return _unview(grown, array.shape, axis)
+
+
+def _unview(grown: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
+    """A grown 5-D view back in the array's layout (`shape` with the grown axis)."""
+    shape = list(shape)
     shape[axis] = grown.shape[1] * grown.shape[2] * grown.shape[3]
     return grown.reshape(shape)
 

@@ -46,8 +46,8 @@ def good(d: Path, name: str = "m.onnx") -> Path:
     return save(conv_model(), d / name)
 
 
-def widen(model, d: Path, *extra) -> list:
-    return ["widen", str(model), "--layer", "conv1", "--width", "8", "-o", str(d / "out.onnx"), *extra]
+def widen(model, d: Path, *extra, width: str = "8", out: Path | None = None) -> list:
+    return ["widen", str(model), "--layer", "conv1", "--width", width, "-o", str(out or d / "out.onnx"), *extra]
 
 
 def edited(d: Path, edit) -> Path:
@@ -304,17 +304,17 @@ def case_inf_weights(d):
 
 @case("108.0 TB")
 def case_width_huge(d):
-    return ["widen", str(good(d)), "--layer", "conv1", "--width", "1000000000000", "-o", str(d / "out.onnx")]
+    return widen(good(d), d, width="1000000000000")
 
 
 @case("--width")
 def case_width_zero(d):
-    return ["widen", str(good(d)), "--layer", "conv1", "--width", "0", "-o", str(d / "out.onnx")]
+    return widen(good(d), d, width="0")
 
 
 @case("--width")
 def case_width_not_a_number(d):
-    return ["widen", str(good(d)), "--layer", "conv1", "--width", "eight", "-o", str(d / "out.onnx")]
+    return widen(good(d), d, width="eight")
 
 
 @case("--seed")
@@ -358,17 +358,17 @@ def case_dim_expression(d):
 @case("is a folder")
 def case_output_is_folder(d):
     (d / "o").mkdir()
-    return ["widen", str(good(d)), "--layer", "conv1", "--width", "8", "-o", str(d / "o")]
+    return widen(good(d), d, out=d / "o")
 
 
 @case("too long")
 def case_output_name_too_long(d):
-    return ["widen", str(good(d)), "--layer", "conv1", "--width", "8", "-o", str(d / ("a" * 300 + ".onnx"))]
+    return widen(good(d), d, out=d / ("a" * 300 + ".onnx"))
 
 
 @case("does not exist")
 def case_output_folder_missing(d):
-    return ["widen", str(good(d)), "--layer", "conv1", "--width", "8", "-o", str(d / "no" / "out.onnx")]
+    return widen(good(d), d, out=d / "no" / "out.onnx")
 
 
 @case("cannot write")
@@ -378,7 +378,7 @@ def case_output_folder_not_writable(d):
     folder.chmod(0o500)
     if os.geteuid() == 0:  # root writes anywhere on a normal file system; /proc takes no files
         folder = Path("/proc")
-    return ["widen", str(good(d)), "--layer", "conv1", "--width", "8", "-o", str(folder / "out.onnx")]
+    return widen(good(d), d, out=folder / "out.onnx")
 
 
 @case("never modifies its input")
