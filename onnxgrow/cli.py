@@ -244,22 +244,24 @@ def verify(teacher, student, provider, atol, rtol, samples, inputs_file, dims, s
 # ----------------------------------------------------------------------------- widen / deepen
 
 
-def _grow(model_path, out, transform, no_verify, verify_args, preserving=True):
+def _grow(model_path, out, transform, no_verify, verify_args, preserving=True, targets=None):
     """Load, transform, write atomically; verify against the teacher before the rename.
 
     A non-preserving transform (widen --method random) is compared for information only.
+    `targets` (the node names or module paths the transform edits around) let a large graph be
+    edited through a window (see window.py).
     """
-    from . import files, graph, validate
+    from . import files, graph, window
 
     inputs_file = verify_args[4]
     files.check_output(out, reads=(model_path, inputs_file))  # before any work
-    model = graph.load(model_path)
-    reads = (inputs_file, *graph.data_files(model))
+    model = window.load(model_path, targets)
+    reads = (inputs_file, *model.data_files())
     files.check_output(out, reads=reads)
-    validate.check_finite(model, str(model_path))
-    summary = transform(model)
+    model.check_finite(str(model_path))
+    summary = model.run(transform)
     with graph.staged(out, source=model_path, reads=reads) as tmp_path:
-        graph.write(model, tmp_path)
+        model.write(tmp_path)
         if not no_verify:
             report = _run_verify(model_path, str(tmp_path), *verify_args)
             summary["verify"] = report.to_dict()
@@ -315,7 +317,7 @@ def widen(model, layer, width, method, noise, out, seed, no_verify, as_json, **v
     summary = _grow(
         model, out,
         lambda m: widen_model(m, layer=layer, width=width, method=method, seed=seed, noise=noise),
-        no_verify, _verify_args(verify_kw), preserving=method != "random",
+        no_verify, _verify_args(verify_kw), preserving=method != "random", targets=[layer],
     )
     _print_summary(summary, as_json)
 
@@ -340,7 +342,7 @@ def deepen(model, after, block, method, kernel, bn, out, seed, no_verify, as_jso
     summary = _grow(
         model, out,
         lambda m: deepen_any(m, after=after, block=block, method=method, kernel=kernel, bn=bn, seed=seed),
-        no_verify, _verify_args(verify_kw),
+        no_verify, _verify_args(verify_kw), targets=[after] if after and not block else None,
     )
     _print_summary(summary, as_json)
 
@@ -356,7 +358,7 @@ def morph_kernel(model, layer, kernel, out, seed, no_verify, as_json, **verify_k
 
     summary = _grow(
         model, out, lambda m: morph_kernel_model(m, layer=layer, kernel=kernel),
-        no_verify, _verify_args(verify_kw),
+        no_verify, _verify_args(verify_kw), targets=[layer],
     )
     _print_summary(summary, as_json)
 
@@ -383,7 +385,7 @@ def grow(model, widen_specs, deepen_specs, plan_file, method, noise, quiet, out,
     plan = plan_from(widen_specs, deepen_specs, plan_file, method, seed if seed_given else None, noise)
     progress = None if quiet or as_json else stderr_progress
     summary = _grow(model, out, lambda m: grow_model(m, plan, progress), no_verify, _verify_args(verify_kw),
-                    preserving=plan.method != "random")
+                    preserving=plan.method != "random", targets=plan.targets())
     _print_summary(summary, as_json)
 
 

@@ -364,7 +364,7 @@ def _probe_shapes(graph: ir.Graph) -> dict:
     shapes: dict = {}
     graph.meta["onnxgrow.probed"] = (edit_count(graph), shapes)
     model = graph.meta.get("onnxgrow.model")
-    if model is None:
+    if model is None or graph.meta.get("onnxgrow.window"):  # a window's inputs are not the model's
         return shapes
     try:
         import onnxruntime as ort
@@ -516,11 +516,13 @@ def infer_shapes(model: ir.Model) -> None:
         if value.const_value is not None:
             value.shape = value.shape or value.const_value.shape
             value.dtype = value.dtype or value.const_value.dtype
+    if graph.meta.pop("onnxgrow.inferred", False):
+        return  # a window's values were typed by an inference of the whole graph (see window.py)
     source, nodes = graph.meta.pop("onnxgrow.source", (None, None))  # not kept: it holds the teacher's weights
     if source is not None and edit_count(graph) == 0 and nodes == graph.num_nodes():
         proto = _without_big_weights(source)  # the loaded proto: no Python serialisation
     else:
-        proto = _serialize_without_big_weights(model)
+        proto = light_proto(model)
     graph.meta["onnxgrow.model"] = model
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
@@ -542,7 +544,8 @@ def infer_shapes(model: ir.Model) -> None:
                 out.type = value_type
 
 
-def _serialize_without_big_weights(model: ir.Model) -> onnx.ModelProto:
+def light_proto(model: ir.Model) -> onnx.ModelProto:
+    """`model` as a proto whose weights over 1 kB are data-less inputs: all shape inference needs."""
     graph = model.graph
     big = [v for v in graph.initializers.values() if v.const_value is None or v.const_value.nbytes > 1000]
     inputs = set(graph.inputs)
@@ -573,14 +576,14 @@ def _without_big_weights(source: onnx.ModelProto) -> onnx.ModelProto:
     graph.value_info.extend(src.value_info)
     inputs = {i.name for i in src.input}
     for tensor in src.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL and _small(tensor):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and is_small_tensor(tensor):
             graph.initializer.append(tensor)
         elif tensor.name not in inputs:
             graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
     return light
 
 
-def _small(tensor: onnx.TensorProto) -> bool:
+def is_small_tensor(tensor: onnx.TensorProto) -> bool:
     """At most 1 kB of data (computed from the dims: ByteSize() walks a large tensor's bytes)."""
     bits = validate.itemsize_bits(tensor.data_type)
     return bits is not None and math.prod(tensor.dims) * bits <= 8000

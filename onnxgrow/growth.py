@@ -44,6 +44,11 @@ class GrowthPlan:
     seed: int = 0
     noise: float | None = None
 
+    def targets(self) -> list[str] | None:
+        """The layers the plan names, or None when it selects by glob."""
+        named = [*self.widen, *(str(spec).partition(":")[0] for spec in self.deepen)]
+        return None if not named or any(c in t for t in named for c in names.GLOB_CHARS) else named
+
     def to_dict(self) -> dict:
         return {"widen": dict(self.widen), "deepen": list(self.deepen), "method": self.method,
                 "seed": self.seed, "noise": self.noise}

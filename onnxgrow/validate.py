@@ -79,45 +79,51 @@ def _check_versions(proto: onnx.ModelProto, where: str) -> None:
 
 def _check_graph(g: onnx.GraphProto, where: str, outer: set) -> None:
     """SSA order: every input defined before its use, nothing defined twice, outputs produced."""
-    defined: set = set()
-    for name in [i.name for i in g.input] + [t.name for t in g.initializer] + \
-            [s.values.name for s in g.sparse_initializer]:
-        defined.add(name)
     inputs = [i.name for i in g.input]
     if len(set(inputs)) != len(inputs):
         twice = sorted({n for n in inputs if inputs.count(n) > 1})
         raise GrowError(f"{where} declares the graph input {twice[0]!r} twice; rename one of them.")
-    producers = {o: n for n in g.node for o in n.output if o}
+    defined = set(inputs)
+    defined.update(t.name for t in g.initializer)
+    defined.update(s.values.name for s in g.sparse_initializer)
+    subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     for index, node in enumerate(g.node):
-        label = repr(node.name) if node.name else f"#{index} ({node.op_type})"
         for name in node.input:
             if name and name not in defined and name not in outer:
-                later = producers.get(name)
-                why = (f"produced only by a later node, {later.name or later.op_type!r} (the nodes "
-                       "are out of topological order or form a cycle)" if later is not None
-                       else "which no graph input, initializer or node defines")
-                raise GrowError(
-                    f"{where} is not a valid graph: node {label} reads {name!r}, {why}. Check it "
-                    "with `python -m onnx.checker` and re-export the model."
-                )
+                _undefined_input(g, index, name, where)
         for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _check_graph(sub, where, outer | defined)
+            if attr.type in subgraph_types:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    _check_graph(sub, where, outer | defined)
         for name in node.output:
             if name and name in defined:
                 raise GrowError(
                     f"{where} is not a valid graph: the value {name!r} is defined twice (node "
-                    f"{label} produces it again). Each value must have one producer; re-export "
-                    "the model or rename one of them."
+                    f"{_label(node, index)} produces it again). Each value must have one producer; "
+                    "re-export the model or rename one of them."
                 )
-            if name:
-                defined.add(name)
+            defined.add(name)
     for out in g.output:
         if out.name not in defined and out.name not in outer:
             raise GrowError(
                 f"{where} is not a valid graph: its output {out.name!r} is not produced by any node, "
                 "graph input or initializer. Re-export the model, or remove that output."
             )
+
+
+def _label(node: onnx.NodeProto, index: int) -> str:
+    return repr(node.name) if node.name else f"#{index} ({node.op_type})"
+
+
+def _undefined_input(g: onnx.GraphProto, index: int, name: str, where: str) -> None:
+    later = next((n for n in g.node if name in n.output), None)
+    why = (f"produced only by a later node, {later.name or later.op_type!r} (the nodes are out of "
+           "topological order or form a cycle)" if later is not None
+           else "which no graph input, initializer or node defines")
+    raise GrowError(
+        f"{where} is not a valid graph: node {_label(g.node[index], index)} reads {name!r}, {why}. "
+        "Check it with `python -m onnx.checker` and re-export the model."
+    )
 
 
 def _check_initializers(g: onnx.GraphProto, where: str, base_dir: Path | None) -> None:
@@ -145,7 +151,7 @@ def itemsize_bits(data_type: int) -> int | None:
 
 
 def _check_tensor_data(t: onnx.TensorProto, where: str, base_dir: Path | None) -> None:
-    if any(d < 0 for d in t.dims):
+    if t.dims and min(t.dims) < 0:
         raise GrowError(f"the initializer {t.name!r} in {where} has a negative dimension "
                         f"{list(t.dims)}; the file is corrupt. Re-export the model.")
     count = math.prod(t.dims)
@@ -237,10 +243,33 @@ def check_finite(model, where: str = "the model") -> None:
         tensor = value.const_value
         if tensor is None or not tensor.dtype.is_floating_point():
             continue
-        array = tensor.numpy()
-        count = int(array.size - np.count_nonzero(np.isfinite(array)))
-        if count:
-            bad.append(f"{value.name!r} ({count} of {array.size})")
+        _count_non_finite(value.name, tensor.numpy(), bad)
+    _refuse_non_finite(bad, where)
+
+
+def check_finite_tensors(tensors, where: str = "the model") -> None:
+    """As `check_finite`, for the TensorProtos of an inline model."""
+    import onnx_ir as ir
+
+    bad = []
+    for tensor in tensors:
+        if tensor.data_type not in _FLOAT_PROTO_TYPES:
+            continue
+        _count_non_finite(tensor.name, ir.serde.TensorProtoTensor(tensor).numpy(), bad)
+    _refuse_non_finite(bad, where)
+
+
+_FLOAT_PROTO_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                      onnx.TensorProto.DOUBLE)
+
+
+def _count_non_finite(name: str, array: np.ndarray, bad: list) -> None:
+    count = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if count:
+        bad.append(f"{name!r} ({count} of {array.size})")
+
+
+def _refuse_non_finite(bad: list, where: str) -> None:
     if bad:
         raise GrowError(
             f"{where} has NaN or infinite weights: {', '.join(bad[:5])}"

@@ -1,0 +1,200 @@
+"""Editing through a window (onnxgrow/window.py) is the same edit as on the whole graph.
+
+Differential: each transform runs once on the whole graph and once through a window (forced on
+small models by lowering its thresholds); both must refuse, or both must give students that
+compute the same outputs, exactly as the teacher, with the same summary. The window must also be
+really used (not fall back) where the transform stays inside it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxgrow import window
+from onnxgrow.deepening import deepen_model
+from onnxgrow.errors import GrowError
+from onnxgrow.growth import grow_model, plan_from
+from onnxgrow.widening import widen_model
+from tests import zoo
+from tests.helpers import random_feeds, run
+
+import onnxgrow as og
+
+
+@pytest.fixture
+def always_window(monkeypatch):
+    monkeypatch.setattr(window, "MIN_NODES", 0)
+    monkeypatch.setattr(window, "MAX_SHARE", 1.0)
+
+
+def chain(path, blocks: int = 40, d: int = 4, residual: bool = False) -> str:
+    """MatMul(d×d) → Add(bias) → Relu blocks (with a residual Add every block when asked)."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for k in range(blocks):
+        p = f"b{k}"
+        inits += [onnx.numpy_helper.from_array(rng.standard_normal((d, d)).astype(np.float32), f"{p}.w"),
+                  onnx.numpy_helper.from_array(rng.standard_normal(d).astype(np.float32), f"{p}.b")]
+        nodes += [helper.make_node("MatMul", [x, f"{p}.w"], [f"{p}.m"], name=f"{p}.fc"),
+                  helper.make_node("Add", [f"{p}.m", f"{p}.b"], [f"{p}.a"], name=f"{p}.add"),
+                  helper.make_node("Relu", [f"{p}.a"], [f"{p}.r"], name=f"{p}.relu")]
+        if residual:
+            nodes.append(helper.make_node("Add", [x, f"{p}.r"], [f"{p}.out"], name=f"{p}.res"))
+        x = f"{p}.out" if residual else f"{p}.r"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", d])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["n", d])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save(model, path)
+    return str(path)
+
+
+def edit(path, targets, transform, out):
+    """(how the model was edited: "window" or "whole", summary) — or the GrowError's text."""
+    model = window.load(path, targets)
+    try:
+        summary = model.run(transform)
+    except GrowError as exc:
+        return "refused", str(exc)
+    model.write(out)
+    used = "window" if isinstance(model, window.Window) and getattr(model, "_whole", None) is None else "whole"
+    return used, summary
+
+
+def same_edit(tmp_path, path, targets, transform, monkeypatch) -> str:
+    """Run `transform` on the whole graph and through a forced window; assert they agree; return
+    how the window run went ("window", "whole" after falling back, or "refused")."""
+    whole_out, window_out = str(tmp_path / "whole.onnx"), str(tmp_path / "window.onnx")
+    with monkeypatch.context() as m:
+        m.setattr(window, "MIN_NODES", 10**9)
+        whole_how, whole_summary = edit(path, targets, transform, whole_out)
+    with monkeypatch.context() as m:
+        m.setattr(window, "MIN_NODES", 0)
+        m.setattr(window, "MAX_SHARE", 1.0)
+        how, summary = edit(path, targets, transform, window_out)
+    assert (how == "refused") == (whole_how == "refused"), (how, summary, whole_summary)
+    if how == "refused":
+        assert summary == whole_summary
+        return how
+    assert summary["lines"] == whole_summary["lines"]
+    assert summary["parameters"] == whole_summary["parameters"]
+    onnx.checker.check_model(onnx.load(window_out), full_check=True)
+    feeds = random_feeds(path)
+    teacher, by_whole, by_window = run(path, feeds), run(whole_out, feeds), run(window_out, feeds)
+    for want, got_whole, got in zip(teacher, by_whole, by_window, strict=True):
+        scale = max(float(np.abs(want).max()), 1e-12)
+        assert float(np.abs(got - got_whole).max()) / scale <= 1e-6
+        assert float(np.abs(got - want).max()) / scale <= 1e-5
+    return how
+
+
+def test_a_chain_is_widened_through_a_small_window(tmp_path, always_window):
+    path = chain(tmp_path / "chain.onnx")
+    model = window.load(path, ["b20.fc"])
+    assert isinstance(model, window.Window)
+    assert len(model.region) == 4  # b20.fc, its bias Add and Relu, and b21.fc that consumes it
+    summary = model.run(lambda m: widen_model(m, layer="b20.fc", width=8))
+    assert getattr(model, "_whole", None) is None
+    model.write(str(tmp_path / "out.onnx"))
+    assert "b21.fc" in summary["lines"][1]
+    student = onnx.load(str(tmp_path / "out.onnx"))
+    shapes = {t.name: list(t.dims) for t in student.graph.initializer}
+    assert [len(student.graph.node), len(student.graph.initializer)] == [120, 80]
+    grown = {name: dims for name, dims in shapes.items() if name.split(".")[0] in ("b20", "b21")}
+    assert sorted(grown.values()) == [[4], [4, 8], [8], [8, 4]], grown  # b21's bias stays
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("case", ["widen", "grow", "deepen", "deepen-last", "deepen-r2r", "widen-first"])
+def test_chain_edits_agree_with_the_whole_graph(tmp_path, monkeypatch, residual, case):
+    path = chain(tmp_path / "chain.onnx", residual=residual)
+    transforms = {
+        "widen": (["b7.fc"], lambda m: widen_model(m, layer="b7.fc", width=7, method="net2net", seed=3)),
+        "widen-first": (["b0.fc"], lambda m: widen_model(m, layer="b0.fc", width=8, method="r2r", seed=3)),
+        "grow": (["b3.fc", "b11.fc", "b30.fc"],
+                 lambda m: grow_model(m, plan_from(widen=["b3.fc=x2", "b11.fc=6"], deepen=["b30.fc:zero"]))),
+        "deepen": (["b12.fc"], lambda m: deepen_model(m, after="b12.fc", method="net2net")),
+        "deepen-r2r": (["b12.fc"], lambda m: deepen_model(m, after="b12.fc", method="r2r", seed=1)),
+        "deepen-last": (["b39.fc"], lambda m: deepen_model(m, after="b39.fc", method="net2net")),
+    }
+    targets, transform = transforms[case]
+    how = same_edit(tmp_path, path, targets, transform, monkeypatch)
+    if residual and case in ("widen", "widen-first", "grow"):
+        assert how == "refused"  # the stream reaches the graph input and output
+    elif case == "deepen-last" and not residual:
+        assert how == "whole"  # the insertion replaces the window's (and the graph's) output
+    else:
+        assert how == "window"
+
+
+ZOO_CASES = [(arch, exporter) for arch in sorted(zoo.ARCHITECTURES) for exporter in ("legacy", "dynamo")
+             if exporter == "legacy" or arch in ("resnet_mini", "transformer_mini", "mobilenetv2_mini", "vit_mini")]
+
+
+@pytest.mark.parametrize("arch,exporter", ZOO_CASES)
+def test_zoo_edits_agree_with_the_whole_graph(tmp_path, monkeypatch, zoo_model, arch, exporter):
+    """Three layers of every zoo network (first, middle, last listed by inspect), widened to
+    twice their width and deepened after, by module path where one is recorded."""
+    path = zoo_model(arch, exporter)
+    layers = og.inspect(path)["layers"]
+    chosen = {id(x): x for x in (layers[0], layers[len(layers) // 2], layers[-1])}.values()
+    used = []
+    for layer in chosen:
+        name = layer.get("module") or layer["name"]
+        width = 2 * layer["width"]
+        used.append(same_edit(tmp_path, path, [name], lambda m: widen_model(m, layer=name, width=width, seed=1),
+                              monkeypatch))
+        used.append(same_edit(tmp_path, path, [name], lambda m: deepen_model(m, after=name, method="zero"),
+                              monkeypatch))
+    assert "window" in used or arch in WHOLE_ONLY, used
+
+
+# every edit of these reaches the graph's input or output, or the window cannot be cut
+WHOLE_ONLY: set = set()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_decoder_edits_by_module_path_agree(tmp_path, monkeypatch, llm_model, family):
+    path = llm_model(family)
+    for target, transform in [
+        ("model.layers.0.mlp.up_proj", lambda m: widen_model(m, layer="model.layers.0.mlp.up_proj", width=96)),
+        ("layers.1.self_attn.k_proj", lambda m: widen_model(m, layer="layers.1.self_attn.k_proj", width=48)),
+        ("model.layers.1.mlp.down_proj", lambda m: deepen_model(m, after="model.layers.1.mlp.down_proj",
+                                                                 method="zero")),
+    ]:
+        same_edit(tmp_path, path, [target], transform, monkeypatch)
+
+
+def test_an_unknown_name_gets_the_whole_graphs_message(tmp_path, always_window):
+    path = chain(tmp_path / "chain.onnx")
+    model = window.load(path, ["b7.fcc"])
+    assert isinstance(model, window.Whole)
+    with pytest.raises(GrowError, match="Closest names: 'b7.fc'"):
+        model.run(lambda m: widen_model(m, layer="b7.fcc", width=8))
+
+
+def test_the_command_line_edits_a_large_chain_through_a_window(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from onnxgrow.cli import cli
+
+    path = chain(tmp_path / "chain.onnx", blocks=60)
+    argv = ["grow", path, "--widen", "b10.fc=8", "--widen", "b40.fc=x2", "--deepen", "b50.fc:r2r", "--json"]
+    calls = []
+    real = window.Window.run
+    monkeypatch.setattr(window.Window, "run", lambda self, t: calls.append(self) or real(self, t))
+    results = {}
+    for min_nodes in (10**9, 100):
+        monkeypatch.setattr(window, "MIN_NODES", min_nodes)
+        result = CliRunner().invoke(cli, [*argv, "-o", str(tmp_path / f"out{min_nodes}.onnx")])
+        assert result.exit_code == 0, result.output
+        results[min_nodes] = json.loads(result.output)
+    assert len(calls) == 1 and getattr(calls[0], "_whole", None) is None  # the second run, windowed
+    whole, windowed = results[10**9], results[100]
+    assert windowed["verify"]["ok"] and windowed["parameters"] == whole["parameters"]
+    assert windowed["lines"] == whole["lines"] and windowed["parameters"]["after"] > 1200
