@@ -255,7 +255,7 @@ def _grow(model_path, out, transform, no_verify, verify_args, preserving=True, t
 
     inputs_file = verify_args[4]
     files.check_output(out, reads=(model_path, inputs_file))  # before any work
-    model = window.load(model_path, targets)
+    model = window.load(model_path, targets, spill=True)
     reads = (inputs_file, *model.data_files())
     files.check_output(out, reads=reads)
     model.check_finite(str(model_path))

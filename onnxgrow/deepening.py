@@ -46,7 +46,7 @@ import numpy as np
 import onnx_ir as ir
 
 from . import graph as G
-from . import names, ops
+from . import names, ops, window
 from .errors import GrowError
 from .layerspec import FAMILY, layer_spec
 from .methods import DEEPEN_METHODS, deepen_method
@@ -615,9 +615,10 @@ def deepen(model, *, after: str | None = None, block: str | None = None, method:
     """Public API: a deepened copy of `model` (path, ModelProto, onnx_ir.Model or gs.Graph) as an
     onnx.ModelProto — a layer or block inserted after layer `after`, or a copy of residual block
     `block` (a module path or an index; see onnxgrow.blocks). The argument is never modified."""
-    m = G.load(model)
-    deepen_any(m, after=after, block=block, method=method, kernel=kernel, bn=bn, seed=seed)
-    return G.like_input(model, m)
+    student, _ = window.edit(model, [after] if after and not block else None,
+                             lambda m: deepen_any(m, after=after, block=block, method=method, kernel=kernel,
+                                                  bn=bn, seed=seed))
+    return student
 
 
 def deepen_any(model: ir.Model, *, after: str | None, block: str | None, method: str | None,
@@ -757,6 +758,5 @@ def _same_pads(size, kernel, strides, dil, auto) -> list:
 
 def morph_kernel(model, *, layer: str, kernel: int):
     """Public API: a copy of `model` whose Conv `layer` has a kernel×kernel kernel (exact)."""
-    m = G.load(model)
-    morph_kernel_model(m, layer=layer, kernel=kernel)
-    return G.like_input(model, m)
+    student, _ = window.edit(model, [layer], lambda m: morph_kernel_model(m, layer=layer, kernel=kernel))
+    return student

@@ -14,6 +14,7 @@ onnxruntime 1.31 refuses.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from pathlib import Path
 
@@ -99,9 +100,9 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     return ir.to_proto(model)
 
 
-def like_input(original, model: ir.Model):
+def like_input(original, model: ir.Model | onnx.ModelProto):
     """The result in the caller's currency: a gs.Graph for a gs.Graph, else an onnx.ModelProto."""
-    proto = ir.to_proto(model)
+    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
     if _is_gs_graph(original):
         import onnx_graphsurgeon as gs
 
@@ -423,13 +424,58 @@ def unique_name(graph: ir.Graph, hint: str) -> str:
 
 
 def new_initializer(graph: ir.Graph, hint: str, array: np.ndarray) -> ir.Value:
-    """Register `array` as a new initializer named after `hint`; return its value."""
+    """Register `array` as a new initializer named after `hint`; return its value. In a graph with
+    a spill file (see `Spill`) a large array goes to disk at once."""
     name = unique_name(graph, hint)
-    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    spill = graph.meta.get("onnxgrow.spill")
+    if spill is not None and array.nbytes >= Spill.MIN_BYTES:
+        tensor = spill.write(array, name)
+        drop_mapped_pages(graph.initializers.values())
+    else:
+        tensor = ir.tensor(np.ascontiguousarray(array), name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
                      const_value=tensor)
     graph.register_initializer(value)
     return value
+
+
+class Spill:
+    """A temporary file the grown weights of a model with external data are written to as they are
+    made, read back only when the student is saved (kernel-copied into its data file): the grown
+    model is never held in memory. The file is deleted with this object (or at exit)."""
+
+    MIN_BYTES = 1 << 20
+
+    def __init__(self):
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="onnxgrow-spill-")
+        self._file = open(Path(self._dir.name) / "weights.data", "wb")  # noqa: SIM115 (closed in close())
+
+    def write(self, array: np.ndarray, name: str) -> ir.ExternalTensor:
+        array = np.ascontiguousarray(array)
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        offset = self._file.tell()
+        self._file.write(memoryview(array.reshape(-1)).cast("B"))
+        self._file.flush()
+        return ir.ExternalTensor("weights.data", offset, array.nbytes, ir.DataType.from_numpy(array.dtype),
+                                 shape=ir.Shape(array.shape), name=name, base_dir=self._dir.name)
+
+    def close(self) -> None:
+        self._file.close()
+        self._dir.cleanup()
+
+
+def drop_mapped_pages(values) -> None:
+    """Let the kernel take back the pages of weights read through memory maps (the teacher's
+    external data, the spill file): touched once, they would stay in this process's resident
+    memory; they are read again from the page cache if needed."""
+    for value in values:
+        tensor = value.const_value
+        raw = getattr(tensor, "raw", None) if isinstance(tensor, ir.ExternalTensor) else None
+        if raw is not None and hasattr(raw, "madvise"):
+            raw.madvise(mmap.MADV_DONTNEED)
 
 
 def set_input_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, hint: str) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from . import blocks, deepening, names, padding, widening
+from . import blocks, deepening, names, padding, widening, window
 from . import graph as g
 from . import groups as gr
 from .errors import GrowError
@@ -279,9 +279,7 @@ def grow(model, *, widen: dict | None = None, deepen: list | None = None, method
     plan = GrowthPlan(widen=dict(widen or {}), deepen=list(deepen or []), method=method, seed=seed,
                       noise=noise)
     widen_method(method)
-    ir_model = g.load(model)
-    done = grow_model(ir_model, plan)
-    student = g.like_input(model, ir_model)
+    student, done = window.edit(model, plan.targets(), lambda m: grow_model(m, plan))
     return (student, done) if with_summary else student
 
 

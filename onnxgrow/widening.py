@@ -40,7 +40,7 @@ import onnx_ir as ir
 
 from . import graph as g
 from . import groups as gr
-from . import names, ops
+from . import names, ops, window
 from .errors import GrowError, InternalError
 from .methods import R2R, Net2Net, pairs_inside_heads, widen_method
 from .summary import summary
@@ -427,6 +427,6 @@ def widen(model, *, layer: str, width: int, method: str = "net2net", seed: int =
     """Widen `layer` of `model` to `width` units; return the student as an onnx.ModelProto (a
     gs.Graph when given one). `model` is a path, ModelProto, onnx_ir.Model or gs.Graph and is not
     modified."""
-    ir_model = g.load(model)
-    widen_model(ir_model, layer=layer, width=width, method=method, seed=seed, noise=noise)
-    return g.like_input(model, ir_model)
+    student, _ = window.edit(model, [layer], lambda m: widen_model(m, layer=layer, width=width, method=method,
+                                                                    seed=seed, noise=noise))
+    return student

@@ -25,6 +25,7 @@ the whole graph, as it would have without a window, and its answer stands.
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import onnx_ir as ir
 
 from . import graph as g
 from . import names, ops, validate
-from .errors import GrowError
+from .errors import GrowError, tolerate
 from .summary import parameters_line
 
 MIN_NODES = 2000  # below this the whole graph in onnx-ir costs little
@@ -49,9 +50,13 @@ SUBGRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 class Whole:
     """The whole model in onnx-ir: what every command edits when a window would not help."""
 
-    def __init__(self, path, model: ir.Model | None = None):
-        self.path = path
-        self.model = model if model is not None else g.load(path)
+    def __init__(self, model, spill: bool = False):
+        self.model = g.load(model)
+        if spill and g.data_files(self.model):  # weights on disk: so are the grown ones, until saved
+            self.model.graph.meta["onnxgrow.spill"] = g.Spill()
+
+    def result(self, original):
+        return g.like_input(original, self.model)
 
     def data_files(self) -> list[Path]:
         return g.data_files(self.model)
@@ -64,24 +69,34 @@ class Whole:
 
     def write(self, path: Path) -> None:
         g.write(self.model, path)
+        spill = self.model.graph.meta.pop("onnxgrow.spill", None)
+        if spill is not None:
+            spill.close()
 
 
-def load(path, targets: list[str] | None):
-    """The model at `path` ready for a transform of `targets` (node names or module paths; None
-    when the transform's reach is not known from names: globs, block copies): a `Window` when the
-    graph is large and the targets' reach is a small part of it, else `Whole`."""
-    source = _Source.read(path) if targets else None
-    if source is None:
-        return Whole(path)
-    window = Window.around(source, targets)
-    return window if window is not None else Whole(path)
+def load(model, targets: list[str] | None, spill: bool = False):
+    """`model` (a path or ModelProto; or an onnx_ir.Model or gs.Graph, edited whole) ready for a
+    transform of `targets` (node names or module paths; None when the transform's reach is not
+    known from names: globs, block copies): a `Window` when the graph is large and the targets'
+    reach is a small part of it, else `Whole`. `spill`: see `Whole`."""
+    source = _Source.read(model) if targets else None
+    window = Window.around(source, targets, model) if source is not None else None
+    return window if window is not None else Whole(model, spill=spill)
+
+
+def edit(model, targets: list[str] | None, transform):
+    """The API's edit: (the student in the caller's currency, the transform's summary); `model`
+    is never modified."""
+    loaded = load(model, targets)
+    summary = loaded.run(transform)
+    return loaded.result(model), summary
 
 
 class _Source:
     """A model file kept as its proto, with the indexes a window needs."""
 
-    def __init__(self, path, proto: onnx.ModelProto):
-        self.path, self.proto = path, proto
+    def __init__(self, proto: onnx.ModelProto):
+        self.proto = proto
         producer: dict[str, int] = {}
         consumers: dict[str, list[int]] = defaultdict(list)
         subgraphs = False
@@ -98,23 +113,31 @@ class _Source:
         self.inputs = {i.name: i for i in proto.graph.input}
 
     @classmethod
-    def read(cls, path) -> "_Source | None":
-        """The proto of a large, plain, inline model at `path`; None for anything else (the whole
-        graph in onnx-ir handles every case, and reports every error in the words users know)."""
-        try:
-            proto = onnx.load(path, load_external_data=False)
-        except Exception:
+    def read(cls, model) -> "_Source | None":
+        """The proto of a large, plain, inline model (a path or a ModelProto, copied); None for
+        anything else (the whole graph in onnx-ir handles every case, and reports every error in
+        the words users know)."""
+        if isinstance(model, onnx.ModelProto):
+            proto, base_dir = onnx.ModelProto(), None
+            proto.CopyFrom(model)
+        elif isinstance(model, (str, os.PathLike)):
+            base_dir = Path(model).parent
+            try:
+                proto = onnx.load(model, load_external_data=False)
+            except Exception:
+                return None
+        else:
             return None
         graph = proto.graph
         if (len(graph.node) < MIN_NODES or proto.functions or graph.sparse_initializer
                 or any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)):
             return None
         try:
-            g._check_not_empty(proto, str(path))
-            validate.check_model_proto(proto, str(path), Path(path).parent)
+            g._check_not_empty(proto, "the model")
+            validate.check_model_proto(proto, "the model", base_dir)
         except GrowError:
             return None
-        source = cls(path, proto)
+        source = cls(proto)
         return None if source.subgraphs else source
 
     # ------------------------------------------------------------------ which nodes
@@ -254,7 +277,9 @@ class Window:
         graph.meta["onnxgrow.inferred"] = True  # shapes inferred on the whole graph know more
 
     @classmethod
-    def around(cls, source: _Source, targets: list[str]) -> "Window | None":
+    def around(cls, source: _Source, targets: list[str], original) -> "Window | None":
+        """A window of `source` around `targets`, or None where it would not help; `original`
+        (what `source` was read from) is edited whole if the window cannot take the transform."""
         seeds = []
         for text in targets:
             found = source.candidates(text)
@@ -265,16 +290,13 @@ class Window:
         if len(region) > MAX_SHARE * len(source.proto.graph.node):
             return None
         window = cls(source, region)
+        window.original = original
         for text in targets:  # each target must name the same node in the window as in the graph
             try:
                 names.resolve(window.model.graph, text)
             except GrowError:
                 return None
         return window
-
-    @property
-    def path(self):
-        return self.source.path
 
     def _build(self) -> ir.Model:
         source, proto = self.source, self.source.proto
@@ -316,16 +338,25 @@ class Window:
         try:
             summary = transform(self.model)
             spliced = self._splice()
-        except Exception:  # the whole graph gives the answer, refusal or not
+        except GrowError:  # the whole graph gives the answer, refusal or not
+            spliced = None
+        except Exception as exc:  # a bug, here or in the transform: the whole graph may not meet it
+            tolerate(exc)
             spliced = None
         if spliced is None:
-            self._whole = Whole(self.path)
+            self._whole = Whole(self.original, spill=True)
             return self._whole.run(transform)
         before, after = spliced
         summary["parameters"] = {"before": before, "after": after}
         summary["lines"] = [line for line in summary["lines"] if not line.startswith("parameters:")]
         summary["lines"].append(parameters_line(before, after))
         return summary
+
+    def result(self, original):
+        whole = getattr(self, "_whole", None)
+        if whole is not None:
+            return whole.result(original)
+        return g.like_input(original, self.source.proto)
 
     def write(self, path: Path) -> None:
         whole = getattr(self, "_whole", None)

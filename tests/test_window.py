@@ -9,10 +9,13 @@ really used (not fall back) where the transform stays inside it.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from onnxgrow import window
@@ -22,6 +25,7 @@ from onnxgrow.growth import grow_model, plan_from
 from onnxgrow.widening import widen_model
 from tests import zoo
 from tests.helpers import random_feeds, run
+from tests.random_nets import RandomNet, example_input, recipes
 
 import onnxgrow as og
 
@@ -198,3 +202,71 @@ def test_the_command_line_edits_a_large_chain_through_a_window(tmp_path, monkeyp
     whole, windowed = results[10**9], results[100]
     assert windowed["verify"]["ok"] and windowed["parameters"] == whole["parameters"]
     assert windowed["lines"] == whole["lines"] and windowed["parameters"]["after"] > 1200
+
+
+@settings(max_examples=int(os.environ.get("ONNXGROW_PROPERTY_EXAMPLES", "36")) // 3, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(recipe=recipes(), data=st.data())
+def test_random_networks_agree_with_the_whole_graph(tmp_path, monkeypatch, recipe, data):
+    """Property: on random DAGs (tests/random_nets.py), any layer widened by any method, or
+    deepened after, through a window is the whole graph's edit."""
+    net = zoo.randomize_(RandomNet(recipe), seed=data.draw(st.integers(0, 1000), label="seed"))
+    path = str(tmp_path / f"net-{abs(hash(str(recipe))) % 10**8}.onnx")
+    zoo.export(net, (example_input(),), path, exporter=data.draw(st.sampled_from(["legacy", "dynamo"])))
+    layers = og.inspect(path)["layers"]
+    for layer in data.draw(st.lists(st.sampled_from(layers), min_size=1, max_size=3, unique_by=lambda x: x["name"]),
+                           label="layers"):
+        name, width = layer.get("module") or layer["name"], 2 * layer["width"]
+        if data.draw(st.booleans(), label="widen"):
+            method = data.draw(st.sampled_from(["net2net", "netmorph", "r2r"]), label="method")
+            transform = lambda m: widen_model(m, layer=name, width=width, method=method, seed=1)
+        else:
+            method = data.draw(st.sampled_from(["net2net", "zero", "r2r"]), label="method")
+            transform = lambda m: deepen_model(m, after=name, method=method, seed=1)
+        same_edit(tmp_path, path, [name], transform, monkeypatch)
+
+
+def test_grown_weights_of_a_model_with_external_data_go_to_disk(tmp_path, monkeypatch):
+    """The command line writes the grown weights of an external-data model to a spill file as
+    they are made (graph.Spill), and removes it once the student is saved."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from onnxgrow import graph as g
+    from onnxgrow.cli import cli
+
+    inline = onnx.load(chain(tmp_path / "inline.onnx", blocks=6, d=8))
+    path = str(tmp_path / "external.onnx")
+    onnx.save(inline, path, save_as_external_data=True, location="external.data", size_threshold=0)
+    monkeypatch.setattr(g.Spill, "MIN_BYTES", 0)
+    spills, real = [], g.Spill.write
+    monkeypatch.setattr(g.Spill, "write", lambda self, a, n: spills.append(self) or real(self, a, n))
+    out = str(tmp_path / "wide.onnx")
+    result = CliRunner().invoke(cli, ["grow", path, "--widen", "b2.fc=16", "--widen", "b4.fc=12", "-o", out])
+    assert result.exit_code == 0 and "match" in result.output, result.output
+    assert len(spills) == 6 and not Path(spills[0]._dir.name).exists()  # fc, bias and next fc, twice
+    assert_same_outputs(path, out)
+
+
+def assert_same_outputs(teacher, student) -> None:
+    feeds = random_feeds(teacher)
+    for want, got in zip(run(teacher, feeds), run(student, feeds), strict=True):
+        assert float(np.abs(got - want).max()) <= 1e-5 * max(float(np.abs(want).max()), 1e-12)
+
+
+def test_the_python_api_edits_a_large_graph_through_a_window(tmp_path, monkeypatch):
+    monkeypatch.setattr(window, "MIN_NODES", 100)
+    path = chain(tmp_path / "chain.onnx", blocks=60)
+    calls, real = [], window.Window.run
+    monkeypatch.setattr(window.Window, "run", lambda self, t: calls.append(self) or real(self, t))
+    teacher = onnx.load(path)
+    wide = og.widen(path, layer="b10.fc", width=8)
+    grown = og.grow(teacher, widen={"b20.fc": "x2"}, deepen=["b30.fc:zero"])
+    deep = og.deepen(teacher, after="b40.fc", method="net2net")
+    assert len(calls) == 3 and all(getattr(c, "_whole", None) is None for c in calls)
+    assert onnx.load(path) == teacher  # the caller's file and proto are not modified
+    for student in (wide, grown, deep):
+        assert isinstance(student, onnx.ModelProto) and student is not teacher
+        assert_same_outputs(path, student)
+    assert len(grown.graph.node) > len(teacher.graph.node) == 180

@@ -59,7 +59,7 @@ def child(step: str, src: str, dst: str, spec: dict) -> dict:
     else:
         plan = growth.plan_from(widen=spec["widen"])
         targets, transform = plan.targets(), lambda m: growth.grow_model(m, plan)
-    model = window.load(src, targets)  # as the command line: a window of a large graph
+    model = window.load(src, targets, spill=True)  # as the command line
     model.run(transform)
     with g.staged(dst, source=src) as tmp:
         model.write(tmp)
