@@ -44,14 +44,16 @@ def load(model, what: str = "model") -> ir.Model:
 
         return _from_proto(gs.export_onnx(model), what)
     if isinstance(model, (str, os.PathLike)):
-        return _load_path(Path(model), what)
+        return from_file_proto(read_proto(Path(model), what), Path(model))
     raise GrowError(
         f"cannot use {type(model).__name__} as the {what}: pass a path to an .onnx file, an "
         "onnx.ModelProto, an onnx_ir.Model or an onnx_graphsurgeon Graph."
     )
 
 
-def _load_path(path: Path, what: str) -> ir.Model:
+def read_proto(path: Path, what: str = "model") -> onnx.ModelProto:
+    """The ModelProto in the file at `path`, external data left on disk; a missing, empty or
+    unreadable file is a GrowError that says so."""
     if not path.exists():
         raise GrowError(f"the {what} file {str(path)!r} does not exist.")
     if path.is_dir():
@@ -59,12 +61,17 @@ def _load_path(path: Path, what: str) -> ir.Model:
     if path.stat().st_size == 0:
         raise GrowError(f"the {what} file {str(path)!r} is empty: it is not an ONNX model.")
     try:
-        proto = onnx.load(path, load_external_data=False)
+        return onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises several types for bad bytes
         raise GrowError(
             f"cannot read {str(path)!r} as an ONNX model ({short_message(exc)}). Is it truncated or "
             "not an .onnx file? Re-export it, or check it with `python -m onnx.checker`."
         ) from None
+
+
+def from_file_proto(proto: onnx.ModelProto, path: Path) -> ir.Model:
+    """`proto` as `read_proto` read it from `path`, checked and converted; its data files are
+    looked for beside it."""
     model = _from_proto(proto, str(path), base_dir=path.parent)
     ir.external_data.set_base_dir(model.graph, path.parent)  # as ir.load: data files beside the model
     return model

@@ -143,8 +143,8 @@ class _Grown:
 
 def grow_model(model: ir.Model, plan: GrowthPlan, progress=None) -> dict:
     """Carry out `plan` on `model` in place; return the summary (groups, insertions, skips)."""
-    say = progress or (lambda message: None)
     graph = model.graph
+    say = _progress(graph, progress)
     g.prepare(model)
     before = g.parameter_count(model)
     grown: dict[int, _Grown] = {}  # id(producer) -> the spec and width its group got
@@ -171,6 +171,17 @@ def grow_model(model: ir.Model, plan: GrowthPlan, progress=None) -> dict:
     lines += [f"skipped {s['layer']} ({s['target']}): {s['reason']}" for s in skipped]
     return summary("grow", lines, before, g.parameter_count(model), plan=plan.to_dict(), groups=groups,
                    insertions=insertions, skipped=skipped, mappings=mappings)
+
+
+def _progress(graph: ir.Graph, progress):
+    """What reports progress: `progress`, or for a window's edit a list of messages that
+    window.py reports only if the edit is kept (else the whole graph's edit reports)."""
+    if progress is None:
+        return lambda message: None
+    if graph.meta.get("onnxgrow.window"):
+        held = graph.meta.setdefault("onnxgrow.progress", [])
+        return lambda message: held.append((progress, message))
+    return progress
 
 
 def _widest_groups_first(nodes: list) -> list:

@@ -91,10 +91,11 @@ def _check_graph(g: onnx.GraphProto, where: str, outer: set) -> None:
         for name in node.input:
             if name and name not in defined and name not in outer:
                 _undefined_input(g, index, name, where)
-        for attr in node.attribute:
-            if attr.type in subgraph_types:
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    _check_graph(sub, where, outer | defined)
+        if node.op_type in SUBGRAPH_OPS or node.domain not in _DEFAULT_DOMAINS:
+            for attr in node.attribute:
+                if attr.type in subgraph_types:
+                    for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                        _check_graph(sub, where, outer | defined)
         for name in node.output:
             if name and name in defined:
                 raise GrowError(
@@ -109,6 +110,9 @@ def _check_graph(g: onnx.GraphProto, where: str, outer: set) -> None:
                 f"{where} is not a valid graph: its output {out.name!r} is not produced by any node, "
                 "graph input or initializer. Re-export the model, or remove that output."
             )
+
+
+SUBGRAPH_OPS = ("If", "Loop", "Scan", "SequenceMap")  # the default domain's ops with graph attributes
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:
@@ -221,10 +225,13 @@ def _check_zero_sizes(g: onnx.GraphProto, where: str) -> None:
             raise GrowError(f"the graph input {inp.name!r} of {where} has a zero-size dimension "
                             f"{shape}: there is nothing to compute or compare. Give it a size >= 1 "
                             "(or leave it dynamic).")
+    empty = [t for t in g.initializer if 0 in t.dims]
+    if not empty:
+        return
     weights = {n.input[1]: n for n in g.node
                if n.op_type in WEIGHT_OPS and n.domain in _DEFAULT_DOMAINS and len(n.input) > 1}
-    for t in g.initializer:
-        if t.name in weights and 0 in t.dims:
+    for t in empty:
+        if t.name in weights:
             node = weights[t.name]
             raise GrowError(
                 f"the weight {t.name!r} of {node.op_type} {node.name!r} in {where} has a zero-size "

@@ -37,23 +37,24 @@ from . import names, ops, validate
 from .errors import GrowError, tolerate
 from .summary import parameters_line
 
-MIN_NODES = 2000  # below this the whole graph in onnx-ir costs little
+# below this many nodes the whole graph in onnx-ir costs little; ONNXGROW_WINDOW_MIN_NODES sets it
+# (0: every edit tries a window; a huge number: none does)
+MIN_NODES = int(os.environ.get("ONNXGROW_WINDOW_MIN_NODES", "2000"))
 MAX_SHARE = 0.5  # a window over more of the graph than this saves too little
 SMALL_MODEL_BYTES = 64 << 20  # copied whole for shape inference; larger ones without their weights
 CLOSED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 LAYOUT_OPS = ("Transpose", "Cast", "Identity", "CastLike", "Reshape")
 FLOAT_TYPES = {t.value for t in g.FLOAT_TYPES}
-SUBGRAPH_OPS = ("If", "Loop", "Scan", "SequenceMap")  # the default domain's ops with graph attributes
 SUBGRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 class Whole:
     """The whole model in onnx-ir: what every command edits when a window would not help."""
 
-    def __init__(self, model, spill: bool = False):
-        self.model = g.load(model)
-        if spill and g.data_files(self.model):  # weights on disk: so are the grown ones, until saved
-            self.model.graph.meta["onnxgrow.spill"] = g.Spill()
+    def __init__(self, model: ir.Model, spill: bool = False):
+        self.model = model
+        if spill and g.data_files(model):  # weights on disk: so are the grown ones, until saved
+            model.graph.meta["onnxgrow.spill"] = g.Spill()
 
     def result(self, original):
         return g.like_input(original, self.model)
@@ -75,13 +76,25 @@ class Whole:
 
 
 def load(model, targets: list[str] | None, spill: bool = False):
-    """`model` (a path or ModelProto; or an onnx_ir.Model or gs.Graph, edited whole) ready for a
+    """`model` (a path, ModelProto, onnx_ir.Model or gs.Graph; never modified) ready for a
     transform of `targets` (node names or module paths; None when the transform's reach is not
     known from names: globs, block copies): a `Window` when the graph is large and the targets'
-    reach is a small part of it, else `Whole`. `spill`: see `Whole`."""
-    source = _Source.read(model) if targets else None
-    window = Window.around(source, targets, model) if source is not None else None
-    return window if window is not None else Whole(model, spill=spill)
+    reach is a small part of it, else `Whole`. `spill`: a model with external data writes its
+    grown weights to a temporary file as they are made (see graph.Spill)."""
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        proto = g.read_proto(path)  # read once, whichever way it is edited
+        whole = lambda: Whole(g.from_file_proto(proto, path), spill)  # noqa: E731
+        base_dir = path.parent
+    elif isinstance(model, onnx.ModelProto) and targets:
+        proto, base_dir = onnx.ModelProto(), None
+        proto.CopyFrom(model)
+        whole = lambda: Whole(g.load(model), spill)  # noqa: E731
+    else:
+        return Whole(g.load(model), spill)
+    source = _Source.of(proto, base_dir) if targets else None
+    window = Window.around(source, targets, whole) if source is not None else None
+    return window if window is not None else whole()
 
 
 def edit(model, targets: list[str] | None, transform):
@@ -105,7 +118,7 @@ class _Source:
                 consumers[name].append(index)
             for name in node.output:
                 producer[name] = index
-            if node.op_type in SUBGRAPH_OPS or node.domain not in ops.ONNX_DOMAINS:
+            if node.op_type in validate.SUBGRAPH_OPS or node.domain not in ops.ONNX_DOMAINS:
                 subgraphs = subgraphs or any(a.type in SUBGRAPH_ATTRIBUTES for a in node.attribute)
         self.producer, self.consumers, self.subgraphs = producer, consumers, subgraphs
         self.initializer = {t.name: i for i, t in enumerate(proto.graph.initializer)}
@@ -113,21 +126,10 @@ class _Source:
         self.inputs = {i.name: i for i in proto.graph.input}
 
     @classmethod
-    def read(cls, model) -> "_Source | None":
-        """The proto of a large, plain, inline model (a path or a ModelProto, copied); None for
-        anything else (the whole graph in onnx-ir handles every case, and reports every error in
-        the words users know)."""
-        if isinstance(model, onnx.ModelProto):
-            proto, base_dir = onnx.ModelProto(), None
-            proto.CopyFrom(model)
-        elif isinstance(model, (str, os.PathLike)):
-            base_dir = Path(model).parent
-            try:
-                proto = onnx.load(model, load_external_data=False)
-            except Exception:
-                return None
-        else:
-            return None
+    def of(cls, proto: onnx.ModelProto, base_dir: Path | None) -> "_Source | None":
+        """`proto` indexed, if it is a large, plain, inline model; None for anything else (the
+        whole graph in onnx-ir handles every case, and reports every error in the words users
+        know)."""
         graph = proto.graph
         if (len(graph.node) < MIN_NODES or proto.functions or graph.sparse_initializer
                 or any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)):
@@ -277,9 +279,9 @@ class Window:
         graph.meta["onnxgrow.inferred"] = True  # shapes inferred on the whole graph know more
 
     @classmethod
-    def around(cls, source: _Source, targets: list[str], original) -> "Window | None":
-        """A window of `source` around `targets`, or None where it would not help; `original`
-        (what `source` was read from) is edited whole if the window cannot take the transform."""
+    def around(cls, source: _Source, targets: list[str], whole) -> "Window | None":
+        """A window of `source` around `targets`, or None where it would not help; `whole()`
+        gives the model to edit whole if the window cannot take the transform."""
         seeds = []
         for text in targets:
             found = source.candidates(text)
@@ -290,7 +292,7 @@ class Window:
         if len(region) > MAX_SHARE * len(source.proto.graph.node):
             return None
         window = cls(source, region)
-        window.original = original
+        window.whole = whole
         for text in targets:  # each target must name the same node in the window as in the graph
             try:
                 names.resolve(window.model.graph, text)
@@ -344,8 +346,10 @@ class Window:
             tolerate(exc)
             spliced = None
         if spliced is None:
-            self._whole = Whole(self.original, spill=True)
+            self._whole = self.whole()
             return self._whole.run(transform)
+        for say, message in self.model.graph.meta.pop("onnxgrow.progress", []):
+            say(message)
         before, after = spliced
         summary["parameters"] = {"before": before, "after": after}
         summary["lines"] = [line for line in summary["lines"] if not line.startswith("parameters:")]

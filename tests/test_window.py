@@ -270,3 +270,19 @@ def test_the_python_api_edits_a_large_graph_through_a_window(tmp_path, monkeypat
         assert isinstance(student, onnx.ModelProto) and student is not teacher
         assert_same_outputs(path, student)
     assert len(grown.graph.node) > len(teacher.graph.node) == 180
+
+
+def test_progress_is_reported_once_when_the_window_falls_back(tmp_path, always_window):
+    path = chain(tmp_path / "chain.onnx")
+    said = []
+    plan = plan_from(widen=["b3.fc=8"], deepen=["b39.fc"])  # the insertion replaces the graph's output
+    model = window.load(path, plan.targets())
+    model.run(lambda m: grow_model(m, plan, said.append))
+    assert getattr(model, "_whole", None) is not None
+    assert said == ["widened b3.fc (+0 coupled): 4 → 8", "inserted net2net after b39.fc"]
+    said.clear()
+    plan = plan_from(widen=["b3.fc=8"], deepen=["b20.fc"])
+    model = window.load(path, plan.targets())
+    model.run(lambda m: grow_model(m, plan, said.append))
+    assert getattr(model, "_whole", None) is None
+    assert said == ["widened b3.fc (+0 coupled): 4 → 8", "inserted net2net after b20.fc"]
