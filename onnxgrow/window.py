@@ -192,39 +192,46 @@ class _Source:
                 todo.extend(self.proto.graph.node[index].input[:1])
         return "\n".join(said)
 
-    def region(self, seeds: list[int]) -> list[int]:
-        """The nodes a transform of `seeds` can reach (see the module docstring), in graph order."""
+    def region(self, seeds: list[int], local: bool = False) -> list[int]:
+        """The nodes a transform of `seeds` can reach (see the module docstring), in graph order.
+
+        `local`: only what is computed from the seeds' outputs gets all its readers; everything
+        else only its producers. A group that goes further meets the window's edge and is
+        refused there; the transform then runs again on the whole flood fill."""
         nodes = self.proto.graph.node
         inside: set[int] = set()
-        values: list[str] = []
+        opened: set[int] = set()
+        todo: list[tuple[str, bool]] = []  # (value, whether its readers are taken too)
 
-        def take(index: int) -> None:
-            if index in inside:
-                return
-            inside.add(index)
+        def take(index: int, forward: bool) -> None:
             node = nodes[index]
-            if self.is_closed(node):
-                values.extend(node.input[1:])
-            elif node.input:
-                values.extend(node.input)
-                values.extend(node.output)
+            closed = self.is_closed(node)
+            if index not in inside:
+                inside.add(index)
+                todo.extend((name, not local) for name in (node.input[1:] if closed else node.input))
+            if forward and not closed and node.input and index not in opened:
+                opened.add(index)
+                todo.extend((name, True) for name in node.output)
 
         for index in seeds:
-            take(index)
-            values.extend(nodes[index].output)
-        seen: set[str] = set()
-        while values:
-            name = values.pop()
-            if not name or name in seen:
+            take(index, True)
+            todo.extend((name, True) for name in nodes[index].output)
+        seen: set[tuple[str, bool]] = set()
+        while todo:
+            name, forward = todo.pop()
+            if not name or (name, True) in seen or (name, forward) in seen:
                 continue
-            seen.add(name)
+            seen.add((name, forward))
             if name in self.producer:
-                take(self.producer[name])
-            users = self.consumers.get(name, ())
-            if name in self.initializer and not self._float_weight(name):
-                continue  # shape constants and the like are never rewritten in place
-            for index in users:
-                take(index)
+                take(self.producer[name], not local)
+            readers = forward
+            if name in self.initializer:
+                if not self._float_weight(name):
+                    continue  # shape constants and the like are never rewritten in place
+                readers = True  # every reader of a shared weight
+            if readers:
+                for index in self.consumers.get(name, ()):
+                    take(index, forward or not local)
         return sorted(inside)
 
     def prefix(self, values: set) -> onnx.ModelProto:
@@ -280,25 +287,42 @@ class Window:
 
     @classmethod
     def around(cls, source: _Source, targets: list[str], whole) -> "Window | None":
-        """A window of `source` around `targets`, or None where it would not help; `whole()`
-        gives the model to edit whole if the window cannot take the transform."""
+        """A window of `source` around `targets` — what is computed from them first (`local`),
+        the whole flood fill if that is not enough — or None where it would not help; `whole()`
+        gives the model to edit whole if no window can take the transform."""
         seeds = []
         for text in targets:
             found = source.candidates(text)
             if not found:
                 return None
             seeds += found
-        region = source.region(seeds)
-        if len(region) > MAX_SHARE * len(source.proto.graph.node):
+        limit = MAX_SHARE * len(source.proto.graph.node)
+        regions = [region for region in (source.region(seeds, local=True), source.region(seeds))
+                   if len(region) <= limit]
+        if not regions:
             return None
-        window = cls(source, region)
+        window = cls(source, regions[0])
         window.whole = whole
+        window.wider = (lambda: cls.wider_window(source, regions[1], whole)) if len(regions) > 1 \
+            and len(regions[1]) > len(regions[0]) else None
         for text in targets:  # each target must name the same node in the window as in the graph
             try:
                 names.resolve(window.model.graph, text)
             except GrowError:
                 return None
         return window
+
+    @classmethod
+    def wider_window(cls, source: _Source, region: list[int], whole) -> "Window":
+        window = cls(source, region)
+        window.whole, window.wider = whole, None
+        return window
+
+    @property
+    def edited_whole(self) -> bool:
+        """Whether the last `run` fell back to the whole graph (after a wider window, perhaps)."""
+        fallback = getattr(self, "fallback", None)
+        return isinstance(fallback, Whole) or (isinstance(fallback, Window) and fallback.edited_whole)
 
     def _build(self) -> ir.Model:
         source, proto = self.source, self.source.proto
@@ -336,7 +360,8 @@ class Window:
         validate.check_finite_tensors(self.source.proto.graph.initializer, where)
 
     def run(self, transform) -> dict:
-        """`transform(model)` on the window; on the whole graph when the window cannot take it."""
+        """`transform(model)` on the window; on a wider one, or the whole graph, when it cannot
+        take it."""
         try:
             summary = transform(self.model)
             spliced = self._splice()
@@ -346,8 +371,8 @@ class Window:
             tolerate(exc)
             spliced = None
         if spliced is None:
-            self._whole = self.whole()
-            return self._whole.run(transform)
+            self.fallback = self.wider() if self.wider is not None else self.whole()
+            return self.fallback.run(transform)
         for say, message in self.model.graph.meta.pop("onnxgrow.progress", []):
             say(message)
         before, after = spliced
@@ -357,15 +382,15 @@ class Window:
         return summary
 
     def result(self, original):
-        whole = getattr(self, "_whole", None)
-        if whole is not None:
-            return whole.result(original)
+        fallback = getattr(self, "fallback", None)
+        if fallback is not None:
+            return fallback.result(original)
         return g.like_input(original, self.source.proto)
 
     def write(self, path: Path) -> None:
-        whole = getattr(self, "_whole", None)
-        if whole is not None:
-            whole.write(path)
+        fallback = getattr(self, "fallback", None)
+        if fallback is not None:
+            fallback.write(path)
             return
         try:
             with open(path, "wb") as f:

@@ -66,7 +66,7 @@ def edit(path, targets, transform, out):
     except GrowError as exc:
         return "refused", str(exc)
     model.write(out)
-    used = "window" if isinstance(model, window.Window) and getattr(model, "_whole", None) is None else "whole"
+    used = "window" if isinstance(model, window.Window) and not model.edited_whole else "whole"
     return used, summary
 
 
@@ -103,7 +103,7 @@ def test_a_chain_is_widened_through_a_small_window(tmp_path, always_window):
     assert isinstance(model, window.Window)
     assert len(model.region) == 4  # b20.fc, its bias Add and Relu, and b21.fc that consumes it
     summary = model.run(lambda m: widen_model(m, layer="b20.fc", width=8))
-    assert getattr(model, "_whole", None) is None
+    assert not model.edited_whole
     model.write(str(tmp_path / "out.onnx"))
     assert "b21.fc" in summary["lines"][1]
     student = onnx.load(str(tmp_path / "out.onnx"))
@@ -164,14 +164,20 @@ WHOLE_ONLY: set = set()
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_decoder_edits_by_module_path_agree(tmp_path, monkeypatch, llm_model, family):
+    """Attention and MLP projections of a GQA decoder, by module path: the window holds one block's
+    attention (RoPE's tables are read, not followed to every other layer) and is kept."""
     path = llm_model(family)
-    for target, transform in [
-        ("model.layers.0.mlp.up_proj", lambda m: widen_model(m, layer="model.layers.0.mlp.up_proj", width=96)),
-        ("layers.1.self_attn.k_proj", lambda m: widen_model(m, layer="layers.1.self_attn.k_proj", width=48)),
+    for target, transform, kept in [
+        ("model.layers.0.mlp.up_proj", lambda m: widen_model(m, layer="model.layers.0.mlp.up_proj", width=96), True),
+        ("layers.1.self_attn.k_proj", lambda m: widen_model(m, layer="layers.1.self_attn.k_proj", width=48), True),
+        ("layers.1.self_attn.q_proj", lambda m: widen_model(m, layer="layers.1.self_attn.q_proj", width=64,
+                                                             method="r2r"), True),
+        ("layers.0.self_attn.v_proj", lambda m: widen_model(m, layer="layers.0.self_attn.v_proj", width=32), True),
         ("model.layers.1.mlp.down_proj", lambda m: deepen_model(m, after="model.layers.1.mlp.down_proj",
-                                                                 method="zero")),
+                                                                 method="zero"), False),
     ]:
-        same_edit(tmp_path, path, [target], transform, monkeypatch)
+        how = same_edit(tmp_path, path, [target], transform, monkeypatch)
+        assert how == "window" if kept else how in ("window", "whole"), (target, how)
 
 
 def test_an_unknown_name_gets_the_whole_graphs_message(tmp_path, always_window):
@@ -198,7 +204,7 @@ def test_the_command_line_edits_a_large_chain_through_a_window(tmp_path, monkeyp
         result = CliRunner().invoke(cli, [*argv, "-o", str(tmp_path / f"out{min_nodes}.onnx")])
         assert result.exit_code == 0, result.output
         results[min_nodes] = json.loads(result.output)
-    assert len(calls) == 1 and getattr(calls[0], "_whole", None) is None  # the second run, windowed
+    assert len(calls) == 1 and not calls[0].edited_whole  # the second run, windowed
     whole, windowed = results[10**9], results[100]
     assert windowed["verify"]["ok"] and windowed["parameters"] == whole["parameters"]
     assert windowed["lines"] == whole["lines"] and windowed["parameters"]["after"] > 1200
@@ -264,7 +270,7 @@ def test_the_python_api_edits_a_large_graph_through_a_window(tmp_path, monkeypat
     wide = og.widen(path, layer="b10.fc", width=8)
     grown = og.grow(teacher, widen={"b20.fc": "x2"}, deepen=["b30.fc:zero"])
     deep = og.deepen(teacher, after="b40.fc", method="net2net")
-    assert len(calls) == 3 and all(getattr(c, "_whole", None) is None for c in calls)
+    assert len(calls) == 3 and not any(c.edited_whole for c in calls)
     assert onnx.load(path) == teacher  # the caller's file and proto are not modified
     for student in (wide, grown, deep):
         assert isinstance(student, onnx.ModelProto) and student is not teacher
@@ -278,11 +284,11 @@ def test_progress_is_reported_once_when_the_window_falls_back(tmp_path, always_w
     plan = plan_from(widen=["b3.fc=8"], deepen=["b39.fc"])  # the insertion replaces the graph's output
     model = window.load(path, plan.targets())
     model.run(lambda m: grow_model(m, plan, said.append))
-    assert getattr(model, "_whole", None) is not None
+    assert model.edited_whole
     assert said == ["widened b3.fc (+0 coupled): 4 → 8", "inserted net2net after b39.fc"]
     said.clear()
     plan = plan_from(widen=["b3.fc=8"], deepen=["b20.fc"])
     model = window.load(path, plan.targets())
     model.run(lambda m: grow_model(m, plan, said.append))
-    assert getattr(model, "_whole", None) is None
+    assert not model.edited_whole
     assert said == ["widened b3.fc (+0 coupled): 4 → 8", "inserted net2net after b20.fc"]
