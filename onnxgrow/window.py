@@ -9,7 +9,10 @@ an onnx-ir model of just those nodes (`Window`):
 - flood-filled from the targets' outputs through every node, except that a weight layer (Conv
   with one group, ConvTranspose with one group, Gemm, MatMul with a constant weight) is taken in
   without going past its data input or its output: a group ends there. Its weight and bias, and
-  every other reader of a shared float weight, are taken in.
+  every other reader of a shared float weight, are taken in. The first window is local: only
+  values computed from the targets get all their readers, everything else only its producers
+  (RoPE's tables and the attention mask are read by every layer; a query projection's group
+  never goes there). If that is not enough, the whole flood fill is tried.
 - Values crossing the window's edge become its graph inputs and outputs (typed by one shape
   inference of the whole graph). Transforms already refuse to change those: a widened group that
   reaches one is refused; an insertion after one replaces it, which is detected.
@@ -476,9 +479,9 @@ class Window:
         produced_at = {}
         for node, at in zip(self.model.graph, order):
             for value in node.inputs:
-                if value is None or not value.name or value.is_initializer() or value.is_graph_input() \
-                        and value.name not in source.producer:
-                    continue
+                if value is None or not value.name or value.is_initializer() or (
+                        value.is_graph_input() and value.name not in source.producer):
+                    continue  # a weight, or an input of the whole graph
                 if value.name in produced_at:
                     continue
                 outside = source.producer.get(value.name)
