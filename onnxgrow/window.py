@@ -89,8 +89,8 @@ def load(model, targets: list[str] | None, spill: bool = False):
         proto = g.read_proto(path)  # read once, whichever way it is edited
         whole = lambda: Whole(g.from_file_proto(proto, path), spill)  # noqa: E731
         base_dir = path.parent
-    elif isinstance(model, onnx.ModelProto) and targets:
-        proto, base_dir = onnx.ModelProto(), None
+    elif isinstance(model, onnx.ModelProto) and targets and len(model.graph.node) >= MIN_NODES:
+        proto, base_dir = onnx.ModelProto(), None  # a copy: the caller's proto is not modified
         proto.CopyFrom(model)
         whole = lambda: Whole(g.load(model), spill)  # noqa: E731
     else:
@@ -281,7 +281,7 @@ class Window:
         self.edge_outputs = [(v, v.name) for v in graph.outputs]
         self.shared = {name for name in graph.initializers
                        if any(i not in self._inside for i in source.consumers.get(name, ()))
-                       or name in source.outputs}
+                       or name in source.outputs or name in source.inputs}  # kept in the proto
         self.consts = {name: id(value.const_value) for name, value in graph.initializers.items()}
         self.edge_shapes = {v.name: self._edge_types.get(v.name) for v in graph.outputs}
         graph.meta["onnxgrow.names"] = _TakenNames(source)  # new names stay unique in the whole graph

@@ -292,3 +292,18 @@ def test_progress_is_reported_once_when_the_window_falls_back(tmp_path, always_w
     model.run(lambda m: grow_model(m, plan, said.append))
     assert not model.edited_whole
     assert said == ["widened b3.fc (+0 coupled): 4 → 8", "inserted net2net after b20.fc"]
+
+
+def test_an_initializer_that_is_also_a_graph_input_stays(tmp_path, always_window):
+    """(IR < 4 style) A weight listed among the graph inputs can be overridden by the caller, so
+    it stays in the student even once no node reads it, as it does when the whole graph is edited."""
+    model = onnx.load(chain(tmp_path / "chain.onnx"))
+    model.graph.input.append(helper.make_tensor_value_info("b20.w", TensorProto.FLOAT, [4, 4]))
+    path = str(tmp_path / "inputs.onnx")
+    onnx.save(model, path)
+    loaded = window.load(path, ["b20.fc"])
+    loaded.run(lambda m: widen_model(m, layer="b20.fc", width=8))
+    assert isinstance(loaded, window.Window) and not loaded.edited_whole
+    student = loaded.result(path)
+    assert "b20.w" in {t.name for t in student.graph.initializer} and "b20.w" in {i.name for i in student.graph.input}
+    assert "b20.b" not in {t.name for t in student.graph.initializer}  # its bias went, replaced
