@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,23 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 # ----------------------------------------------------------------------------- the protobuf
 
 
-def check_model_proto(proto: onnx.ModelProto, where: str, base_dir: Path | None = None) -> None:
-    """Refuse a model onnxgrow cannot read faithfully (see the module docstring)."""
+class GraphIndex:
+    """Which node produces and which nodes read each value of a graph (node indices), and whether
+    a node holds a subgraph: recorded by the order check, which walks them all anyway."""
+
+    def __init__(self):
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = defaultdict(list)
+        self.subgraphs = False
+
+
+def check_model_proto(proto: onnx.ModelProto, where: str, base_dir: Path | None = None,
+                      index: GraphIndex | None = None) -> None:
+    """Refuse a model onnxgrow cannot read faithfully (see the module docstring); fill `index`
+    for the main graph when given one."""
     _check_versions(proto, where)
     g = proto.graph
-    _check_graph(g, where, outer=set())
+    _check_graph(g, where, outer=set(), index=index)
     _check_initializers(g, where, base_dir)
     _check_zero_sizes(g, where)
 
@@ -77,8 +90,10 @@ def _check_versions(proto: onnx.ModelProto, where: str) -> None:
             )
 
 
-def _check_graph(g: onnx.GraphProto, where: str, outer: set) -> None:
+def _check_graph(g: onnx.GraphProto, where: str, outer: set, index: GraphIndex | None = None) -> None:
     """SSA order: every input defined before its use, nothing defined twice, outputs produced."""
+    producer = index.producer if index is not None else {}
+    readers = index.consumers if index is not None else None
     inputs = [i.name for i in g.input]
     if len(set(inputs)) != len(inputs):
         twice = sorted({n for n in inputs if inputs.count(n) > 1})
@@ -87,23 +102,28 @@ def _check_graph(g: onnx.GraphProto, where: str, outer: set) -> None:
     defined.update(t.name for t in g.initializer)
     defined.update(s.values.name for s in g.sparse_initializer)
     subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-    for index, node in enumerate(g.node):
+    for position, node in enumerate(g.node):
         for name in node.input:
             if name and name not in defined and name not in outer:
-                _undefined_input(g, index, name, where)
+                _undefined_input(g, position, name, where)
+            if readers is not None:
+                readers[name].append(position)
         if node.op_type in SUBGRAPH_OPS or node.domain not in _DEFAULT_DOMAINS:
             for attr in node.attribute:
                 if attr.type in subgraph_types:
+                    if index is not None:
+                        index.subgraphs = True
                     for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                         _check_graph(sub, where, outer | defined)
         for name in node.output:
             if name and name in defined:
                 raise GrowError(
                     f"{where} is not a valid graph: the value {name!r} is defined twice (node "
-                    f"{_label(node, index)} produces it again). Each value must have one producer; "
+                    f"{_label(node, position)} produces it again). Each value must have one producer; "
                     "re-export the model or rename one of them."
                 )
             defined.add(name)
+            producer[name] = position
     for out in g.output:
         if out.name not in defined and out.name not in outer:
             raise GrowError(

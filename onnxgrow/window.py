@@ -48,7 +48,6 @@ SMALL_MODEL_BYTES = 64 << 20  # copied whole for shape inference; larger ones wi
 CLOSED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 LAYOUT_OPS = ("Transpose", "Cast", "Identity", "CastLike", "Reshape")
 FLOAT_TYPES = {t.value for t in g.FLOAT_TYPES}
-SUBGRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 class Whole:
@@ -111,19 +110,9 @@ def edit(model, targets: list[str] | None, transform):
 class _Source:
     """A model file kept as its proto, with the indexes a window needs."""
 
-    def __init__(self, proto: onnx.ModelProto):
+    def __init__(self, proto: onnx.ModelProto, index: validate.GraphIndex):
         self.proto = proto
-        producer: dict[str, int] = {}
-        consumers: dict[str, list[int]] = defaultdict(list)
-        subgraphs = False
-        for index, node in enumerate(proto.graph.node):
-            for name in node.input:
-                consumers[name].append(index)
-            for name in node.output:
-                producer[name] = index
-            if node.op_type in validate.SUBGRAPH_OPS or node.domain not in ops.ONNX_DOMAINS:
-                subgraphs = subgraphs or any(a.type in SUBGRAPH_ATTRIBUTES for a in node.attribute)
-        self.producer, self.consumers, self.subgraphs = producer, consumers, subgraphs
+        self.producer, self.consumers = index.producer, index.consumers
         self.initializer = {t.name: i for i, t in enumerate(proto.graph.initializer)}
         self.outputs = {o.name for o in proto.graph.output}
         self.inputs = {i.name: i for i in proto.graph.input}
@@ -137,13 +126,13 @@ class _Source:
         if (len(graph.node) < MIN_NODES or proto.functions or graph.sparse_initializer
                 or any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)):
             return None
+        index = validate.GraphIndex()
         try:
             g._check_not_empty(proto, "the model")
-            validate.check_model_proto(proto, "the model", base_dir)
+            validate.check_model_proto(proto, "the model", base_dir, index)
         except GrowError:
             return None
-        source = cls(proto)
-        return None if source.subgraphs else source
+        return None if index.subgraphs else cls(proto, index)
 
     # ------------------------------------------------------------------ which nodes
     def is_constant(self, name: str, depth: int = 0) -> bool:
