@@ -181,18 +181,19 @@ def _initializer_chunk(value: ir.Value) -> list:
         chunk = onnx.GraphProto()
         ir.serde.serialize_tensor_into(chunk.initializer.add(), tensor)
         data = chunk.SerializeToString()
-        return [b"\x3a" + _varint(len(data)), data]  # field 7 (ModelProto.graph), length-delimited
+        return [b"\x3a" + varint(len(data)), data]  # field 7 (ModelProto.graph), length-delimited
     raw = memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")
     if array.dtype.byteorder == ">":
         raw = memoryview(array.astype(array.dtype.newbyteorder("<")).reshape(-1)).cast("B")
     header = onnx.TensorProto(name=value.name, data_type=tensor.dtype.value, dims=array.shape).SerializeToString()
-    header += b"\x4a" + _varint(len(raw))  # field 9 (TensorProto.raw_data)
-    initializer = b"\x2a" + _varint(len(header) + len(raw))  # field 5 (GraphProto.initializer)
+    header += b"\x4a" + varint(len(raw))  # field 9 (TensorProto.raw_data)
+    initializer = b"\x2a" + varint(len(header) + len(raw))  # field 5 (GraphProto.initializer)
     graph_head = initializer + header
-    return [b"\x3a" + _varint(len(graph_head) + len(raw)), graph_head, raw]
+    return [b"\x3a" + varint(len(graph_head) + len(raw)), graph_head, raw]
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """`n` as a protobuf varint."""
     out = bytearray()
     while True:
         low, n = n & 0x7F, n >> 7

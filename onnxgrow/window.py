@@ -385,8 +385,7 @@ class Window:
             fallback.write(path)
             return
         try:
-            with open(path, "wb") as f:
-                f.write(self.source.proto.SerializeToString())
+            _write_streamed(self.source.proto, path)
         except OSError as exc:
             raise GrowError(f"cannot write {str(path)!r}: {exc.strerror or exc}.") from None
 
@@ -497,6 +496,37 @@ class Window:
                 rebuilt.extend(protos[id(n)] for n in tail)
         del nodes[:]
         nodes.extend(rebuilt)
+
+
+def _write_streamed(proto: onnx.ModelProto, path: Path) -> None:
+    """Write `proto`; a large one with its weights one at a time (see graph._write_inline), so the
+    whole model's bytes are never in memory beside the model."""
+    if proto.ByteSize() <= SMALL_MODEL_BYTES:
+        Path(path).write_bytes(proto.SerializeToString())
+        return
+    head = onnx.ModelProto()
+    _copy_fields(proto, head, skip="graph")
+    _copy_fields(proto.graph, head.graph, skip="initializer")
+    with open(path, "wb") as f:
+        f.write(head.SerializeToString())
+        for tensor in proto.graph.initializer:
+            data = tensor.SerializeToString()
+            field = b"\x2a" + g.varint(len(data))  # GraphProto.initializer
+            f.write(b"\x3a" + g.varint(len(field) + len(data)) + field)  # ModelProto.graph
+            f.write(data)
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Copy every field of protobuf message `source` that is set, except `skip`, into `target`."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
 
 
 def _parameters(value: ir.Value) -> int:

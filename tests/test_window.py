@@ -307,3 +307,13 @@ def test_an_initializer_that_is_also_a_graph_input_stays(tmp_path, always_window
     student = loaded.result(path)
     assert "b20.w" in {t.name for t in student.graph.initializer} and "b20.w" in {i.name for i in student.graph.input}
     assert "b20.b" not in {t.name for t in student.graph.initializer}  # its bias went, replaced
+
+
+def test_a_large_model_is_written_a_weight_at_a_time(tmp_path, always_window, monkeypatch):
+    monkeypatch.setattr(window, "SMALL_MODEL_BYTES", 0)
+    path = chain(tmp_path / "chain.onnx")
+    model = window.load(path, ["b5.fc"])
+    model.run(lambda m: widen_model(m, layer="b5.fc", width=8))
+    model.write(str(tmp_path / "out.onnx"))
+    assert onnx.load(str(tmp_path / "out.onnx")) == model.source.proto
+    assert_same_outputs(path, str(tmp_path / "out.onnx"))
