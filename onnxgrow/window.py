@@ -12,7 +12,9 @@ an onnx-ir model of just those nodes (`Window`):
   every other reader of a shared float weight, are taken in. The first window is local: only
   values computed from the targets get all their readers, everything else only its producers
   (RoPE's tables and the attention mask are read by every layer; a query projection's group
-  never goes there). If that is not enough, the whole flood fill is tried.
+  never goes there), and only within `NEAR` nodes of the targets (an insertion after a layer that
+  writes the residual stream needs its neighbours, not every layer the stream reaches). If that is
+  not enough, the local window without the limit, then the whole flood fill are tried.
 - Values crossing the window's edge become its graph inputs and outputs (typed by one shape
   inference of the whole graph). Transforms already refuse to change those: a widened group that
   reaches one is refused; an insertion after one replaces it, which is detected.
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 
 import onnx
@@ -44,6 +46,7 @@ from .summary import parameters_line
 # (0: every edit tries a window; a huge number: none does)
 MIN_NODES = int(os.environ.get("ONNXGROW_WINDOW_MIN_NODES", "2000"))
 MAX_SHARE = 0.5  # a window over more of the graph than this saves too little
+NEAR = 12  # the first window: nodes at most this far from the targets (an insertion's reach)
 SMALL_MODEL_BYTES = 64 << 20  # copied whole for shape inference; larger ones without their weights
 CLOSED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 LAYOUT_OPS = ("Transpose", "Cast", "Identity", "CastLike", "Reshape")
@@ -184,38 +187,39 @@ class _Source:
                 todo.extend(self.proto.graph.node[index].input[:1])
         return "\n".join(said)
 
-    def region(self, seeds: list[int], local: bool = False) -> list[int]:
+    def region(self, seeds: list[int], local: bool = False, reach: int | None = None) -> list[int]:
         """The nodes a transform of `seeds` can reach (see the module docstring), in graph order.
 
         `local`: only what is computed from the seeds' outputs gets all its readers; everything
-        else only its producers. A group that goes further meets the window's edge and is
-        refused there; the transform then runs again on the whole flood fill."""
+        else only its producers. `reach`: and only up to that many nodes from the seeds. A group
+        that goes further meets the window's edge and is refused there; the transform then runs
+        again on a wider window."""
         nodes = self.proto.graph.node
         inside: set[int] = set()
         opened: set[int] = set()
-        todo: list[tuple[str, bool]] = []  # (value, whether its readers are taken too)
+        todo: deque[tuple[str, bool, int]] = deque()  # (value, whether its readers are taken, hops)
 
-        def take(index: int, forward: bool) -> None:
+        def take(index: int, forward: bool, hops: int) -> None:
             node = nodes[index]
             closed = self.is_closed(node)
             if index not in inside:
                 inside.add(index)
-                todo.extend((name, not local) for name in (node.input[1:] if closed else node.input))
-            if forward and not closed and node.input and index not in opened:
+                todo.extend((name, not local, hops) for name in (node.input[1:] if closed else node.input))
+            if forward and not closed and node.input and index not in opened and (reach is None or hops < reach):
                 opened.add(index)
-                todo.extend((name, True) for name in node.output)
+                todo.extend((name, True, hops + 1) for name in node.output)
 
         for index in seeds:
-            take(index, True)
-            todo.extend((name, True) for name in nodes[index].output)
+            take(index, True, 0)
+            todo.extend((name, True, 0) for name in nodes[index].output)
         seen: set[tuple[str, bool]] = set()
         while todo:
-            name, forward = todo.pop()
+            name, forward, hops = todo.popleft()
             if not name or (name, True) in seen or (name, forward) in seen:
                 continue
             seen.add((name, forward))
             if name in self.producer:
-                take(self.producer[name], not local)
+                take(self.producer[name], not local, hops)
             readers = forward
             if name in self.initializer:
                 if not self._float_weight(name):
@@ -223,7 +227,7 @@ class _Source:
                 readers = True  # every reader of a shared weight
             if readers:
                 for index in self.consumers.get(name, ()):
-                    take(index, forward or not local)
+                    take(index, forward or not local, hops)
         return sorted(inside)
 
     def prefix(self, values: set) -> onnx.ModelProto:
@@ -279,9 +283,10 @@ class Window:
 
     @classmethod
     def around(cls, source: _Source, targets: list[str], whole) -> "Window | None":
-        """A window of `source` around `targets` — what is computed from them first (`local`),
-        the whole flood fill if that is not enough — or None where it would not help; `whole()`
-        gives the model to edit whole if no window can take the transform."""
+        """A window of `source` around `targets` — what is computed from them within `NEAR`
+        nodes, then all that is computed from them, then the whole flood fill, as far as each is
+        needed — or None where none would help; `whole()` gives the model to edit whole if no
+        window can take the transform."""
         seeds = []
         for text in targets:
             found = source.candidates(text)
@@ -289,14 +294,14 @@ class Window:
                 return None
             seeds += found
         limit = MAX_SHARE * len(source.proto.graph.node)
-        regions = [region for region in (source.region(seeds, local=True), source.region(seeds))
-                   if len(region) <= limit]
+        regions: list[list[int]] = []
+        for local, reach in ((True, NEAR), (True, None), (False, None)):  # narrowest first
+            region = source.region(seeds, local, reach)
+            if len(region) <= limit and (not regions or len(region) > len(regions[-1])):
+                regions.append(region)
         if not regions:
             return None
-        window = cls(source, regions[0])
-        window.whole = whole
-        window.wider = (lambda: cls.wider_window(source, regions[1], whole)) if len(regions) > 1 \
-            and len(regions[1]) > len(regions[0]) else None
+        window = cls.chain(source, regions, whole)
         for text in targets:  # each target must name the same node in the window as in the graph
             try:
                 names.resolve(window.model.graph, text)
@@ -305,9 +310,12 @@ class Window:
         return window
 
     @classmethod
-    def wider_window(cls, source: _Source, region: list[int], whole) -> "Window":
-        window = cls(source, region)
-        window.whole, window.wider = whole, None
+    def chain(cls, source: _Source, regions: list[list[int]], whole) -> "Window":
+        """A window of the first region; if it cannot take the transform, the next (made when
+        needed), then `whole()`."""
+        window = cls(source, regions[0])
+        window.whole = whole
+        window.wider = (lambda: cls.chain(source, regions[1:], whole)) if len(regions) > 1 else None
         return window
 
     @property

@@ -165,19 +165,25 @@ WHOLE_ONLY: set = set()
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_decoder_edits_by_module_path_agree(tmp_path, monkeypatch, llm_model, family):
     """Attention and MLP projections of a GQA decoder, by module path: the window holds one block's
-    attention (RoPE's tables are read, not followed to every other layer) and is kept."""
+    attention (RoPE's tables are read, not followed to every other layer), or the neighbours of an
+    insertion after a layer writing the residual stream, and is kept; widening the stream itself
+    needs every layer: the near and local windows meet their edges, the whole flood fill takes it."""
     path = llm_model(family)
-    for target, transform, kept in [
-        ("model.layers.0.mlp.up_proj", lambda m: widen_model(m, layer="model.layers.0.mlp.up_proj", width=96), True),
-        ("layers.1.self_attn.k_proj", lambda m: widen_model(m, layer="layers.1.self_attn.k_proj", width=48), True),
+    for target, transform in [
+        ("model.layers.0.mlp.up_proj", lambda m: widen_model(m, layer="model.layers.0.mlp.up_proj", width=96)),
+        ("layers.1.self_attn.k_proj", lambda m: widen_model(m, layer="layers.1.self_attn.k_proj", width=48)),
         ("layers.1.self_attn.q_proj", lambda m: widen_model(m, layer="layers.1.self_attn.q_proj", width=64,
-                                                             method="r2r"), True),
-        ("layers.0.self_attn.v_proj", lambda m: widen_model(m, layer="layers.0.self_attn.v_proj", width=32), True),
+                                                             method="r2r")),
+        ("layers.0.self_attn.v_proj", lambda m: widen_model(m, layer="layers.0.self_attn.v_proj", width=32)),
         ("model.layers.1.mlp.down_proj", lambda m: deepen_model(m, after="model.layers.1.mlp.down_proj",
-                                                                 method="zero"), False),
+                                                                 method="zero")),
+        ("model.layers.0.self_attn.o_proj", lambda m: deepen_model(m, after="model.layers.0.self_attn.o_proj",
+                                                                    method="r2r", seed=2)),
+        ("model.layers.0.mlp.down_proj", lambda m: widen_model(m, layer="model.layers.0.mlp.down_proj",
+                                                                width=64)),  # the stream: wider windows
     ]:
         how = same_edit(tmp_path, path, [target], transform, monkeypatch)
-        assert how == "window" if kept else how in ("window", "whole"), (target, how)
+        assert how == "window", (target, how)
 
 
 def test_an_unknown_name_gets_the_whole_graphs_message(tmp_path, always_window):
