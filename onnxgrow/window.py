@@ -47,6 +47,7 @@ from .summary import parameters_line
 MIN_NODES = int(os.environ.get("ONNXGROW_WINDOW_MIN_NODES", "2000"))
 MAX_SHARE = 0.5  # a window over more of the graph than this saves too little
 NEAR = 12  # the first window: nodes at most this far from the targets (an insertion's reach)
+WIDENING = ((True, NEAR), (True, None), (False, None))  # the windows tried: (local, reach)
 SMALL_MODEL_BYTES = 64 << 20  # copied whole for shape inference; larger ones without their weights
 CLOSED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 LAYOUT_OPS = ("Transpose", "Cast", "Identity", "CastLike", "Reshape")
@@ -293,15 +294,9 @@ class Window:
             if not found:
                 return None
             seeds += found
-        limit = MAX_SHARE * len(source.proto.graph.node)
-        regions: list[list[int]] = []
-        for local, reach in ((True, NEAR), (True, None), (False, None)):  # narrowest first
-            region = source.region(seeds, local, reach)
-            if len(region) <= limit and (not regions or len(region) > len(regions[-1])):
-                regions.append(region)
-        if not regions:
+        window = cls.first(source, seeds, WIDENING, whole)
+        if window is None:
             return None
-        window = cls.chain(source, regions, whole)
         for text in targets:  # each target must name the same node in the window as in the graph
             try:
                 names.resolve(window.model.graph, text)
@@ -310,13 +305,21 @@ class Window:
         return window
 
     @classmethod
-    def chain(cls, source: _Source, regions: list[list[int]], whole) -> "Window":
-        """A window of the first region; if it cannot take the transform, the next (made when
-        needed), then `whole()`."""
-        window = cls(source, regions[0])
-        window.whole = whole
-        window.wider = (lambda: cls.chain(source, regions[1:], whole)) if len(regions) > 1 else None
-        return window
+    def first(cls, source: _Source, seeds: list[int], attempts: tuple, whole, after: int = 0) -> "Window | None":
+        """A window of the first region of `attempts` ((local, reach) pairs, narrowest first) that
+        is larger than `after` nodes and small enough to help; it knows how to make the next one
+        (only when needed), and `whole()`. None if no region qualifies."""
+        limit = MAX_SHARE * len(source.proto.graph.node)
+        for i, (local, reach) in enumerate(attempts):
+            region = source.region(seeds, local, reach)
+            if len(region) > limit:
+                return None  # the wider ones are larger still
+            if len(region) > after:
+                window = cls(source, region)
+                window.whole = whole
+                window.wider = lambda: cls.first(source, seeds, attempts[i + 1:], whole, len(region)) or whole()
+                return window
+        return None
 
     @property
     def edited_whole(self) -> bool:
@@ -371,7 +374,7 @@ class Window:
             tolerate(exc)
             spliced = None
         if spliced is None:
-            self.fallback = self.wider() if self.wider is not None else self.whole()
+            self.fallback = self.wider()
             return self.fallback.run(transform)
         for say, message in self.model.graph.meta.pop("onnxgrow.progress", []):
             say(message)
