@@ -87,6 +87,7 @@ def same_edit(tmp_path, path, targets, transform, monkeypatch) -> str:
         return how
     assert summary["lines"] == whole_summary["lines"]
     assert summary["parameters"] == whole_summary["parameters"]
+    assert summary.get("mappings") == whole_summary.get("mappings")  # what optimizer state follows
     onnx.checker.check_model(onnx.load(window_out), full_check=True)
     feeds = random_feeds(path)
     teacher, by_whole, by_window = run(path, feeds), run(whole_out, feeds), run(window_out, feeds)
@@ -323,3 +324,19 @@ def test_a_large_model_is_written_a_weight_at_a_time(tmp_path, always_window, mo
     model.write(str(tmp_path / "out.onnx"))
     assert onnx.load(str(tmp_path / "out.onnx")) == model.source.proto
     assert_same_outputs(path, str(tmp_path / "out.onnx"))
+
+
+def test_a_non_finite_weight_outside_the_window_is_still_refused(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from onnxgrow.cli import cli
+
+    monkeypatch.setattr(window, "MIN_NODES", 10)
+    model = onnx.load(chain(tmp_path / "chain.onnx"))
+    bad = next(t for t in model.graph.initializer if t.name == "b30.w")
+    bad.CopyFrom(onnx.numpy_helper.from_array(np.full((4, 4), np.nan, np.float32), "b30.w"))
+    path = str(tmp_path / "nan.onnx")
+    onnx.save(model, path)
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(cli, ["widen", path, "--layer", "b5.fc", "--width", "8", "-o", str(out)])
+    assert result.exit_code == 2 and "'b30.w' (16 of 16)" in result.output and not out.exists()
