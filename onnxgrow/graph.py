@@ -455,12 +455,14 @@ class Spill:
     MIN_BYTES = 1 << 20
 
     def __init__(self):
-        import tempfile
-
-        self._dir = tempfile.TemporaryDirectory(prefix="onnxgrow-spill-")
-        self._file = open(Path(self._dir.name) / "weights.data", "wb")  # noqa: SIM115 (closed in close())
+        self._dir = self._file = None  # made with the first weight: a refusal leaves nothing behind
 
     def write(self, array: np.ndarray, name: str) -> ir.ExternalTensor:
+        if self._file is None:
+            import tempfile
+
+            self._dir = tempfile.TemporaryDirectory(prefix="onnxgrow-spill-")
+            self._file = open(Path(self._dir.name) / "weights.data", "wb")  # noqa: SIM115 (closed in close())
         array = np.ascontiguousarray(array)
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
@@ -471,8 +473,9 @@ class Spill:
                                  shape=ir.Shape(array.shape), name=name, base_dir=self._dir.name)
 
     def close(self) -> None:
-        self._file.close()
-        self._dir.cleanup()
+        if self._file is not None:
+            self._file.close()
+            self._dir.cleanup()
 
 
 def drop_mapped_pages(values) -> None:
