@@ -38,11 +38,11 @@ def load(model, what: str = "model") -> ir.Model:
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
-        return _from_proto(proto, what)
+        return from_proto(proto, what)
     if _is_gs_graph(model):
         import onnx_graphsurgeon as gs
 
-        return _from_proto(gs.export_onnx(model), what)
+        return from_proto(gs.export_onnx(model), what)
     if isinstance(model, (str, os.PathLike)):
         return from_file_proto(read_proto(Path(model), what), Path(model))
     raise GrowError(
@@ -69,19 +69,28 @@ def read_proto(path: Path, what: str = "model") -> onnx.ModelProto:
         ) from None
 
 
-def from_file_proto(proto: onnx.ModelProto, path: Path) -> ir.Model:
-    """`proto` as `read_proto` read it from `path`, checked and converted; its data files are
-    looked for beside it."""
-    model = _from_proto(proto, str(path), base_dir=path.parent)
+def from_file_proto(proto: onnx.ModelProto, path: Path, checked: bool = False) -> ir.Model:
+    """`proto` as `read_proto` read it from `path`, checked (unless `checked` already) and
+    converted; its data files are looked for beside it."""
+    model = from_proto(proto, str(path), base_dir=path.parent, checked=checked)
     ir.external_data.set_base_dir(model.graph, path.parent)  # as ir.load: data files beside the model
     return model
 
 
-def _from_proto(proto: onnx.ModelProto, what: str, base_dir: Path | None = None) -> ir.Model:
-    """Check `proto` (see validate.py; external data files are looked for in `base_dir`) and
-    convert it to onnx-ir."""
+def check_proto(proto: onnx.ModelProto, what: str, base_dir: Path | None = None,
+                index: validate.GraphIndex | None = None) -> None:
+    """Refuse a proto onnxgrow cannot read faithfully: empty, or see validate.py (external data
+    files are looked for in `base_dir`; `index` is filled on the way)."""
     _check_not_empty(proto, what)
-    validate.check_model_proto(proto, what, base_dir)
+    validate.check_model_proto(proto, what, base_dir, index)
+
+
+def from_proto(proto: onnx.ModelProto, what: str, base_dir: Path | None = None,
+               checked: bool = False) -> ir.Model:
+    """`proto` (owned by the caller no more) checked (unless `checked` already) and converted to
+    onnx-ir."""
+    if not checked:
+        check_proto(proto, what, base_dir)
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
@@ -577,7 +586,7 @@ def infer_shapes(model: ir.Model) -> None:
         return  # a window's values were typed by an inference of the whole graph (see window.py)
     source, nodes = graph.meta.pop("onnxgrow.source", (None, None))  # not kept: it holds the teacher's weights
     if source is not None and edit_count(graph) == 0 and nodes == graph.num_nodes():
-        proto = _without_big_weights(source)  # the loaded proto: no Python serialisation
+        proto = light_copy(source)  # the loaded proto: no Python serialisation
     else:
         proto = light_proto(model)
     graph.meta["onnxgrow.model"] = model
@@ -619,18 +628,24 @@ def light_proto(model: ir.Model) -> onnx.ModelProto:
             graph.initializers.add(value)
 
 
-def _without_big_weights(source: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `source` whose initializers over 1 kB are data-less inputs (copied in C++)."""
+def light_copy(source: onnx.ModelProto, nodes=None, whole_under: int = 0) -> onnx.ModelProto:
+    """A copy of `source` for shape inference, made in C++: its initializers over 1 kB become
+    data-less inputs (a model under `whole_under` bytes keeps them all: one copy instead of a
+    Python loop over them); with `nodes`, only those nodes (a prefix of the graph, no outputs)."""
     light = onnx.ModelProto()
     light.ir_version = source.ir_version
     light.opset_import.extend(source.opset_import)
     light.functions.extend(source.functions)
     graph, src = light.graph, source.graph
     graph.name = src.name
-    graph.node.extend(src.node)
+    graph.node.extend(src.node if nodes is None else nodes)
     graph.input.extend(src.input)
-    graph.output.extend(src.output)
-    graph.value_info.extend(src.value_info)
+    if nodes is None:
+        graph.output.extend(src.output)
+    graph.value_info.extend(src.value_info)  # the exporter's shapes help inference
+    if whole_under and source.ByteSize() <= whole_under:
+        graph.initializer.extend(src.initializer)
+        return light
     inputs = {i.name for i in src.input}
     for tensor in src.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL and is_small_tensor(tensor):

@@ -58,7 +58,7 @@ class Net2Net(WidenMethod):
     copies_rows = True  # widening.Plan gathers the copies itself
 
     def grow_consumer(self, plan, array, axis, slot, copies):
-        import numpy as np
+        import numpy as np  # imported here so that the command line starts without numpy
 
         grown = plan.insert_copies(array, axis, slot)  # then every copy's share, in place
         wide = replace(slot, total=slot.total + plan.new)

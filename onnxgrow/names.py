@@ -26,6 +26,7 @@ import fnmatch
 import onnx_ir as ir
 
 from . import graph as g
+from . import ops
 from .errors import GrowError
 
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
@@ -92,7 +93,7 @@ def _parameter_owner(value: ir.Value | None, depth: int = 0) -> str | None:
     if value.is_initializer() and value.name and value.name.endswith(".weight"):
         return value.name[: -len(".weight")] or None
     node = value.producer()
-    if node is not None and node.op_type in ("Transpose", "Cast", "Identity", "CastLike") and node.inputs:
+    if node is not None and node.op_type in ops.WEIGHT_WRAPPERS and node.inputs:
         return _parameter_owner(node.inputs[0], depth + 1)
     return None
 

@@ -38,6 +38,12 @@ IDEMPOTENT = frozenset({"Relu", "Clip", "Max", "Min"})
 RELAYOUT = frozenset({"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand",
                       "Transpose"})
 
+# ops a weight can sit behind and still be that weight (its state-dict name still names the layer)
+WEIGHT_WRAPPERS = frozenset({"Transpose", "Cast", "Identity", "CastLike"})
+
+# the default domain's ops that hold subgraphs (any op of another domain may too)
+SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
 # constant folding: these re-lay out a constant and are folded at any size; any other op is folded
 # only on small operands (shape arithmetic), never on weights (that would be a weight computation)
 FOLD_AT_ANY_SIZE = frozenset({"Identity", "Cast", "Transpose", "Shape", "Expand"})

@@ -33,10 +33,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from . import ops
 from .errors import GrowError
-
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 # ----------------------------------------------------------------------------- the protobuf
@@ -72,7 +70,7 @@ def _check_versions(proto: onnx.ModelProto, where: str) -> None:
         )
     newest = onnx.defs.onnx_opset_version()
     for opset in proto.opset_import:
-        if opset.domain in _DEFAULT_DOMAINS and opset.version > newest:
+        if opset.domain in ops.ONNX_DOMAINS and opset.version > newest:
             raise GrowError(
                 f"{where} imports opset {opset.version} of the default ONNX domain; the installed "
                 f"onnx {onnx.__version__} knows opsets up to {newest}. Re-export the model with "
@@ -108,7 +106,7 @@ def _check_graph(g: onnx.GraphProto, where: str, outer: set, index: GraphIndex |
                 _undefined_input(g, position, name, where)
             if readers is not None:
                 readers[name].append(position)
-        if node.op_type in SUBGRAPH_OPS or node.domain not in _DEFAULT_DOMAINS:
+        if node.op_type in ops.SUBGRAPH_OPS or node.domain not in ops.ONNX_DOMAINS:
             for attr in node.attribute:
                 if attr.type in subgraph_types:
                     if index is not None:
@@ -130,9 +128,6 @@ def _check_graph(g: onnx.GraphProto, where: str, outer: set, index: GraphIndex |
                 f"{where} is not a valid graph: its output {out.name!r} is not produced by any node, "
                 "graph input or initializer. Re-export the model, or remove that output."
             )
-
-
-SUBGRAPH_OPS = ("If", "Loop", "Scan", "SequenceMap")  # the default domain's ops with graph attributes
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:
@@ -249,7 +244,7 @@ def _check_zero_sizes(g: onnx.GraphProto, where: str) -> None:
     if not empty:
         return
     weights = {n.input[1]: n for n in g.node
-               if n.op_type in WEIGHT_OPS and n.domain in _DEFAULT_DOMAINS and len(n.input) > 1}
+               if n.op_type in ops.WEIGHT_OPS and n.domain in ops.ONNX_DOMAINS and len(n.input) > 1}
     for t in empty:
         if t.name in weights:
             node = weights[t.name]
@@ -280,14 +275,9 @@ def check_finite_tensors(tensors, where: str = "the model") -> None:
 
     bad = []
     for tensor in tensors:
-        if tensor.data_type not in _FLOAT_PROTO_TYPES:
-            continue
-        _count_non_finite(tensor.name, ir.serde.TensorProtoTensor(tensor).numpy(), bad)
+        if ir.DataType(tensor.data_type).is_floating_point():
+            _count_non_finite(tensor.name, ir.serde.TensorProtoTensor(tensor).numpy(), bad)
     _refuse_non_finite(bad, where)
-
-
-_FLOAT_PROTO_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                      onnx.TensorProto.DOUBLE)
 
 
 def _count_non_finite(name: str, array: np.ndarray, bad: list) -> None:

@@ -49,8 +49,7 @@ MAX_SHARE = 0.5  # a window over more of the graph than this saves too little
 NEAR = 12  # the first window: nodes at most this far from the targets (an insertion's reach)
 WIDENING = ((True, NEAR), (True, None), (False, None))  # the windows tried: (local, reach)
 SMALL_MODEL_BYTES = 64 << 20  # copied whole for shape inference; larger ones without their weights
-CLOSED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-LAYOUT_OPS = ("Transpose", "Cast", "Identity", "CastLike", "Reshape")
+CONSTANT_WRAPPERS = ops.RELAYOUT | ops.WEIGHT_WRAPPERS  # a constant behind these is still one
 FLOAT_TYPES = {t.value for t in g.FLOAT_TYPES}
 
 
@@ -89,16 +88,16 @@ def load(model, targets: list[str] | None, spill: bool = False):
     grown weights to a temporary file as they are made (see graph.Spill)."""
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        proto = g.read_proto(path)  # read once, whichever way it is edited
-        whole = lambda: Whole(g.from_file_proto(proto, path), spill)  # noqa: E731
-        base_dir = path.parent
+        proto = g.read_proto(path)  # read and checked once, whichever way it is edited
+        source = _Source.of(proto, path.parent) if targets else None
+        whole = lambda: Whole(g.from_file_proto(proto, path, checked=source is not None), spill)  # noqa: E731
     elif isinstance(model, onnx.ModelProto) and targets and len(model.graph.node) >= MIN_NODES:
-        proto, base_dir = onnx.ModelProto(), None  # a copy: the caller's proto is not modified
+        proto = onnx.ModelProto()  # a copy: the caller's proto is not modified
         proto.CopyFrom(model)
-        whole = lambda: Whole(g.load(model), spill)  # noqa: E731
+        source = _Source.of(proto, None)
+        whole = lambda: Whole(g.from_proto(proto, "model", checked=source is not None), spill)  # noqa: E731
     else:
         return Whole(g.load(model), spill)
-    source = _Source.of(proto, base_dir) if targets else None
     window = Window.around(source, targets, whole) if source is not None else None
     return window if window is not None else whole()
 
@@ -123,17 +122,16 @@ class _Source:
 
     @classmethod
     def of(cls, proto: onnx.ModelProto, base_dir: Path | None) -> "_Source | None":
-        """`proto` indexed, if it is a large, plain, inline model; None for anything else (the
-        whole graph in onnx-ir handles every case, and reports every error in the words users
-        know)."""
+        """`proto` checked (graph.check_proto) and indexed, if it is a large, plain, inline model;
+        None for anything else (the whole graph in onnx-ir handles every case, and reports every
+        error in the words users know)."""
         graph = proto.graph
         if (len(graph.node) < MIN_NODES or proto.functions or graph.sparse_initializer
                 or any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)):
             return None
         index = validate.GraphIndex()
         try:
-            g._check_not_empty(proto, "the model")
-            validate.check_model_proto(proto, "the model", base_dir, index)
+            g.check_proto(proto, "the model", base_dir, index)
         except GrowError:
             return None
         return None if index.subgraphs else cls(proto, index)
@@ -147,11 +145,11 @@ class _Source:
             return False
         node = self.proto.graph.node[index]
         return node.op_type == "Constant" or (
-            node.op_type in LAYOUT_OPS and bool(node.input) and self.is_constant(node.input[0], depth + 1))
+            node.op_type in CONSTANT_WRAPPERS and bool(node.input) and self.is_constant(node.input[0], depth + 1))
 
     def is_closed(self, node: onnx.NodeProto) -> bool:
         """A weight layer: a group ends at its data input and at its output."""
-        if node.op_type not in CLOSED_OPS or node.domain not in ops.ONNX_DOMAINS or len(node.input) < 2:
+        if node.op_type not in ops.WEIGHT_OPS or node.domain not in ops.ONNX_DOMAINS or len(node.input) < 2:
             return False
         if node.op_type in ("Conv", "ConvTranspose"):
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
@@ -166,7 +164,7 @@ class _Source:
         if text in self.node_names():
             return self._by_name[text]
         if not hasattr(self, "_said"):
-            self._said = [(i, self._mentioned(node)) for i, node in enumerate(nodes) if node.op_type in CLOSED_OPS]
+            self._said = [(i, self._mentioned(node)) for i, node in enumerate(nodes) if node.op_type in ops.WEIGHT_OPS]
         return [index for index, said in self._said if text in said]
 
     def node_names(self) -> dict[str, list[int]]:
@@ -184,7 +182,7 @@ class _Source:
             name = todo.pop()
             said.append(name)
             index = self.producer.get(name)
-            if index is not None and self.proto.graph.node[index].op_type in LAYOUT_OPS:
+            if index is not None and self.proto.graph.node[index].op_type in ops.WEIGHT_WRAPPERS:
                 todo.extend(self.proto.graph.node[index].input[:1])
         return "\n".join(said)
 
@@ -233,25 +231,10 @@ class _Source:
 
     def prefix(self, values: set) -> onnx.ModelProto:
         """The model up to the last node producing one of `values` (the graph is in topological
-        order: their whole computation), weights over 1 kB as data-less inputs: what a shape
-        inference of `values` needs."""
-        nodes, tensors = self.proto.graph.node, self.proto.graph.initializer
+        order: their whole computation), light (graph.light_copy): what a shape inference of
+        `values` needs."""
         last = max((self.producer[v] for v in values if v in self.producer), default=-1)
-        cut = onnx.ModelProto(ir_version=self.proto.ir_version)
-        cut.opset_import.extend(self.proto.opset_import)
-        graph = cut.graph
-        graph.node.extend(nodes[: last + 1])
-        graph.input.extend(self.proto.graph.input)
-        graph.value_info.extend(self.proto.graph.value_info)  # the exporter's shapes help inference
-        if self.proto.ByteSize() <= SMALL_MODEL_BYTES:
-            graph.initializer.extend(tensors)
-            return cut
-        for tensor in tensors:
-            if g.is_small_tensor(tensor):
-                graph.initializer.append(tensor)
-            elif tensor.name not in self.inputs:
-                graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-        return cut
+        return g.light_copy(self.proto, self.proto.graph.node[: last + 1], whole_under=SMALL_MODEL_BYTES)
 
     def _float_weight(self, name: str) -> bool:
         tensor = self.proto.graph.initializer[self.initializer[name]]
@@ -277,7 +260,6 @@ class Window:
                        if any(i not in self._inside for i in source.consumers.get(name, ()))
                        or name in source.outputs or name in source.inputs}  # kept in the proto
         self.consts = {name: id(value.const_value) for name, value in graph.initializers.items()}
-        self.edge_shapes = {v.name: self._edge_types.get(v.name) for v in graph.outputs}
         graph.meta["onnxgrow.names"] = _TakenNames(source)  # new names stay unique in the whole graph
         graph.meta["onnxgrow.window"] = True
         graph.meta["onnxgrow.inferred"] = True  # shapes inferred on the whole graph know more
@@ -331,7 +313,7 @@ class Window:
         source, proto = self.source, self.source.proto
         nodes = proto.graph.node
         self._inside = set(self.region)
-        self._edge_types: dict = {}
+        self.edge_shapes: dict = {}  # edge output -> its dims as inferred on the whole graph
         produced = {name for i in self.region for name in nodes[i].output if name}
         read = {name for i in self.region for name in nodes[i].input if name}
         types = _inferred_types(source.prefix(read | produced), read | produced)
@@ -350,7 +332,7 @@ class Window:
         for name in sorted(produced):
             if name in source.outputs or any(i not in self._inside for i in source.consumers.get(name, ())):
                 graph.output.append(types.get(name) or onnx.ValueInfoProto(name=name))
-                self._edge_types[name] = _dims(types.get(name))
+                self.edge_shapes[name] = _dims(types.get(name))
             elif name in types:
                 graph.value_info.append(types[name])
         return ir.from_proto(light)
@@ -367,18 +349,18 @@ class Window:
         take it."""
         try:
             summary = transform(self.model)
-            spliced = self._splice()
+            placed = self._placement() if self._edges_kept() else None
         except GrowError:  # the whole graph gives the answer, refusal or not
-            spliced = None
+            placed = None
         except Exception as exc:  # a bug, here or in the transform: the whole graph may not meet it
             tolerate(exc)
-            spliced = None
-        if spliced is None:
+            placed = None
+        if placed is None:
             self.fallback = self.wider()
             return self.fallback.run(transform)
+        before, after = self._splice(*placed)  # edits the proto: a failure here is not retried
         for say, message in self.model.graph.meta.pop("onnxgrow.progress", []):
             say(message)
-        before, after = spliced
         summary["parameters"] = {"before": before, "after": after}
         summary["lines"] = [line for line in summary["lines"] if not line.startswith("parameters:")]
         summary["lines"].append(parameters_line(before, after))
@@ -401,17 +383,11 @@ class Window:
             raise GrowError(f"cannot write {str(path)!r}: {exc.strerror or exc}.") from None
 
     # ------------------------------------------------------------------ the splice
-    def _splice(self) -> tuple[int, int] | None:
-        """Put the edited window back into the proto; (parameters before, after), or None (and the
-        proto untouched) when the edit reached the window's edge."""
+    def _splice(self, anchored: dict, tail: list) -> tuple[int, int]:
+        """Put the edited window back into the proto (nodes placed by `_placement`); return the
+        whole model's parameters before and after."""
         graph, source, proto = self.model.graph, self.source, self.source.proto
-        if not self._edges_kept():
-            return None
-        placed = self._placement()
-        if placed is None:
-            return None
-        anchored, tail = placed
-        final = {name: value for name, value in graph.initializers.items()}
+        final = dict(graph.initializers)
         dropped = [name for name in self.consts if name not in final and name not in self.shared]
         replaced = [name for name, ident in self.consts.items()
                     if name in final and id(final[name].const_value) != ident]

@@ -32,32 +32,27 @@ HEADS = [("llama", "dynamo"), ("llama", "dynamo_raw"), ("mistral", "dynamo"), ("
          ("qwen3", "dynamo"), ("gemma", "dynamo")]
 
 
-@pytest.mark.parametrize("family,variant", HEADS)
-@pytest.mark.parametrize("method", ["net2net", "netmorph", "r2r"])
-def test_query_heads_grow_inside_their_key_value_groups(llm_model, family, variant, method):
-    """Widening q_proj adds query heads to every key/value head's group (heads per kv head 2 → 4,
-    or 4 → 6 for gemma's single kv head with r2r's even steps), exactly."""
-    teacher = llm_model(family, variant)
-    width = _out_width(teacher, "layers.0.self_attn.q_proj")
-    kv_width = _out_width(teacher, "layers.0.self_attn.k_proj")
-    student = og.widen(teacher, layer="model.layers.0.self_attn.q_proj", width=2 * width, method=method, seed=3)
-    _assert_same(teacher, student)
-    assert _out_width(student, "layers.0.self_attn.q_proj") == 2 * width
-    assert _out_width(student, "layers.0.self_attn.k_proj") == kv_width  # the key/value heads stay
+# what widening one projection to twice its width grows: the factor of each projection's width
+HEAD_GROWTH = {
+    # query heads join every key/value head's group (2 → 4 per kv head; gemma's single kv head 4 → 8);
+    # the key/value heads stay
+    ("q_proj", 0): {"q_proj": 2, "k_proj": 1, "v_proj": 1},
+    # key/value heads (2 → 4; gemma's one → 2), each with a full group of query heads: all grow
+    ("k_proj", 1): {"q_proj": 2, "k_proj": 2, "v_proj": 2},
+}
 
 
 @pytest.mark.parametrize("family,variant", HEADS)
 @pytest.mark.parametrize("method", ["net2net", "netmorph", "r2r"])
-def test_key_value_heads_grow_with_their_query_groups(llm_model, family, variant, method):
-    """Widening k_proj adds key/value heads (2 → 4; gemma's one → 2), each with a full group of
-    query heads: q, k, v and o grow together, exactly."""
+@pytest.mark.parametrize("widened,layer", list(HEAD_GROWTH))
+def test_heads_grow_by_whole_key_value_groups(llm_model, family, variant, method, widened, layer):
     teacher = llm_model(family, variant)
-    k_width = _out_width(teacher, "layers.1.self_attn.k_proj")
-    q_width = _out_width(teacher, "layers.1.self_attn.q_proj")
-    student = og.widen(teacher, layer="model.layers.1.self_attn.k_proj", width=2 * k_width, method=method, seed=4)
+    scope = f"layers.{layer}.self_attn."
+    before = _out_widths(teacher, scope)
+    student = og.widen(teacher, layer=f"model.{scope}{widened}", width=2 * before[widened], method=method,
+                       seed=3 + layer)
     _assert_same(teacher, student)
-    assert _out_width(student, "layers.1.self_attn.v_proj") == 2 * k_width
-    assert _out_width(student, "layers.1.self_attn.q_proj") == 2 * q_width
+    assert _out_widths(student, scope) == {p: f * before[p] for p, f in HEAD_GROWTH[widened, layer].items()}
 
 
 def test_an_odd_number_of_query_heads_per_group_is_refused_for_r2r_with_what_works(llm_model):
@@ -73,6 +68,12 @@ def test_inspect_promises_heads_on_grouped_query_attention(llm_model):
 
 def _out_width(model, suffix: str) -> int:
     return next(r["width"] for r in og.inspect(model)["layers"] if r["module"].endswith(suffix))
+
+
+def _out_widths(model, scope: str) -> dict:
+    """{projection: output width} of the q, k and v projections under `scope` (one inspect)."""
+    rows = og.inspect(model)["layers"]
+    return {p: next(r["width"] for r in rows if r["module"].endswith(scope + p)) for p in ("q_proj", "k_proj", "v_proj")}
 
 
 @pytest.mark.parametrize("family,variant,layer", [

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -63,16 +62,7 @@ def child(step: str, src: str, dst: str, spec: dict) -> dict:
     model.run(transform)
     with g.staged(dst, source=src) as tmp:
         model.write(tmp)
-    return {"seconds": time.perf_counter() - t0, "window": type(model).__name__ == "Window"}
-
-
-def _vm_hwm() -> int:
-    """This process's peak RSS in bytes. Not ru_maxrss: Linux carries that across execve, so a
-    child would report the parent's peak (the parent builds the models)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": time.perf_counter() - t0}
 
 
 def run(step: str, src: str, dst: str, spec: dict) -> dict:
@@ -120,7 +110,7 @@ def main(argv=None) -> None:
     if args.child:
         step, src, dst, spec = args.child
         result = child(step, src, dst, json.loads(spec))
-        result["peak_rss"] = _vm_hwm()
+        result["peak_rss"] = bw._status()["VmHWM"]  # not ru_maxrss: Linux carries that across execve
         print("RESULT " + json.dumps(result), flush=True)
         return
     sizes = bw.SIZES["quick" if args.quick else "full"]
