@@ -33,6 +33,7 @@ import onnx_ir as ir
 from . import graph as g
 from . import groups as gr
 from . import names, ops
+from .checkpoints import history
 from .errors import GrowError
 from .methods import pairs_inside_heads
 from .summary import summary
@@ -195,7 +196,8 @@ def copy_block(model: ir.Model, block: str, method: str = "zero", seed: int = 0)
     chosen = resolve_block(find_blocks(model), block)
     before = g.parameter_count(model)
     nodes = _with_constant_inputs([n for u in chosen.units for n in u.nodes])
-    mapping, copies = _copy_nodes(graph, nodes, chosen.x, chosen.out)
+    event = history.note_copy(graph, {"block": chosen.path, "index": chosen.index})
+    mapping, copies = _copy_nodes(graph, nodes, chosen.x, chosen.out, event)
     rng = np.random.default_rng(seed)
     for unit in chosen.units:
         branch = mapping[unit.branch]
@@ -233,14 +235,15 @@ def _with_constant_inputs(nodes: list) -> list:
     return sorted(chosen.values(), key=lambda n: graph_order[id(n)])
 
 
-def _copy_nodes(graph: ir.Graph, nodes: list, x: ir.Value, out: ir.Value):
+def _copy_nodes(graph: ir.Graph, nodes: list, x: ir.Value, out: ir.Value, event: int):
     """Copies of `nodes` reading `out` where the originals read `x`; weights only they read are
-    copied too. Returns (value mapping, new nodes in order)."""
+    copied too (recorded as copy `event` in the growth history). Returns (value mapping, new
+    nodes in order)."""
     inside = {id(n) for n in nodes}
     mapping: dict = {x: out}
     made = []
     for node in nodes:
-        inputs = [None if v is None else mapping.get(v) or _own_weight(graph, v, inside, mapping)
+        inputs = [None if v is None else mapping.get(v) or _own_weight(graph, v, inside, mapping, event)
                   for v in node.inputs]
         copy = ir.Node(node.domain, node.op_type, inputs, list(node.attributes.values()),
                        num_outputs=len(node.outputs), name=g.unique_name(graph, f"{node.name}.copy"))
@@ -252,11 +255,12 @@ def _copy_nodes(graph: ir.Graph, nodes: list, x: ir.Value, out: ir.Value):
     return mapping, made
 
 
-def _own_weight(graph, value: ir.Value, inside: set, mapping: dict) -> ir.Value:
+def _own_weight(graph, value: ir.Value, inside: set, mapping: dict, event: int) -> ir.Value:
     """A float initializer read only inside the block gets a copy; anything else is shared."""
     if (value.is_initializer() and value.const_value is not None and value.const_value.dtype in g.FLOAT_TYPES
             and value.const_value.size > 1 and all(id(u.node) in inside for u in value.uses())):
         mapping[value] = g.new_initializer(graph, f"{value.name}.copy", value.const_value.numpy())
+        history.note_derived(graph, mapping[value].name, value, event)
         return mapping[value]
     return value
 

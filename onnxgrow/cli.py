@@ -384,6 +384,19 @@ def grow(model, widen_specs, deepen_specs, plan_file, method, noise, quiet, out,
     seed_given = click.get_current_context().get_parameter_source("seed") != click.core.ParameterSource.DEFAULT
     plan = plan_from(widen_specs, deepen_specs, plan_file, method, seed if seed_given else None, noise)
     progress = None if quiet or as_json else stderr_progress
+    if os.path.isdir(model):  # a Hugging Face folder: checkpoint in, checkpoint out
+        from pathlib import Path
+
+        from .checkpoints.hf_grow import grow_folder
+
+        summary = grow_folder(Path(model), plan, Path(out), verify=not no_verify, progress=progress)
+        if as_json:
+            _echo_json(summary)
+            return
+        for line in summary.get("lines", []):
+            click.echo(line)
+        _print_checkpoint(summary["checkpoint"])
+        return
     summary = _grow(model, out, lambda m: grow_model(m, plan, progress), no_verify, _verify_args(verify_kw),
                     preserving=plan.method != "random", targets=plan.targets())
     _print_summary(summary, as_json)
@@ -398,13 +411,53 @@ def _verify_args(kw):
 
 @cli.command()
 @click.argument("model")
-@click.option("-o", "--output", "out", required=True, help="Where to write the module (.pt).")
-def export(model, out):
-    """Convert MODEL to a trainable torch.nn.Module saved with torch.save."""
-    from .torch_export import export_file
+@click.option("-o", "--output", "out", required=True,
+              help="Where to write: a module (.pt); with --like, a checkpoint like the teacher's.")
+@click.option("--like", "like", default=None,
+              help="The checkpoint MODEL was exported from: a Hugging Face folder or a state dict "
+                   "(.safetensors, .pt, .pth, .bin). OUT is then of the same kind, with its keys.")
+@click.option("--max-shard-size", default="50GB", show_default=True,
+              help="With a folder: the largest safetensors shard.")
+@click.option("--no-verify", is_flag=True, help="With --like: skip loading OUT back and comparing.")
+@click.option("--json", "as_json", is_flag=True, help="With --like: print the report as JSON.")
+def export(model, out, like, max_shard_size, no_verify, as_json):
+    """Convert MODEL to a trainable torch.nn.Module saved with torch.save, or with --like back
+    into the checkpoint format it came from (keys, dtypes, layouts and config of the teacher,
+    at the grown sizes)."""
+    if like is None:
+        from .torch_export import export_file
 
-    path = export_file(model, out)
-    click.echo(f"wrote {path}")
+        path = export_file(model, out)
+        click.echo(f"wrote {path}")
+        return
+    from pathlib import Path
+
+    from .checkpoints import hf, statedict
+
+    if Path(like).is_dir():
+        report = hf.export_folder(model, Path(like), Path(out), max_shard_size=max_shard_size,
+                                  verify=not no_verify)
+    else:
+        report = statedict.export_state_dict(model, Path(like), Path(out), verify=not no_verify)
+    if as_json:
+        _echo_json(report)
+        return
+    _print_checkpoint(report)
+
+
+def _print_checkpoint(report: dict) -> None:
+    matched = ", ".join(f"{n} by {how}" for how, n in report.get("matched", {}).items())
+    click.echo(f"keys: {report['keys']} ({matched})")
+    for copy in report.get("copies", []):
+        click.echo(f"block copy of {copy.get('block') or copy.get('index')}: written as a new item, later items renumbered")
+    for key, value in report.get("config", {}).items():
+        click.echo(f"config {key}: {value}")
+    rep = report.get("verify")
+    if rep:
+        worst = rep.get("max_abs", max((o["max_abs"] for o in rep.get("outputs", [])), default=0.0))
+        how = "loaded with transformers" if "config" in report else "rebuilt from the written tensors"
+        click.echo(f"verified ({how}, {rep.get('dtype')}): max abs error {worst:.3g} → match")
+    click.echo(f"wrote {report['output']}")
 
 
 @cli.command("import-weights")

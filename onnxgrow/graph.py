@@ -23,6 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from . import files, ops, validate
+from .checkpoints import history
 from .errors import GrowError
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot hold a message over 2 GiB
@@ -499,8 +500,11 @@ def drop_mapped_pages(values) -> None:
 
 
 def set_input_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, hint: str) -> None:
-    """Point input `index` of `node` at a new initializer holding `array` (others keep the old)."""
-    node.replace_input_with(index, new_initializer(graph, hint, array))
+    """Point input `index` of `node` at a new initializer holding `array` (others keep the old);
+    the growth history records which weight it replaced."""
+    new = new_initializer(graph, hint, array)
+    history.note_derived(graph, new.name, node.inputs[index])
+    node.replace_input_with(index, new)
     edited(graph)
 
 

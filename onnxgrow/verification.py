@@ -623,6 +623,15 @@ def verify(teacher, student, *, provider: str = "auto", atol=None, rtol=None, sa
     )
 
 
+def run_model(model, feeds: list[dict], provider: str = "auto") -> tuple[list[list[np.ndarray]], str]:
+    """`model`'s outputs, in graph order, on each of `feeds`, and the provider it ran on."""
+    with tempfile.TemporaryDirectory(prefix="onnxgrow-run-") as tmp:
+        m = _open(model, "model", Path(tmp))
+        used, _ = _choose_provider(provider)
+        out, used = _run(m, used, feeds)
+    return [[o[n] for n in m.outputs] for o in out], used
+
+
 def _compare_output(name, teacher, student, atol, rtol) -> OutputReport:
     shape = list(teacher[0].shape)
     for a, b in zip(teacher, student):

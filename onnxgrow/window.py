@@ -34,11 +34,13 @@ import os
 from collections import defaultdict, deque
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
 from . import graph as g
 from . import names, ops, validate
+from .checkpoints import history
 from .errors import GrowError, tolerate
 from .summary import parameters_line
 
@@ -71,7 +73,13 @@ class Whole:
         validate.check_finite(self.model, where)
 
     def run(self, transform) -> dict:
-        return transform(self.model)
+        graph = self.model.graph
+        started = history.begin(self.model, lambda: (
+            (name, v.const_value.numpy()) for name, v in graph.initializers.items()
+            if v.const_value is not None and v.const_value.dtype in g.FLOAT_TYPES))
+        summary = transform(self.model)
+        history.record(self.model, started, summary, graph.meta)
+        return summary
 
     def write(self, path: Path) -> None:
         g.write(self.model, path)
@@ -347,6 +355,9 @@ class Window:
     def run(self, transform) -> dict:
         """`transform(model)` on the window; on a wider one, or the whole graph, when it cannot
         take it."""
+        proto = self.source.proto
+        started = history.begin(proto, lambda: (
+            (t.name, _array(t)) for t in proto.graph.initializer if t.data_type in FLOAT_TYPES))
         try:
             summary = transform(self.model)
             placed = self._placement() if self._edges_kept() else None
@@ -364,6 +375,7 @@ class Window:
         summary["parameters"] = {"before": before, "after": after}
         summary["lines"] = [line for line in summary["lines"] if not line.startswith("parameters:")]
         summary["lines"].append(parameters_line(before, after))
+        history.record(proto, started, summary, self.model.graph.meta)
         return summary
 
     def result(self, original):
@@ -519,6 +531,14 @@ def _copy_fields(source, target, skip: str) -> None:
 def _parameters(value: ir.Value) -> int:
     tensor = value.const_value
     return math.prod(tensor.shape.dims) if tensor is not None and tensor.dtype in g.FLOAT_TYPES else 0
+
+
+def _array(tensor: onnx.TensorProto):
+    """An inline initializer's values, without a copy where they are raw bytes."""
+    if tensor.raw_data:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(tuple(tensor.dims))
+    return onnx.numpy_helper.to_array(tensor)
 
 
 def _tensor_proto(value: ir.Value) -> onnx.TensorProto:

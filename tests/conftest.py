@@ -55,3 +55,25 @@ def llm_model(tmp_path_factory):
         return str(path)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory):
+    """hf_folder(family, dtype="float32") -> a Hugging Face folder (save_pretrained) holding the
+    very weights llm_model(family) was exported from, built once per test run."""
+    from tests import llm_zoo
+
+    cache = tmp_path_factory.getbasetemp().parent / "onnxgrow-llm-cache"
+    cache.mkdir(exist_ok=True)
+
+    def build(family: str, dtype: str = "float32") -> str:
+        import torch
+
+        path = cache / f"{family}.{dtype}.{_zoo_hash()}.hf"
+        if not path.exists():
+            tmp = cache / f".{os.getpid()}-{path.name}"
+            llm_zoo.make(family).lm.to(getattr(torch, dtype)).save_pretrained(tmp)
+            os.replace(tmp, path)
+        return str(path)
+
+    return build

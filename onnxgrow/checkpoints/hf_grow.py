@@ -1,0 +1,99 @@
+"""A Hugging Face folder grown end to end: checkpoint in, checkpoint out.
+
+    export (torch's dynamo exporter, float32, dynamic batch and sequence: input_ids -> logits)
+    -> grow (the plan, targets named by the checkpoint's module paths) -> verify (onnxruntime,
+    teacher against student) -> write the folder back (hf.py, which verifies it with transformers)
+
+The ONNX files live in a temporary folder (TMPDIR) and are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from .. import graph as g
+from ..errors import GrowError, MismatchError
+from . import hf
+
+
+def export_onnx(folder: Path, path: Path) -> Path:
+    """The folder's causal LM as ONNX (input_ids -> logits, no cache), in float32."""
+    import torch
+
+    config = hf.read_config(folder)
+    cls = hf.model_class(config)
+    lm = cls.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return export_module(lm, path)
+
+
+def export_module(lm, path: Path) -> Path:
+    import onnx
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids):
+            return self.lm(input_ids=input_ids, use_cache=False).logits
+
+    ids = torch.randint(0, max(2, min(lm.config.vocab_size, 50)), (2, 5))
+    dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
+    try:
+        program = torch.onnx.export(LogitsOnly(lm).eval(), (ids,), dynamo=True, input_names=["input_ids"],
+                                    output_names=["logits"], dynamic_shapes=dims, verbose=False)
+    except Exception as exc:  # the exporter's own errors are many kinds
+        raise GrowError(f"torch's dynamo exporter could not export the model ({g.short_message(exc)}). "
+                        "Export it to ONNX yourself, grow that, and write it back with "
+                        "`onnxgrow export GROWN.onnx --like FOLDER -o OUT`.") from None
+    proto = program.model_proto
+    proto.ir_version = min(proto.ir_version, 10)  # onnxruntime refuses the newest IR versions
+    data = path.name + ".data"
+    onnx.save(proto, str(path), save_as_external_data=proto.ByteSize() > 1_500_000_000, location=data)
+    return path
+
+
+def grow_folder(folder: Path, plan, out: Path, *, verify: bool = True, max_shard_size=hf.DEFAULT_MAX_SHARD,
+                progress=None) -> dict:
+    """Grow the checkpoint in `folder` by `plan` (growth.GrowthPlan) into a new folder `out`."""
+    from .. import window
+    from ..growth import grow_model
+    from ..verification import verify as run_verify
+
+    say = progress or (lambda message: None)
+    hf._check_out_folder(out, folder)
+    hf.model_class(hf.read_config(folder))
+    times = {}
+    with tempfile.TemporaryDirectory(prefix="onnxgrow-hf-", dir=os.environ.get("TMPDIR")) as tmp:
+        teacher, student = Path(tmp) / "teacher.onnx", Path(tmp) / "student.onnx"
+        start = time.perf_counter()
+        export_onnx(folder, teacher)
+        times["export"] = time.perf_counter() - start
+        say(f"exported {folder} to ONNX ({times['export']:.1f} s)")
+        start = time.perf_counter()
+        model = window.load(str(teacher), plan.targets(), spill=True)
+        summary = model.run(lambda m: grow_model(m, plan, progress))
+        model.write(student)
+        del model
+        times["grow"] = time.perf_counter() - start
+        if verify:
+            start = time.perf_counter()
+            report = run_verify(str(teacher), str(student))
+            times["verify"] = time.perf_counter() - start
+            summary["verify"] = report.to_dict()
+            summary["preserving"] = plan.method != "random"
+            if not report.ok and plan.method != "random":
+                raise MismatchError("the grown ONNX does not match the teacher; nothing was written.",
+                                    report=report)
+        start = time.perf_counter()
+        written = hf.export_folder(str(student), folder, out, max_shard_size=max_shard_size,
+                                   verify=verify and plan.method != "random", progress=say)
+        times["write"] = time.perf_counter() - start
+    summary["checkpoint"] = written
+    summary["times"] = times
+    summary["output"] = str(out)
+    return summary

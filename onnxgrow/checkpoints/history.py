@@ -1,0 +1,189 @@
+"""Growth history: what onnxgrow did to a model, kept in the model's own metadata.
+
+Exporting a grown ONNX back to the checkpoint it came from needs, for every weight of the
+student, the teacher weight it grew from. The transforms know that as they work; afterwards the
+graph alone does not say it (a widened weight is a new initializer, `val_155.w48`; a block copy's
+weights are new initializers read by nodes without module paths). So every transform records it,
+and `metadata_props["onnxgrow.history"]` keeps it across files and growth steps:
+
+    {"version": 1,
+     "roots": {NAME: {"shape": [...], "sample": [16 float32 values]}},   # the teacher, once
+     "steps": [{"command": "grow", "plan": {...},
+                "lineage": {NEW: [OLD, EVENT or null, TRANSPOSED]},     # in creation order
+                "copies": [{"id": EVENT, "block": PATH or INDEX}],
+                "mappings": [{"initializer", "source", "axis", "index": RUNS, "scale": RUNS}]}]}
+
+- `roots` fingerprints every float initializer of the teacher as the first step found it: its
+  shape and 16 values at fixed flat positions. Export confirms a checkpoint tensor against them
+  (after training, the student's values are no longer the teacher's; the fingerprint still is).
+- `lineage` has one edge per initializer a step made from another: a grown or zeroed weight
+  replacing its input (EVENT null), a block copy's own weight (EVENT names the copy), through a
+  2-D Transpose the weight sat behind (TRANSPOSED). Following the edges of every step in order
+  gives each live initializer its root and the copies it passed through (`origins`).
+- `mappings` are the channel mappings (optim.py's), index and scale run-length coded: [[value,
+  count], ...].
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+KEY = "onnxgrow.history"
+SAMPLES = 16
+LINEAGE = "onnxgrow.lineage"  # graph.meta: {new: [old, event, transposed]} of the running step
+COPIES = "onnxgrow.copies"  # graph.meta: [block description] of the running step
+
+
+# ----------------------------------------------------------------------------- while transforming
+
+
+def note_derived(graph, new_name: str, old_value, event: int | None = None) -> None:
+    """Record that initializer `new_name` was made from `old_value` (looked through a 2-D
+    Transpose or Cast in front of a weight, to the initializer behind it)."""
+    old, transposed = _behind_wrappers(old_value)
+    if old is None:
+        return
+    graph.meta.setdefault(LINEAGE, {})[new_name] = [old, event, transposed]
+
+
+def note_copy(graph, block: dict) -> int:
+    """Register a block copy of the running step; returns its event number."""
+    copies = graph.meta.setdefault(COPIES, [])
+    copies.append(block)
+    return len(copies) - 1
+
+
+def _behind_wrappers(value, depth: int = 0) -> tuple[str | None, bool]:
+    if value is None or depth > 4:
+        return None, False
+    if value.is_initializer() or value.producer() is None:
+        return value.name, False
+    node = value.producer()
+    if node.op_type in ("Cast", "Identity") and node.inputs:
+        return _behind_wrappers(node.inputs[0], depth + 1)
+    if node.op_type == "Transpose" and node.inputs and node.inputs[0] is not None:
+        perm = node.attributes.get("perm")
+        shape = node.inputs[0].shape
+        if shape is not None and len(shape) == 2 and (perm is None or list(perm.value) == [1, 0]):
+            name, transposed = _behind_wrappers(node.inputs[0], depth + 1)
+            return name, not transposed
+    return value.name, False
+
+
+# ----------------------------------------------------------------------------- reading and writing
+
+
+def read(metadata: dict) -> dict | None:
+    text = metadata.get(KEY)
+    if not text:
+        return None
+    try:
+        history = json.loads(text)
+    except ValueError:
+        return None
+    return history if isinstance(history, dict) and history.get("version") == 1 else None
+
+
+def metadata_of(model) -> dict:
+    """{key: value} of an onnx.ModelProto's or an onnx_ir.Model's metadata_props."""
+    props = model.metadata_props
+    if isinstance(props, dict):
+        return dict(props)
+    return {p.key: p.value for p in props}
+
+
+def begin(model, initializers) -> dict:
+    """The history so far, or a new one fingerprinting `initializers` ({name: array-like})."""
+    history = read(metadata_of(model))
+    if history is not None:
+        return history
+    return {"version": 1, "roots": {name: fingerprint(array) for name, array in initializers()},
+            "steps": []}
+
+
+def fingerprint(array) -> dict:
+    array = np.asarray(array)
+    return {"shape": list(array.shape), "sample": sample(array)}
+
+
+def sample(array) -> list[float]:
+    """SAMPLES values of `array` (float32, flattened in C order) at fixed positions."""
+    flat = np.asarray(array).reshape(-1)
+    if flat.size == 0:
+        return []
+    positions = np.linspace(0, flat.size - 1, num=min(SAMPLES, flat.size)).astype(np.int64)
+    return [float(v) for v in flat[positions].astype(np.float32)]
+
+
+def record(model, history: dict, summary: dict, meta: dict) -> None:
+    """Append the step that produced `summary` (its lineage in `meta`, a graph.meta) to
+    `history` and store it in `model`'s metadata (onnx.ModelProto or onnx_ir.Model)."""
+    lineage = meta.pop(LINEAGE, {})
+    copies = meta.pop(COPIES, [])
+    step_no = len(history["steps"])
+    step = {"command": summary.get("command"), "plan": summary.get("plan"),
+            "lineage": {new: [old, None if event is None else f"{step_no}.{event}", transposed]
+                        for new, (old, event, transposed) in lineage.items()},
+            "copies": [{"id": f"{step_no}.{k}", **block} for k, block in enumerate(copies)],
+            "mappings": [_compact(m) for m in summary.get("mappings", [])]}
+    history["steps"].append(step)
+    text = json.dumps(history, separators=(",", ":"))
+    props = model.metadata_props
+    if isinstance(props, dict):
+        props[KEY] = text
+        return
+    for entry in props:
+        if entry.key == KEY:
+            entry.value = text
+            return
+    props.add(key=KEY, value=text)
+
+
+def _compact(mapping: dict) -> dict:
+    return {**mapping, "index": runs(mapping["index"]), "scale": runs(mapping["scale"])}
+
+
+def runs(values) -> list:
+    """[[value, count], ...] of consecutive equal values; consecutive integers as [start, -count]."""
+    out: list = []
+    for v in values:
+        if out and out[-1][1] > 0 and out[-1][0] == v:
+            out[-1][1] += 1
+        elif (out and isinstance(v, int) and out[-1][1] < 0 and out[-1][0] - out[-1][1] == v):
+            out[-1][1] -= 1
+        elif out and isinstance(v, int) and out[-1][1] == 1 and out[-1][0] + 1 == v:
+            out[-1][1] = -2
+        else:
+            out.append([v, 1])
+    return out
+
+
+def unruns(coded) -> list:
+    out = []
+    for v, n in coded:
+        out.extend([v] * n if n > 0 else range(v, v - n))
+    return out
+
+
+# ----------------------------------------------------------------------------- following it
+
+
+def origins(history: dict | None, live: set) -> dict[str, tuple[str, tuple, bool]]:
+    """{live initializer: (root, copy events it passed through, transposed against the root)}
+    for every live initializer that descends from a root (all of them without a history)."""
+    if history is None:
+        return {name: (name, (), False) for name in live}
+    origin = {name: (name, (), False) for name in history["roots"]}
+    for step in history["steps"]:
+        for new, (old, event, transposed) in step["lineage"].items():
+            if old in origin:
+                root, events, flipped = origin[old]
+                origin[new] = (root, events + ((event,) if event else ()), flipped != bool(transposed))
+    return {name: origin[name] for name in live if name in origin}
+
+
+def copies(history: dict | None) -> dict[str, dict]:
+    """{event: the copied block's description} over all steps."""
+    return {c["id"]: c for step in (history or {}).get("steps", []) for c in step["copies"]}
