@@ -73,7 +73,12 @@ def hf_folder(tmp_path_factory):
         if not path.exists():
             tmp = cache / f".{os.getpid()}-{path.name}"
             llm_zoo.make(family).lm.to(getattr(torch, dtype)).save_pretrained(tmp)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError:  # a parallel worker made it first
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
         return str(path)
 
     return build

@@ -16,7 +16,6 @@ import torch
 import onnxgrow as og
 from onnxgrow.checkpoints import hf, history
 from tests import llm_zoo
-from tests.cli_runner import run_cli
 
 PLANS = {
     "x2 and a block copy": dict(widen={"*": "x2"}, deepen=["layers.1:zero"]),
@@ -50,9 +49,13 @@ def test_a_grown_decoder_goes_back_to_its_folder_exactly(llm_model, hf_folder, t
     out = tmp_path / "out"
     try:
         report = hf.export_folder(student, Path(hf_folder(family)), out)
-    except og.GrowError as exc:  # refusals must be the principled one: one ε for two kinds of norm
+    except og.GrowError as exc:
+        assert not out.exists()  # nothing is written when the folder does not compute the grown ONNX
+        if family == "gpt_neox" and "x" in plan:  # a known gap (see README): caught, never written
+            assert "does not give the grown ONNX's logits" in str(exc), exc
+            return
+        # else only the principled refusal: one ε for stream norms and per-head q/k norms
         assert plan == "stream x1.5" and family in ("qwen3", "olmo2") and "multiple of 32" in str(exc), exc
-        assert not out.exists()
         return
     assert report["verify"]["passed"]
     assert _logits_match(out, student) < 5e-5
@@ -63,3 +66,69 @@ def test_a_grown_decoder_goes_back_to_its_folder_exactly(llm_model, hf_folder, t
     assert config.get("num_hidden_layers") == layers
     for name in ("tokenizer.json", "generation_config.json"):
         assert (out / name).exists() == (Path(hf_folder(family)) / name).exists()
+
+
+def test_growth_applied_twice_still_goes_home(llm_model, hf_folder, tmp_path):
+    once = og.grow(llm_model("llama"), widen={"*": "x2"})
+    twice = og.grow(once, deepen=["layers.0:zero", "layers.1:r2r"])
+    steps = history.read({p.key: p.value for p in twice.metadata_props})["steps"]
+    assert [s["command"] for s in steps] == ["grow", "grow"]
+    report = hf.export_folder(twice, Path(hf_folder("llama")), tmp_path / "out", max_shard_size="20KB")
+    assert report["config"]["num_hidden_layers"] == 4 and report["config"]["hidden_size"] == 64
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # sharded above --max-shard-size
+    assert _logits_match(tmp_path / "out", twice) < 5e-5
+
+
+def test_a_bf16_folder_comes_back_in_bf16(hf_folder, tmp_path):
+    from safetensors import safe_open
+
+    from onnxgrow.checkpoints.hf_grow import grow_folder
+    from onnxgrow.growth import plan_from
+
+    out = tmp_path / "out"
+    summary = grow_folder(Path(hf_folder("llama", "bfloat16")), plan_from(["*=x2"]), out)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
+    verified = summary["checkpoint"]["verify"]
+    assert verified["dtype"] == "bfloat16" and verified["passed"] and verified["rtol"] > 5e-5
+
+
+def test_a_folder_that_widened_one_layer_only_is_refused_with_the_state_dict_route(llm_model, hf_folder, tmp_path):
+    student = og.grow(llm_model("llama"), widen={"model.layers.0.mlp.up_proj": 96})
+    with pytest.raises(og.GrowError, match="one size per kind"):
+        hf.export_folder(student, Path(hf_folder("llama")), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _cli(*argv):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "onnxgrow.cli", *map(str, argv)], capture_output=True, text=True)
+
+
+def test_grow_a_folder_end_to_end_from_the_command_line(hf_folder, tmp_path):
+    teacher = Path(hf_folder("qwen2"))
+    before = {p.name: p.stat().st_mtime_ns for p in teacher.iterdir()}
+    out = tmp_path / "grown"
+    done = _cli("grow", teacher, "--widen", "*=x2", "--deepen", "model.layers.1:zero", "-o", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and "num_hidden_layers: 3" in done.stdout
+    import transformers
+
+    lm = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+    assert lm.config.hidden_size == 64 and lm.config.num_hidden_layers == 3
+    assert {p.name: p.stat().st_mtime_ns for p in teacher.iterdir()} == before
+    again = _cli("grow", teacher, "--widen", "*=x2", "-o", out)  # OUT exists and is not empty
+    assert again.returncode == 2 and "never writes into an existing checkpoint" in again.stderr
+
+
+def test_a_teacher_the_onnx_did_not_come_from_is_refused_naming_the_tensors(llm_model, hf_folder, tmp_path):
+    student = tmp_path / "s.onnx"
+    onnx.save(og.grow(llm_model("llama"), widen={"*": "x2"}), student)
+    other = tmp_path / "other"
+    llm_zoo.make("llama", seed=5).lm.save_pretrained(other)
+    done = _cli("export", student, "--like", other, "-o", tmp_path / "out")
+    assert done.returncode == 2 and "not in the ONNX" in done.stderr and "proj.weight" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -174,6 +174,12 @@ def _consistent(new: dict, choices: dict, student: dict, heads, head_dim) -> dic
         hidden = next((candidate[f] for f in HIDDEN_FIELDS if f in candidate), None)
         if head_dim and h and hidden and hidden != h * head_dim and "head_dim" not in candidate:
             candidate["head_dim"] = head_dim
+        # shapes alone cannot tell 4 heads of 12 from 6 heads of 8: the head size must stay
+        effective = getattr(_config_object(candidate), "head_dim", None) or (hidden // h if h and hidden else None)
+        if head_dim and effective and effective != head_dim:
+            first_problem = first_problem or (f"{h} heads of a {hidden}-wide stream would be heads of "
+                                              f"{effective}, not {head_dim}")
+            continue
         problem = _shape_problem(candidate, student)
         if problem is None:
             return candidate

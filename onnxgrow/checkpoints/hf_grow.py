@@ -25,7 +25,8 @@ def export_onnx(folder: Path, path: Path) -> Path:
 
     config = hf.read_config(folder)
     cls = hf.model_class(config)
-    lm = cls.from_pretrained(str(folder), dtype=torch.float32).eval()
+    # eager attention: the fused scaled_dot_product_attention op hides the head structure
+    lm = cls.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager").eval()
     return export_module(lm, path)
 
 

@@ -1,0 +1,81 @@
+"""State dicts out (onnxgrow/checkpoints/statedict.py, keys.py): the grown ONNX as a state dict
+with the teacher's keys, layouts and dtypes, that the user's own class — built at the grown
+widths — loads with strict=True and that computes the grown ONNX's outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import onnxgrow as og
+from onnxgrow.checkpoints import history, statedict
+from tests import zoo
+
+
+def _teacher(tmp_path, exporter):
+    module = zoo.randomize_(zoo.MnistCNN(), seed=3)
+    x = torch.randn(3, 1, 28, 28)
+    path = zoo.export(module, (x,), str(tmp_path / "t.onnx"), exporter=exporter)
+    return module, path
+
+
+def _outputs(path_or_proto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(path_or_proto)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_the_seed_network_widened_loads_strict_into_its_class_at_the_new_widths(tmp_path, exporter, suffix):
+    module, teacher_onnx = _teacher(tmp_path, exporter)
+    teacher = tmp_path / f"teacher{suffix}"
+    if suffix == ".pt":
+        torch.save(module.state_dict(), teacher)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(module.state_dict(), str(teacher))
+    student = og.grow(teacher_onnx, widen={"conv1": 12, "conv2": 24, "fc1": 48}, method="netmorph")
+    out = tmp_path / f"student{suffix}"
+    report = statedict.export_state_dict(student, teacher, out)
+    assert report["verify"]["ok"]
+    state = torch.load(out) if suffix == ".pt" else __import__("safetensors.torch").torch.load_file(str(out))
+    grown = zoo.MnistCNN(c1=12, c2=24, hidden=48)
+    grown.load_state_dict(state, strict=True)
+    x = np.random.default_rng(0).normal(size=(3, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        got = grown.eval()(torch.from_numpy(x)).numpy()
+    want = _outputs(student, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert np.abs(want - module(torch.from_numpy(x)).detach().numpy()).max() < 1e-4  # and it is the teacher
+
+
+def test_layers_inserted_after_a_layer_have_no_key_and_are_refused(tmp_path):
+    module, teacher_onnx = _teacher(tmp_path, "legacy")
+    torch.save(module.state_dict(), tmp_path / "t.pt")
+    student = og.deepen(teacher_onnx, after="fc1", method="net2net")
+    with pytest.raises(og.GrowError, match="deepen --after"):
+        statedict.export_state_dict(student, tmp_path / "t.pt", tmp_path / "s.pt")
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_a_folded_batchnorm_is_refused_naming_the_module(tmp_path):
+    module = zoo.randomize_(zoo.make("resnet_mini")[0], seed=1)
+    path = zoo.export(module, (torch.randn(2, 3, 16, 16),), str(tmp_path / "r.onnx"), keep_bn=False)
+    torch.save(module.state_dict(), tmp_path / "r.pt")
+    student = og.grow(path, widen={"*": "x2"})
+    with pytest.raises(og.GrowError, match="BatchNorm .* folded"):
+        statedict.export_state_dict(student, tmp_path / "r.pt", tmp_path / "s.pt")
+
+
+def test_history_runs_round_trip():
+    values = [0, 1, 2, 3, 7, 7, 7, 1, 0, 5]
+    assert history.unruns(history.runs(values)) == values
+    assert history.runs([0.5, 0.5, 1.0]) == [[0.5, 2], [1.0, 1]]
