@@ -16,6 +16,7 @@ import torch
 
 VOCAB = 64  # the contract checker feeds integer inputs in [0, 50)
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "olmo2", "phi3", "gpt_neox")
+MORE_FAMILIES = ("gpt2", "bert")  # checkpoint round trips (tests/test_checkpoints_hf.py)
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, max_position_embeddings=64, attn_implementation="eager")
 
@@ -42,7 +43,13 @@ def config(family: str):
     if family == "gpt_neox":  # fused interleaved qkv, partial rotary, LayerNorm, parallel residual
         c = dict(COMMON)
         return tf.GPTNeoXConfig(**c, rotary_pct=0.5, use_parallel_residual=True, tie_word_embeddings=False)
-    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    if family == "gpt2":  # Conv1D weights stored [in, out], fused c_attn, learned positions, tied head
+        return tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                             attn_implementation="eager")
+    if family == "bert":  # post-norm encoder with a masked-LM head (tied decoder, its own bias)
+        return tf.BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=64, attn_implementation="eager")
+    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES + MORE_FAMILIES}")
 
 
 class LogitsOnly(torch.nn.Module):
@@ -53,6 +60,8 @@ class LogitsOnly(torch.nn.Module):
         self.lm = lm
 
     def forward(self, input_ids):
+        if self.lm.config.model_type == "bert":  # an encoder: no cache to turn off
+            return self.lm(input_ids=input_ids).logits
         return self.lm(input_ids=input_ids, use_cache=False).logits
 
 
@@ -73,7 +82,8 @@ def make(family: str, seed: int = 0) -> torch.nn.Module:
     import transformers as tf
 
     torch.manual_seed(seed)
-    return LogitsOnly(randomize_(tf.AutoModelForCausalLM.from_config(config(family)), seed)).eval()
+    auto = tf.AutoModelForMaskedLM if family == "bert" else tf.AutoModelForCausalLM
+    return LogitsOnly(randomize_(auto.from_config(config(family)), seed)).eval()
 
 
 def build(family: str, variant: str = "dynamo", path=None, seed: int = 0) -> str:

@@ -79,3 +79,36 @@ def test_history_runs_round_trip():
     values = [0, 1, 2, 3, 7, 7, 7, 1, 0, 5]
     assert history.unruns(history.runs(values)) == values
     assert history.runs([0.5, 0.5, 1.0]) == [[0.5, 2], [1.0, 1]]
+
+
+class ResNetW(torch.nn.Module):
+    """The zoo's ResNetMini with its widths as arguments: the class a user builds at new widths."""
+
+    def __init__(self, w1=8, w2=16):
+        super().__init__()
+        self.stem = zoo.conv_bn(3, w1)
+        self.layer1 = zoo.BasicBlock(w1, w1)
+        self.layer2 = zoo.BasicBlock(w1, w2, stride=2)
+        self.fc = torch.nn.Linear(w2, 10)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_a_resnet_with_batchnorm_kept_loads_strict_at_twice_the_width(tmp_path, exporter):
+    module = zoo.randomize_(ResNetW(), seed=2)
+    path = zoo.export(module, (torch.randn(3, 3, 16, 16),), str(tmp_path / "r.onnx"), exporter=exporter)
+    torch.save(module.state_dict(), tmp_path / "r.pt")
+    student = og.grow(path, widen={"*": "x2"})
+    statedict.export_state_dict(student, tmp_path / "r.pt", tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt")
+    assert set(state) == set(module.state_dict())  # the teacher's keys, no more, no fewer
+    grown = ResNetW(16, 32)
+    grown.load_state_dict(state, strict=True)
+    x = np.random.default_rng(1).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        got = grown.eval()(torch.from_numpy(x)).numpy()
+    want = _outputs(student, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

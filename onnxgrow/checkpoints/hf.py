@@ -146,7 +146,10 @@ def grown_config(config: dict, teacher: sd.Checkpoint, student: dict[str, tuple]
         ffn = 4 * d
     if ffn_field and ffn:
         choices[ffn_field] = sorted({s for t, s in _dim_pairs(teacher, student) if t == ffn} | {ffn})
-    return _consistent(new, choices, student, heads, head_dim)
+    chosen = _consistent(new, choices, student, heads, head_dim)
+    if ffn_field and config.get(ffn_field) is None and chosen.get(ffn_field) == 4 * d_new:
+        chosen[ffn_field] = None  # GPT-2's n_inner: None means 4 × n_embd, still true
+    return chosen
 
 
 def _hidden(config, teacher, student) -> tuple[int, int]:
@@ -174,13 +177,7 @@ def _consistent(new: dict, choices: dict, student: dict, heads, head_dim) -> dic
         hidden = next((candidate[f] for f in HIDDEN_FIELDS if f in candidate), None)
         if head_dim and h and hidden and hidden != h * head_dim and "head_dim" not in candidate:
             candidate["head_dim"] = head_dim
-        # shapes alone cannot tell 4 heads of 12 from 6 heads of 8: the head size must stay
-        effective = getattr(_config_object(candidate), "head_dim", None) or (hidden // h if h and hidden else None)
-        if head_dim and effective and effective != head_dim:
-            first_problem = first_problem or (f"{h} heads of a {hidden}-wide stream would be heads of "
-                                              f"{effective}, not {head_dim}")
-            continue
-        problem = _shape_problem(candidate, student)
+        problem = _shape_problem(candidate, student, head_dim)
         if problem is None:
             return candidate
         first_problem = first_problem or problem
@@ -190,7 +187,9 @@ def _consistent(new: dict, choices: dict, student: dict, heads, head_dim) -> dic
                     "alike ('*=x2'), or export a state dict (-o OUT.safetensors) for a class that allows it.")
 
 
-def _shape_problem(config: dict, student: dict) -> str | None:
+def _shape_problem(config: dict, student: dict, head_dim: int | None = None) -> str | None:
+    """Why the class built from `config` would not hold the `student` shapes with heads of
+    `head_dim` (shapes alone cannot tell 4 heads of 16 from 8 heads of 8), or None."""
     import torch
 
     cfg = _config_object(config)
@@ -200,6 +199,10 @@ def _shape_problem(config: dict, student: dict) -> str | None:
             model = cls._from_config(cfg) if hasattr(cls, "_from_config") else cls.from_config(cfg)
     except Exception as exc:  # the class refuses the sizes (e.g. hidden not divisible by heads)
         return f"the class refuses the config ({g.short_message(exc)})"
+    sizes = {getattr(m, a) for m in model.modules() for a in ("head_dim", "head_size", "attention_head_size")
+             if isinstance(getattr(m, a, None), int)}
+    if head_dim and sizes and sizes != {head_dim}:
+        return f"its attention heads would be of size {sorted(sizes)}, not {head_dim}"
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     unclaimed = [shape for name, shape in shapes.items() if name not in student]
     for key, shape in student.items():
@@ -257,6 +260,7 @@ def export_folder(grown, teacher_dir: Path, out: Path, *, max_shard_size="50GB",
     if untied:
         new_config["tie_word_embeddings"] = False
         report["untied"] = untied
+        placed += _untied_aliases(new_config, placed, shapes)
     student.transform = _compensation(config, new_config, placed)
     staging = Path(out).parent / f".onnxgrow-{os.getpid()}-{Path(out).name}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -393,6 +397,24 @@ def _untie(model, config: dict, placed: list[k.Placed], checkpoint: sd.Checkpoin
     return key
 
 
+def _untied_aliases(config: dict, placed: list[k.Placed], shapes: dict) -> list[k.Placed]:
+    """Tensors that the tied class aliased and the untied one reads under a key of its own
+    (BERT's MLM decoder bias is `cls.predictions.bias`): the same tensor under that key, as the
+    class's `_tied_weights_keys` ({target: source}) says."""
+    import torch
+
+    cls = model_class(config)
+    tied = getattr(cls, "_tied_weights_keys", None)
+    if not isinstance(tied, dict):
+        return []
+    with torch.device("meta"):
+        wanted = set(cls._from_config(_config_object(config)).state_dict())
+    by_key = {p.key: p for p in placed}
+    return [k.Placed(target, by_key[source].teacher_key, by_key[source].initializer, by_key[source].layout)
+            for target, source in tied.items()
+            if target in wanted and target not in shapes and source in by_key]
+
+
 def _tied(config: dict) -> bool:
     return bool(config.get("tie_word_embeddings", _config_object(config).tie_word_embeddings))
 
@@ -452,6 +474,14 @@ def _compensation(config: dict, new_config: dict, placed: list[k.Placed]):
 # ----------------------------------------------------------------------------- verification
 
 
+def logits(lm, input_ids):
+    """The logits of a transformers LM on `input_ids`, without a key/value cache."""
+    import inspect
+
+    no_cache = {"use_cache": False} if "use_cache" in inspect.signature(lm.forward).parameters else {}
+    return lm(input_ids=input_ids, **no_cache).logits
+
+
 def verify_folder(model, folder: Path, dtype: str | None, samples: int = 2, seed: int = 0) -> dict:
     """Load `folder` as its users will (transformers, in float32) and compare its logits with
     onnxruntime's on the grown ONNX `model`, on random token ids (the verify rule)."""
@@ -478,7 +508,7 @@ def verify_folder(model, folder: Path, dtype: str | None, samples: int = 2, seed
             feed["position_ids"] = np.broadcast_to(np.arange(seq), ids.shape).copy()
         feeds.append(feed)
         with torch.no_grad():
-            want.append(lm(input_ids=torch.from_numpy(ids), use_cache=False).logits.float().numpy())
+            want.append(logits(lm, torch.from_numpy(ids)).float().numpy())
     got, provider = run_model(model, feeds)
     rtol = sd.DTYPE_RTOL.get(str(dtype).removeprefix("torch."), None) or DEFAULT_RTOL
     result = compare([o[0] for o in got], want, DEFAULT_ATOL, rtol)

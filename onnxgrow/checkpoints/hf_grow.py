@@ -40,7 +40,7 @@ def export_module(lm, path: Path) -> Path:
             self.lm = lm
 
         def forward(self, input_ids):
-            return self.lm(input_ids=input_ids, use_cache=False).logits
+            return hf.logits(self.lm, input_ids)
 
     ids = torch.randint(0, max(2, min(lm.config.vocab_size, 50)), (2, 5))
     dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
