@@ -6,6 +6,7 @@
     student = og.grow("teacher.onnx", widen={"*": "x2"}, deepen=["fc1:r2r"])   # a whole plan
     report = og.verify("teacher.onnx", student)      # report.ok, per-output errors, provider
     module = og.to_torch(student)                    # a trainable torch.nn.Module
+    og.export_checkpoint(student, like="teacher-folder/", out="grown-folder/")   # back home
 
 Every function takes a path, an onnx.ModelProto, an onnx_ir.Model or an onnx-graphsurgeon Graph,
 and never modifies its argument. Names are imported on first use, so `import onnxgrow` is cheap.
@@ -24,6 +25,7 @@ _API = {
     "load_weights": ("torch_export", "load_weights"),
     "adamw_state": ("optim", "adamw_state"),
     "carry_adamw_state": ("optim", "carry_adamw_state"),
+    "export_checkpoint": ("checkpoints.export", "export_checkpoint"),
     "load": ("graph", "load"),
     "save": ("graph", "save"),
 }

@@ -430,15 +430,9 @@ def export(model, out, like, max_shard_size, no_verify, as_json):
         path = export_file(model, out)
         click.echo(f"wrote {path}")
         return
-    from pathlib import Path
+    from .checkpoints.export import export_checkpoint
 
-    from .checkpoints import hf, statedict
-
-    if Path(like).is_dir():
-        report = hf.export_folder(model, Path(like), Path(out), max_shard_size=max_shard_size,
-                                  verify=not no_verify)
-    else:
-        report = statedict.export_state_dict(model, Path(like), Path(out), verify=not no_verify)
+    report = export_checkpoint(model, like=like, out=out, max_shard_size=max_shard_size, verify=not no_verify)
     if as_json:
         _echo_json(report)
         return

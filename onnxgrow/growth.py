@@ -286,10 +286,15 @@ def grow(model, *, widen: dict | None = None, deepen: list | None = None, method
     """Grow `model` (path, ModelProto, onnx_ir.Model or gs.Graph; not modified) by a plan; return
     the student as an onnx.ModelProto (a gs.Graph when given one) — with `with_summary`, the pair
     (student, summary), whose "mappings" say where every grown weight's values came from (what an
-    optimizer's state needs to follow them: onnxgrow.optim)."""
+    optimizer's state needs to follow them: onnxgrow.optim). A transformers model (or the path of
+    its folder, through the CLI) comes back as a grown transformers model of its own class."""
     plan = GrowthPlan(widen=dict(widen or {}), deepen=list(deepen or []), method=method, seed=seed,
                       noise=noise)
     widen_method(method)
+    if hasattr(model, "save_pretrained") and hasattr(model, "config"):
+        from .checkpoints.hf_grow import grow_module
+
+        return grow_module(model, plan)
     student, done = window.edit(model, plan.targets(), lambda m: grow_model(m, plan))
     return (student, done) if with_summary else student
 

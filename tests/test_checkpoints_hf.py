@@ -151,3 +151,47 @@ def test_a_teacher_the_onnx_did_not_come_from_is_refused_naming_the_tensors(llm_
     done = _cli("export", student, "--like", other, "-o", tmp_path / "out")
     assert done.returncode == 2 and "not in the ONNX" in done.stderr and "proj.weight" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_trained_after_growth_still_exports_with_its_trained_values(llm_model, hf_folder, tmp_path):
+    """The history's fingerprints are the teacher's: weights that training moved still map (the
+    export's own verification compares the folder with the trained ONNX)."""
+    from safetensors import safe_open
+
+    student = og.grow(llm_model("llama"), widen={"*": "x2"})
+    module = og.to_torch(student)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim == 2:  # the layers' weights; norms' ε, rotary tables stay as the class makes them
+                p.add_(0.01 * torch.randn_like(p))
+    trained = og.load_weights(student, module)
+    report = og.export_checkpoint(trained, like=hf_folder("llama"), out=tmp_path / "out")
+    assert report["verify"]["passed"]
+    table = next(onnx.numpy_helper.to_array(t) for t in trained.graph.initializer
+                 if t.name.startswith("lm.model.embed_tokens.weight"))
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert np.array_equal(f.get_tensor("model.embed_tokens.weight").numpy(), table)
+
+
+def test_og_grow_on_a_transformers_model_gives_one_of_its_class(tmp_path):
+    lm = llm_zoo.make("qwen3").lm
+    grown = og.grow(lm, widen={"*": "x2"})
+    assert type(grown) is type(lm) and grown.config.hidden_size == 64
+    ids = torch.randint(0, llm_zoo.VOCAB, (1, 6))
+    with torch.no_grad():
+        want = lm(input_ids=ids, use_cache=False).logits
+        got = grown(input_ids=ids, use_cache=False).logits
+    assert (got - want).abs().max() < 5e-5 * want.abs().max()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"])
+def test_a_corrupt_teacher_file_is_exit_2_and_nothing_is_written(llm_model, tmp_path, content):
+    student = tmp_path / "s.onnx"
+    onnx.save(og.grow(llm_model("llama"), widen={"*": "x2"}), student)
+    for suffix in (".safetensors", ".pt"):
+        teacher = tmp_path / f"t{suffix}"
+        teacher.write_bytes(content)
+        done = _cli("export", student, "--like", teacher, "-o", tmp_path / f"out{suffix}")
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and str(teacher) in done.stderr
+        assert not (tmp_path / f"out{suffix}").exists()

@@ -5,6 +5,7 @@
     statedict.py  state dict files (.safetensors, .pt/.pth/.bin): read, write, export
     hf.py         Hugging Face folders: config sizes from the grown graph, shards, write, verify
     hf_grow.py    a folder grown end to end: export with torch's dynamo exporter, grow, write back
+    export.py     og.export_checkpoint: a folder or a state dict file, by what the teacher is
 
 Only history.py is imported by the transforms; the rest needs torch and is imported on use.
 """

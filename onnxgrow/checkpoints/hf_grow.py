@@ -98,3 +98,13 @@ def grow_folder(folder: Path, plan, out: Path, *, verify: bool = True, max_shard
     summary["times"] = times
     summary["output"] = str(out)
     return summary
+
+
+def grow_module(lm, plan, *, verify: bool = True):
+    """A transformers model grown by `plan`: the same route through a temporary folder, the
+    grown folder loaded back (in `lm`'s dtype)."""
+    with tempfile.TemporaryDirectory(prefix="onnxgrow-hf-module-", dir=os.environ.get("TMPDIR")) as tmp:
+        teacher, out = Path(tmp) / "teacher", Path(tmp) / "student"
+        lm.save_pretrained(teacher)
+        grow_folder(teacher, plan, out, verify=verify)
+        return type(lm).from_pretrained(str(out), dtype=lm.dtype)
