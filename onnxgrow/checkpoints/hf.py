@@ -387,7 +387,8 @@ def _untie(model, config: dict, placed: list[k.Placed], checkpoint: sd.Checkpoin
                   or p.key.endswith(("wte.weight", "word_embeddings.weight", "embed_in.weight"))), None)
     if head is None or embed is None or head[0] == embed.initializer:
         return None
-    table = sd.layout(model.graph.initializers[embed.initializer].const_value.numpy(), embed.layout, ())
+    table = sd.layout(model.graph.initializers[embed.initializer].const_value.numpy(), embed.layout,
+                      checkpoint.shapes[embed.teacher_key])
     weight = model.graph.initializers[head[0]].const_value.numpy()
     weight = weight.T if head[1] == "T" else weight
     if weight.shape == table.shape and np.array_equal(weight, table):

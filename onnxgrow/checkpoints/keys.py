@@ -98,11 +98,26 @@ def place(model: ir.Model, teacher: Teacher) -> tuple[list[Placed], dict]:
             placed += [Placed(new_key, key, None) for new_key in (renames[key].values() if key in renames else [key])]
             continue
         root, layout = matched[key]
-        for name, events, flipped in instances[root]:
+        for name, events, flipped in _one_per_instance(key, instances[root], readers):
             new_key = renames[key].get(events, key) if key in renames else key
             placed.append(Placed(new_key, key, name, _flip(layout) if flipped else layout))
     placed.sort(key=lambda p: _natural(p.key))
     return placed, {"matched": dict(how_counts), "copies": list(copies.values())}
+
+
+def _one_per_instance(key: str, found: list, readers) -> list:
+    """One live initializer per block instance. A root can live on twice in one instance when
+    growth gave two readers of one weight different tensors (a tied LM head split by net2net,
+    reading the table through a Transpose): the key's own module's reader wins, else the first."""
+    module = key.rpartition(".")[0]
+    by_events: dict[tuple, list] = defaultdict(list)
+    for item in found:
+        by_events[item[1]].append(item)
+    chosen = []
+    for items in by_events.values():
+        own = [i for i in items if any(s == module or s.endswith("." + module) for s in readers[i[0]][1])]
+        chosen.append(min(own or items, key=lambda i: readers[i[0]][0]))
+    return chosen
 
 
 def _flip(layout: str) -> str:

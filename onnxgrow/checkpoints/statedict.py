@@ -137,6 +137,19 @@ def student_tensors(model, checkpoint: Checkpoint, placed: list[k.Placed], trans
         yield p.key, tensor.to(dtype)
 
 
+def laid_out_shape(dims: tuple, how: str, teacher_shape) -> tuple:
+    """The shape of an initializer of shape `dims` in the teacher's layout."""
+    if how == "T":
+        return tuple(dims[::-1])
+    if how == "squeeze":
+        kept = [d for d in dims if d != 1]
+        if len(kept) != len([d for d in teacher_shape if d != 1]):
+            raise GrowError(f"cannot lay a tensor of shape {list(dims)} out like {list(teacher_shape)}.")
+        it = iter(kept)
+        return tuple(1 if d == 1 else next(it) for d in teacher_shape)
+    return tuple(dims)
+
+
 def layout(array: np.ndarray, how: str, teacher_shape) -> np.ndarray:
     """An initializer's array in the teacher's layout (`keys.Placed.layout`)."""
     if how == "T":
@@ -144,13 +157,7 @@ def layout(array: np.ndarray, how: str, teacher_shape) -> np.ndarray:
     if how == "plus1":
         return array - array.dtype.type(1)
     if how == "squeeze":
-        kept = [d for d in array.shape if d != 1]
-        if len(kept) != len([d for d in teacher_shape if d != 1]):
-            raise GrowError(f"cannot lay a tensor of shape {list(array.shape)} out like {list(teacher_shape)}.")
-        out_shape, it = [], iter(kept)
-        for d in teacher_shape:
-            out_shape.append(1 if d == 1 else next(it))
-        return array.reshape(out_shape)
+        return array.reshape(laid_out_shape(array.shape, how, teacher_shape))
     return array
 
 
@@ -226,7 +233,7 @@ class Student:
         if p.initializer is None:
             return self.checkpoint.shapes[p.teacher_key]
         dims = tuple(self.model.graph.initializers[p.initializer].shape.numpy())
-        return tuple(layout(np.empty(dims, dtype=np.uint8), p.layout, self.checkpoint.shapes[p.teacher_key]).shape)
+        return laid_out_shape(dims, p.layout, self.checkpoint.shapes[p.teacher_key])
 
     def __call__(self, meta_only: bool = False, keys=None):
         chosen = [p for p in self.placed if keys is None or p.key in keys]
