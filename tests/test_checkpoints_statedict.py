@@ -112,3 +112,14 @@ def test_a_resnet_with_batchnorm_kept_loads_strict_at_twice_the_width(tmp_path, 
         got = grown.eval()(torch.from_numpy(x)).numpy()
     want = _outputs(student, x)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("n", [2, 4, 16, 64])
+def test_a_square_weight_is_told_from_its_transpose(n):
+    """Evenly spaced samples of an n×n matrix are its diagonal, which the transpose shares."""
+    from onnxgrow.checkpoints import keys
+
+    w = np.random.default_rng(n).normal(size=(n, n)).astype(np.float32)
+    assert keys.confirm(w, history.fingerprint(w)) == "same"
+    assert keys.confirm(w, history.fingerprint(w.T)) == "T"
+    assert keys.confirm(w + 1, history.fingerprint(w)) is None

@@ -170,7 +170,7 @@ def _dim_pairs(teacher, student):
 
 def _consistent(new: dict, choices: dict, student: dict, heads, head_dim) -> dict:
     """The first combination of `choices` whose class has exactly the student's shapes."""
-    first_problem = None
+    problems = []
     for combo in itertools.product(*choices.values()):
         candidate = dict(new, **dict(zip(choices, combo)))
         h = next((candidate[f] for f in HEAD_FIELDS if f in candidate), None)
@@ -180,8 +180,9 @@ def _consistent(new: dict, choices: dict, student: dict, heads, head_dim) -> dic
         problem = _shape_problem(candidate, student, head_dim)
         if problem is None:
             return candidate
-        first_problem = first_problem or problem
-    raise GrowError(f"no {new.get('model_type')} config describes the grown model: {first_problem}. A "
+        problems.append((sum(combo), problem))
+    closest = max(problems)[1] if problems else "no sizes to try"  # the most grown sizes: what was meant
+    raise GrowError(f"no {new.get('model_type')} config describes the grown model: {closest}. A "
                     "config holds one size per kind for all layers (one intermediate_size, one head "
                     "count), so a plan that widens some layers only cannot be a folder; widen every layer "
                     "alike ('*=x2'), or export a state dict (-o OUT.safetensors) for a class that allows it.")
@@ -286,7 +287,7 @@ def _verify_or_explain(model, folder: Path, config: dict, new_config: dict, chec
         return verify_folder(model, folder, dtype)
     except MismatchError as exc:
         eps = next((f for f in EPS_FIELDS if new_config.get(f) != config.get(f)), None)
-        if eps is None:
+        if eps is None or exc.report["max_rel"] > 1e-3:  # ε moves logits a little, not by their size
             raise
         d = next(config[f] for f in HIDDEN_FIELDS if f in config)
         raise GrowError(
@@ -517,5 +518,5 @@ def verify_folder(model, folder: Path, dtype: str | None, samples: int = 2, seed
     if not result["passed"]:
         raise MismatchError(f"the written folder, loaded with transformers, does not give the grown ONNX's "
                             f"logits: max error {result['max_abs']:.3g} ({result['max_rel']:.3g} of the largest "
-                            "logit); nothing was written.")
+                            "logit); nothing was written.", report=result)
     return result

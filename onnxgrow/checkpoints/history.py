@@ -14,7 +14,8 @@ and `metadata_props["onnxgrow.history"]` keeps it across files and growth steps:
                 "mappings": [{"initializer", "source", "axis", "index": RUNS, "scale": RUNS}]}]}
 
 - `roots` fingerprints every float initializer of the teacher as the first step found it: its
-  shape and 16 values at fixed flat positions. Export confirms a checkpoint tensor against them
+  shape and 16 values at flat positions drawn from a seed fixed by its size. Export confirms a
+  checkpoint tensor against them
   (after training, the student's values are no longer the teacher's; the fingerprint still is).
 - `lineage` has one edge per initializer a step made from another: a grown or zeroed weight
   replacing its input (EVENT null), a block copy's own weight (EVENT names the copy), through a
@@ -109,11 +110,13 @@ def fingerprint(array) -> dict:
 
 
 def sample(array) -> list[float]:
-    """SAMPLES values of `array` (float32, flattened in C order) at fixed positions."""
+    """SAMPLES values of `array` (float32, flattened in C order) at positions drawn from a fixed
+    seed: evenly spaced positions of an n×n matrix fall on its diagonal, which its transpose
+    shares, so they could not tell a weight from its transpose."""
     flat = np.asarray(array).reshape(-1)
     if flat.size == 0:
         return []
-    positions = np.linspace(0, flat.size - 1, num=min(SAMPLES, flat.size)).astype(np.int64)
+    positions = np.sort(np.random.default_rng(flat.size).integers(0, flat.size, min(SAMPLES, flat.size)))
     return [float(v) for v in flat[positions].astype(np.float32)]
 
 
