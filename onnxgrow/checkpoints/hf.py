@@ -492,15 +492,13 @@ def verify_folder(model, folder: Path, dtype: str | None, samples: int = 2, seed
     from ..verification import DEFAULT_ATOL, DEFAULT_RTOL, compare, run_model
 
     config = read_config(folder)
-    cls = model_class(config)
-    lm = cls.from_pretrained(str(folder), dtype=torch.float32).eval()
     inputs = [v.name for v in model.graph.inputs]
     if "input_ids" not in inputs or any(n not in ("input_ids", "attention_mask", "position_ids") for n in inputs):
         raise GrowError(f"cannot verify the folder: the ONNX's inputs {inputs} are not token ids (and an "
                         "attention mask). Pass --no-verify to write it unchecked.")
     rng = np.random.default_rng(seed)
     vocab = config.get("vocab_size", 2)
-    feeds, want = [], []
+    feeds = []
     for batch, seq in ((1, 5), (2, 7))[:samples]:
         ids = rng.integers(0, vocab, (batch, seq)).astype(np.int64)
         feed = {"input_ids": ids}
@@ -509,9 +507,11 @@ def verify_folder(model, folder: Path, dtype: str | None, samples: int = 2, seed
         if "position_ids" in inputs:
             feed["position_ids"] = np.broadcast_to(np.arange(seq), ids.shape).copy()
         feeds.append(feed)
-        with torch.no_grad():
-            want.append(logits(lm, torch.from_numpy(ids)).float().numpy())
-    got, provider = run_model(model, feeds)
+    got, provider = run_model(model, feeds)  # first, and let go: never both models in memory at once
+    lm = model_class(config).from_pretrained(str(folder), dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = [logits(lm, torch.from_numpy(feed["input_ids"])).float().numpy() for feed in feeds]
+    del lm
     rtol = sd.DTYPE_RTOL.get(str(dtype).removeprefix("torch."), None) or DEFAULT_RTOL
     result = compare([o[0] for o in got], want, DEFAULT_ATOL, rtol)
     result.update(provider=provider, dtype=str(dtype), rtol=rtol)

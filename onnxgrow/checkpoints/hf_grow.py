@@ -31,7 +31,6 @@ def export_onnx(folder: Path, path: Path) -> Path:
 
 
 def export_module(lm, path: Path) -> Path:
-    import onnx
     import torch
 
     class LogitsOnly(torch.nn.Module):
@@ -51,10 +50,9 @@ def export_module(lm, path: Path) -> Path:
         raise GrowError(f"torch's dynamo exporter could not export the model ({g.short_message(exc)}). "
                         "Export it to ONNX yourself, grow that, and write it back with "
                         "`onnxgrow export GROWN.onnx --like FOLDER -o OUT`.") from None
-    proto = program.model_proto
-    proto.ir_version = min(proto.ir_version, 10)  # onnxruntime refuses the newest IR versions
-    data = path.name + ".data"
-    onnx.save(proto, str(path), save_as_external_data=proto.ByteSize() > 1_500_000_000, location=data)
+    program.model.ir_version = min(program.model.ir_version, 10)  # onnxruntime refuses newer IR versions
+    weights = sum(p.numel() * 4 for p in lm.parameters())  # exported in float32
+    program.save(str(path), external_data=weights > g.EXTERNAL_DATA_THRESHOLD // 2)
     return path
 
 

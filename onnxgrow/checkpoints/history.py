@@ -113,11 +113,12 @@ def sample(array) -> list[float]:
     """SAMPLES values of `array` (float32, flattened in C order) at positions drawn from a fixed
     seed: evenly spaced positions of an n×n matrix fall on its diagonal, which its transpose
     shares, so they could not tell a weight from its transpose."""
-    flat = np.asarray(array).reshape(-1)
-    if flat.size == 0:
+    array = np.asarray(array)
+    if array.size == 0:
         return []
-    positions = np.sort(np.random.default_rng(flat.size).integers(0, flat.size, min(SAMPLES, flat.size)))
-    return [float(v) for v in flat[positions].astype(np.float32)]
+    positions = np.sort(np.random.default_rng(array.size).integers(0, array.size, min(SAMPLES, array.size)))
+    picked = array[np.unravel_index(positions, array.shape)] if array.ndim else array.reshape(1)
+    return [float(v) for v in np.asarray(picked).astype(np.float32)]  # no copy of a view or a map
 
 
 def record(model, history: dict, summary: dict, meta: dict) -> None:

@@ -9,6 +9,7 @@ Formats: `.safetensors` (one file) and torch's pickle (`.pt`, `.pth`, `.bin`, lo
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -127,14 +128,20 @@ def student_tensors(model, checkpoint: Checkpoint, placed: list[k.Placed], trans
         if p.initializer is None:
             yield p.key, checkpoint.tensor(p.teacher_key)
             continue
-        array = inits[p.initializer].const_value.numpy()
-        array = layout(array, p.layout, checkpoint.shapes[p.teacher_key])
-        if transform is not None:
-            array = transform(p.key, array)
-        array = np.ascontiguousarray(array)
-        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+        value = inits[p.initializer]
+        raw = value.const_value.numpy()
         dtype = getattr(torch, checkpoint.dtypes[p.teacher_key])
-        yield p.key, tensor.to(dtype)
+        with warnings.catch_warnings():  # a read-only map: torch only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            if p.layout == "T" and transform is None:  # torch transposes in blocks on every core
+                tensor = torch.from_numpy(raw).t().contiguous().to(dtype)
+            else:
+                array = layout(raw, p.layout, checkpoint.shapes[p.teacher_key])
+                if transform is not None:
+                    array = transform(p.key, array)
+                tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+        yield p.key, tensor
+        g.drop_mapped_pages([value])  # written: the ONNX's mapped pages need not stay resident
 
 
 def laid_out_shape(dims: tuple, how: str, teacher_shape) -> tuple:
