@@ -196,7 +196,7 @@ def copy_block(model: ir.Model, block: str, method: str = "zero", seed: int = 0)
     chosen = resolve_block(find_blocks(model), block)
     before = g.parameter_count(model)
     nodes = _with_constant_inputs([n for u in chosen.units for n in u.nodes])
-    event = history.note_copy(graph, {"block": chosen.path, "index": chosen.index})
+    event = history.note_copy(graph, {"block": chosen.path, "index": chosen.index, "as": _next_path(chosen.path)})
     mapping, copies = _copy_nodes(graph, nodes, chosen.x, chosen.out, event)
     rng = np.random.default_rng(seed)
     for unit in chosen.units:
@@ -215,6 +215,13 @@ def copy_block(model: ir.Model, block: str, method: str = "zero", seed: int = 0)
              f"method {method}: its branches output 0, so the model computes what it did"]
     return summary("deepen", lines, before, g.parameter_count(model), block=chosen.describe(),
                    method=method, nodes=[n.name for n in copies])
+
+
+def _next_path(path: str | None) -> str | None:
+    """The module path a copy of an indexed block takes in a checkpoint: `model.layers.3` →
+    `model.layers.4` (later items shift by one); None for blocks that are not items of a list."""
+    container, _, index = (path or "").rpartition(".")
+    return f"{container}.{int(index) + 1}" if container and index.isdigit() else None
 
 
 def _with_constant_inputs(nodes: list) -> list:

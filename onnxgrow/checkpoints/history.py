@@ -10,7 +10,7 @@ and `metadata_props["onnxgrow.history"]` keeps it across files and growth steps:
      "roots": {NAME: {"shape": [...], "sample": [16 float32 values]}},   # the teacher, once
      "steps": [{"command": "grow", "plan": {...},
                 "lineage": {NEW: [OLD, EVENT or null, TRANSPOSED]},     # in creation order
-                "copies": [{"id": EVENT, "block": PATH or INDEX}],
+                "copies": [{"id": EVENT, "block": PATH, "index": I, "as": NEW PATH}],
                 "mappings": [{"initializer", "source", "axis", "index": RUNS, "scale": RUNS}]}]}
 
 - `roots` fingerprints every float initializer of the teacher as the first step found it: its
