@@ -75,12 +75,6 @@ def test_a_folded_batchnorm_is_refused_naming_the_module(tmp_path):
         statedict.export_state_dict(student, tmp_path / "r.pt", tmp_path / "s.pt")
 
 
-def test_history_runs_round_trip():
-    values = [0, 1, 2, 3, 7, 7, 7, 1, 0, 5]
-    assert history.unruns(history.runs(values)) == values
-    assert history.runs([0.5, 0.5, 1.0]) == [[0.5, 2], [1.0, 1]]
-
-
 class ResNetW(torch.nn.Module):
     """The zoo's ResNetMini with its widths as arguments: the class a user builds at new widths."""
 
