@@ -195,3 +195,18 @@ def test_a_corrupt_teacher_file_is_exit_2_and_nothing_is_written(llm_model, tmp_
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr and str(teacher) in done.stderr
         assert not (tmp_path / f"out{suffix}").exists()
+
+
+def test_a_family_transformers_does_not_know_is_exit_2_naming_known_ones(llm_model, hf_folder, tmp_path):
+    import shutil
+
+    student = tmp_path / "s.onnx"
+    onnx.save(og.grow(llm_model("llama"), widen={"*": "x2"}), student)
+    teacher = tmp_path / "teacher"
+    shutil.copytree(hf_folder("llama"), teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    config.update(model_type="mystery", architectures=["MysteryForCausalLM"])
+    (teacher / "config.json").write_text(json.dumps(config))
+    done = _cli("export", student, "--like", teacher, "-o", tmp_path / "out")
+    assert done.returncode == 2 and "'mystery'" in done.stderr and "llama" in done.stderr
+    assert "state dict" in done.stderr and not (tmp_path / "out").exists()
