@@ -200,9 +200,8 @@ class _Plan:
 
 def _shape(value: ir.Value) -> tuple | None:
     """The value's shape, ints or None per dim; None when even the rank is unknown."""
-    if value.shape is None:
-        return None
-    return tuple(d if isinstance(d, int) else None for d in value.shape)
+    shape = G.static_shape(value, probe=False)
+    return None if shape is None else tuple(d if isinstance(d, int) else None for d in shape)
 
 
 def _constant_derived(value: ir.Value | None, depth: int = 0) -> bool:

@@ -364,19 +364,41 @@ def static_shape(value: ir.Value | None, probe: bool = True) -> tuple | None:
     if value is None:
         return None
     if value.shape is not None:
-        return tuple(d if isinstance(d, int) else (d.value if d.value is not None else "?")
-                     for d in value.shape)
+        declared = value.is_graph_input() or value.is_graph_output()
+        return tuple(dim(d, declared) for d in value.shape)
     return probed_shape(value) if probe else None
 
 
+def dim(d, declared: bool = True):
+    """One dimension as an int, a name, or "?" for any size: unnamed, negative (old exporters write
+    -1), or 0 in a graph input's or output's declared shape (where exporters mean "any" by it)."""
+    if isinstance(d, int):
+        return d if d > 0 or (d == 0 and not declared) else "?"
+    return d.value if d.value is not None else "?"
+
+
+def relax_declared_dims(graph: onnx.GraphProto) -> onnx.GraphProto:
+    """Clear the dims of `graph`'s inputs and value_info that mean "any size" (see `dim`), so shape
+    inference does not carry -1 or 0 through the graph as sizes. Outputs keep theirs: inference
+    would replace them with its own names, and the student would declare different outputs."""
+    for i, value_info in enumerate((*graph.input, *graph.value_info)):
+        declared = i < len(graph.input)
+        if value_info.type.HasField("tensor_type"):
+            for d in value_info.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and (d.dim_value < 0 or (declared and d.dim_value == 0)):
+                    d.Clear()
+    return graph
+
+
 def probed_shape(value: ir.Value) -> tuple | None:
-    """The shape `value` had in one onnxruntime run (dynamic dimensions 1); see _probe_shapes."""
+    """The shape `value` had in one onnxruntime run (see _probe_shapes)."""
     return None if value.graph is None else _probe_shapes(value.graph).get(value.name)
 
 
 def _probe_shapes(graph: ir.Graph) -> dict:
     """Shapes of every intermediate value from one onnxruntime run on random inputs (dynamic
-    dimensions 1), computed once per graph and only when shape inference fell short."""
+    dimensions 1, or the first of PROBE_SIZES that runs), computed once per graph and only when
+    shape inference fell short."""
     cached = graph.meta.get("onnxgrow.probed")
     if cached is not None and cached[0] == edit_count(graph):
         return cached[1]
@@ -389,6 +411,7 @@ def _probe_shapes(graph: ir.Graph) -> dict:
         import onnxruntime as ort
 
         proto = ir.to_proto(model)
+        relax_declared_dims(proto.graph)  # onnxruntime refuses inputs other than a declared 0
         known = {o.name for o in proto.graph.output}
         names = [o.name for node in graph for o in node.outputs
                  if o is not None and o.name and o.name not in known and o.dtype is not None]
@@ -398,19 +421,29 @@ def _probe_shapes(graph: ir.Graph) -> dict:
         opts.log_severity_level = 4
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # the probe is a best effort; rules refuse when a shape stays unknown
+        return shapes
+    # as verification: where size 1 does not run (pooling, unpadded convolutions), larger ones
+    for size in PROBE_SIZES:
         rng = np.random.default_rng(0)
         feeds = {}
         for inp in sess.get_inputs():
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+            shape = [d if isinstance(d, int) and d > 0 else 1 if axis == 0 and len(inp.shape) > 1 else size
+                     for axis, d in enumerate(inp.shape)]
             dtype = ir.DataType.from_numpy(np.dtype(_ORT_TYPES.get(inp.type, "float32"))).numpy()
             feeds[inp.name] = (np.zeros(shape, dtype) if np.issubdtype(dtype, np.integer) or dtype == bool
                                else rng.standard_normal(shape).astype(dtype))
-        outs = sess.run(None, feeds)
+        try:
+            outs = sess.run(None, feeds)
+        except Exception:
+            continue
         for meta, array in zip(sess.get_outputs(), outs):
             shapes[meta.name] = tuple(np.shape(array))
-    except Exception:  # the probe is a best effort; rules refuse when a shape stays unknown
-        pass
+        break
     return shapes
+
+
+PROBE_SIZES = (1, 32, 64, 128, 256, 640)  # dynamic dimensions (the batch stays 1), until one runs
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -624,7 +657,9 @@ def light_proto(model: ir.Model) -> onnx.ModelProto:
         graph.initializers.pop(value.name)
     graph.inputs.extend(extra)
     try:
-        return ir.serde.serialize_model(model)
+        proto = ir.serde.serialize_model(model)
+        relax_declared_dims(proto.graph)
+        return proto
     finally:
         for _ in extra:
             graph.inputs.pop()
@@ -647,6 +682,7 @@ def light_copy(source: onnx.ModelProto, nodes=None, whole_under: int = 0) -> onn
     if nodes is None:
         graph.output.extend(src.output)
     graph.value_info.extend(src.value_info)  # the exporter's shapes help inference
+    relax_declared_dims(graph)
     if whole_under and source.ByteSize() <= whole_under:
         graph.initializer.extend(src.initializer)
         return light

@@ -12,7 +12,8 @@ onnxruntime or onnxgrow could not use it faithfully:
 - an initializer's data does not hold prod(dims) elements (inline data too short or too long;
   external data whose file is missing, lies outside the model's folder (also through a symbolic
   link), has several hard links (as onnx-ir refuses), or is shorter than offset + prod(dims)·itemsize);
-- a weight (input 1 of Conv/ConvTranspose/Gemm/MatMul) or a graph input has a zero-size dimension.
+- a weight (input 1 of Conv/ConvTranspose/Gemm/MatMul) has a zero-size dimension. (A graph input
+  declaring 0, or -1, is not refused: old exporters write them for "any size", see graph.dim.)
 
 `check_finite` refuses weights holding NaN or ±Inf before a transform: the teacher's outputs
 would be non-finite, and comparing NaN with NaN proves nothing.
@@ -233,13 +234,6 @@ def _check_external(t: onnx.TensorProto, where: str, base_dir: Path | None, need
 
 
 def _check_zero_sizes(g: onnx.GraphProto, where: str) -> None:
-    for inp in g.input:
-        dims = inp.type.tensor_type.shape.dim if inp.type.HasField("tensor_type") else []
-        if any(d.HasField("dim_value") and d.dim_value == 0 for d in dims):
-            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-            raise GrowError(f"the graph input {inp.name!r} of {where} has a zero-size dimension "
-                            f"{shape}: there is nothing to compute or compare. Give it a size >= 1 "
-                            "(or leave it dynamic).")
     empty = [t for t in g.initializer if 0 in t.dims]
     if not empty:
         return

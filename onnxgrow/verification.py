@@ -22,7 +22,12 @@ rtol * S at the given rtol, and min rtol = (max|t - s| - atol) / S at the given 
 Inputs are an .npz file (or a dict) keyed by graph input name, used as one sample, or fresh
 seeded random draws: floats N(0, 1); integers in [0, vocab) when they index a constant table
 through Gather (token ids into an embedding), else in [0, 10); bools uniform. Dynamic dimensions
-take the sizes in `dims` ({"batch": 4}) and 1 otherwise.
+(named, unnamed, or declared -1 or 0: old exporters mean "any size" by them) take the sizes in
+`dims` ({"batch": 4}; an unnamed one as {"x:2": 224}, INPUT:AXIS) and 1 otherwise. When size 1
+makes the teacher fail in onnxruntime (a Resize, pooling or an unpadded convolution on 1x1 images),
+the dimensions `dims` leaves open, axis 0 (the batch) aside, are tried at the sizes the model tells
+(ultralytics' `imgsz` in its metadata, a metadata entry named like the dimension), then at 32, 64,
+128, 256 and 640; the report says which sizes ran.
 
 Sessions: both models run with the same settings — graph optimisation ORT_ENABLE_BASIC
 (constant folding and redundant-node removal only; the extended fusions rewrite the two graphs
@@ -134,6 +139,8 @@ class VerifyReport:
     inputs: list[dict]
     outputs: list[OutputReport]
     problems: list[str] = field(default_factory=list)
+    dims: dict = field(default_factory=dict)  # the sizes the dynamic dimensions were drawn at
+    dims_note: str = ""  # how they were chosen, when not given and size 1 did not run
 
     def to_dict(self) -> dict:
         return {
@@ -147,6 +154,8 @@ class VerifyReport:
             "rule": "|teacher - student| <= atol + rtol * max|teacher|, per output",
             "input_source": self.input_source,
             "inputs": self.inputs,
+            "dims": dict(self.dims),
+            "dims_note": self.dims_note,
             "outputs": [o.to_dict() for o in self.outputs],
             "problems": list(self.problems),
         }
@@ -157,6 +166,7 @@ class VerifyReport:
         lines = [
             f"teacher {self.teacher}  vs  student {self.student}",
             f"inputs ({how}, {self.samples} sample{'s' * (self.samples != 1)}): {ins or 'none'}",
+            *([f"dynamic dimensions: {_sizes_text(self.dims)}; {self.dims_note}"] if self.dims_note else []),
             f"provider: {self.provider}" + (f" ({self.provider_note})" if self.provider_note else ""),
             "rule: |teacher - student| <= atol + rtol * S, S = max|teacher| of the output",
         ]
@@ -205,9 +215,10 @@ def _json_number(v):
 class _Model:
     label: str
     source: str | bytes  # what onnxruntime loads: a path, or serialised bytes
-    inputs: dict  # name -> (numpy dtype or None, shape: tuple of int | str ("?": unnamed), or None)
+    inputs: dict  # name -> (numpy dtype or None, shape: tuple of int | str ("?": any size), or None)
     outputs: list[str]
     vocab: dict  # integer input name -> rows of the smallest table it indexes through Gather
+    metadata: dict = field(default_factory=dict)  # the model's metadata_props
 
 
 def _open(model, role: str, tmp: Path) -> _Model:
@@ -235,16 +246,27 @@ def _open(model, role: str, tmp: Path) -> _Model:
         if v.const_value is not None:  # an initializer listed as input: it has a default
             continue
         dtype = None if v.dtype is None else _numpy_dtype(v.dtype)
-        inputs[v.name] = (dtype, _declared_shape(v))
+        inputs[v.name] = (dtype, graph.static_shape(v, probe=False))  # "?" for any size
+    if any(d == 0 for v in m.graph.inputs if v.shape is not None for d in v.shape if isinstance(d, int)):
+        source = _without_zero_dims(m, tmp / f"{role}.any-size.onnx")
     vocab = {name: n for name in inputs if (n := _table_rows(m.graph, name)) is not None}
-    return _Model(label, source, inputs, [v.name for v in m.graph.outputs], vocab)
+    return _Model(label, source, inputs, [v.name for v in m.graph.outputs], vocab, dict(m.metadata_props))
 
 
-def _declared_shape(value) -> tuple | None:
-    """The shape the model declares: ints, dimension names, "?" for unnamed dynamic dims."""
-    if value.shape is None:
-        return None
-    return tuple(d if isinstance(d, int) else (d.value if d.value is not None else "?") for d in value.shape)
+def _without_zero_dims(m, path: Path) -> str | bytes:
+    """What onnxruntime loads for a model whose inputs declare a dimension 0 ("any size" to the
+    exporter): onnxruntime would take only empty tensors there, so the copy declares no size."""
+    import onnx_ir as ir
+
+    declared = {v: v.shape for v in m.graph.inputs}
+    try:
+        for v in m.graph.inputs:
+            if v.shape is not None:
+                v.shape = ir.Shape([None if isinstance(d, int) and d == 0 else d for d in v.shape])
+        return _serialise(m, None, path)
+    finally:
+        for v, shape in declared.items():
+            v.shape = shape
 
 
 def _serialise(m, original, path: Path) -> str | bytes:
@@ -328,14 +350,36 @@ def _check_same_inputs(t: _Model, s: _Model) -> dict:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _random_samples(specs: dict, vocab: dict, dims: dict, samples: int, seed: int) -> list[dict]:
-    named = {d for _, shape in specs.values() for d in shape or () if isinstance(d, str) and d != "?"}
-    unknown = sorted(set(dims) - named)
+def _dim_key(name: str, axis: int, d: str) -> str:
+    """How `dims` names a dynamic dimension: its name, or INPUT:AXIS when it has none."""
+    return f"{name}:{axis}" if d == "?" else d
+
+
+def _dynamic_dims(specs: dict) -> dict:
+    """{key: [(input, axis), ...]} for every dimension the inputs leave open."""
+    found: dict = {}
+    for name, (_, shape) in specs.items():
+        for axis, d in enumerate(shape or ()):
+            if isinstance(d, str):
+                found.setdefault(_dim_key(name, axis, d), []).append((name, axis))
+    return found
+
+
+def _check_dims(dims: dict, dynamic: dict) -> None:
+    unknown = sorted(set(dims) - set(dynamic))
     if unknown:
-        have = ", ".join(sorted(named)) if named else "none: every input dimension is fixed"
+        have = (", ".join(dynamic) + " (INPUT:AXIS names a dimension that has no name)" if dynamic
+                else "none: every input dimension is fixed")
         raise GrowError(f"--dim {', '.join(unknown)}: the model's inputs have no such dynamic "
-                        f"dimension. Named dynamic dimensions: {have}.")
-    _check_sample_memory(specs, dims, samples)
+                        f"dimension. Dynamic dimensions: {have}.")
+
+
+def _input_shape(name: str, shape: tuple, sizes: dict) -> list[int]:
+    return [d if isinstance(d, int) else sizes.get(_dim_key(name, axis, d), 1) for axis, d in enumerate(shape)]
+
+
+def _random_samples(specs: dict, vocab: dict, sizes: dict, samples: int, seed: int) -> list[dict]:
+    _check_sample_memory(specs, sizes, samples)
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(samples):
@@ -344,19 +388,18 @@ def _random_samples(specs: dict, vocab: dict, dims: dict, samples: int, seed: in
             if shape is None:
                 raise GrowError(f"input {name!r} has no shape in the model, so no random value can "
                                 "be drawn for it: pass the inputs in an .npz file with --inputs.")
-            size = [d if isinstance(d, int) else dims.get(d, 1) for d in shape]
-            feed[name] = _draw(rng, name, dtype, size, vocab.get(name))
+            feed[name] = _draw(rng, name, dtype, _input_shape(name, shape, sizes), vocab.get(name))
         out.append(feed)
     return out
 
 
-def _check_sample_memory(specs: dict, dims: dict, samples: int) -> None:
+def _check_sample_memory(specs: dict, sizes: dict, samples: int) -> None:
     """Refuse dimension sizes whose random inputs cannot fit in memory (drawn as float64)."""
     from .validate import check_allocation
 
-    elements = sum(math.prod(d if isinstance(d, int) else dims.get(d, 1) for d in shape)
-                   for _, shape in specs.values() if shape is not None)
-    given = ", ".join(f"{k}={v}" for k, v in dims.items()) or "the declared shapes"
+    elements = sum(math.prod(_input_shape(name, shape, sizes))
+                   for name, (_, shape) in specs.items() if shape is not None)
+    given = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "the declared shapes"
     check_allocation(float(elements) * 8 * samples * 2, f"drawing {samples} random samples with {given}",
                      "the inputs")
 
@@ -521,11 +564,25 @@ def _choose_provider(provider: str) -> tuple[str, str]:
 def _ort_message(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else type(exc).__name__
+    text = re.sub(r"\S*onnxruntime_src/\S+:\d+ [^(]*\([^)]*\)( const)? ", "", text)  # where in its C++
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)[:400]
+
+
+class _RunFailed(GrowError):
+    """onnxruntime loaded the model but failed running it on a sample."""
 
 
 def _run(model: _Model, provider: str, feeds: list[dict]) -> tuple[list[dict], str]:
     """Every sample through one session; returns outputs by name and the provider it ran on."""
+    sess = _session(model, provider)
+    return _outputs(sess, model, feeds), _session_provider(sess)
+
+
+def _session_provider(sess) -> str:
+    return "cuda" if "CUDAExecutionProvider" in sess.get_providers() else "cpu"
+
+
+def _session(model: _Model, provider: str):
     ort = _ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # failures come back as exceptions; the log would repeat them
@@ -538,21 +595,124 @@ def _run(model: _Model, provider: str, feeds: list[dict]) -> tuple[list[dict], s
         sess = ort.InferenceSession(model.source, opts, providers=providers)
     except Exception as exc:
         raise GrowError(f"onnxruntime cannot load {model.label}: {_ort_message(exc)}") from None
-    used = "cuda" if "CUDAExecutionProvider" in sess.get_providers() else "cpu"
+    return sess
+
+
+def _outputs(sess, model: _Model, feeds: list[dict]) -> list[dict]:
     names = [o.name for o in sess.get_outputs()]
     results = []
     for i, feed in enumerate(feeds):
         try:
             values = sess.run(names, feed)
         except Exception as exc:
-            raise GrowError(f"onnxruntime failed running {model.label} on input sample {i}: "
-                            f"{_ort_message(exc)}") from None
+            raise _RunFailed(f"onnxruntime failed running {model.label} on input sample {i}: "
+                             f"{_ort_message(exc)}") from None
         for name, v in zip(names, values):
             if not isinstance(v, np.ndarray):
                 raise GrowError(f"output {name!r} of {model.label} is a {type(v).__name__}, not a "
                                 "tensor; verify compares tensor outputs only.")
         results.append(dict(zip(names, values)))
-    return results, used
+    return results
+
+
+# ----------------------------------------------------------------------------- sizes that run
+
+
+RETRY_SIZES = graph.PROBE_SIZES[1:]  # 32 ... 640
+IMAGE_SIZE_KEYS = ("imgsz", "img_size", "image_size", "input_size")  # metadata holding H, W
+
+
+def _random_run(t: _Model, specs: dict, vocab: dict, dims: dict, samples: int, seed: int,
+                provider: str):
+    """Draw samples (see the module docstring) and run the teacher on them; when size 1 of the
+    dimensions `dims` leaves open makes it fail, other sizes. Returns the samples, the teacher's
+    outputs, the provider, and the sizes of the dynamic dimensions with how they were chosen."""
+    dynamic = _dynamic_dims(specs)
+    _check_dims(dims, dynamic)
+    open_ = [k for k in dynamic if k not in dims]
+    sizes = {**{k: 1 for k in open_}, **dims}
+    sess = _session(t, provider)
+    feeds = _random_samples(specs, vocab, sizes, samples, seed)
+    try:
+        return feeds, _outputs(sess, t, feeds), _session_provider(sess), sizes, ""
+    except _RunFailed as exc:
+        failure = exc
+    # the batch keeps size 1: growing it only costs time, and a failure is seldom the batch's
+    retry = [k for k in open_ if all(axis > 0 or len(specs[n][1]) < 2 for n, axis in dynamic[k])]
+    hint = _dims_hint([*(retry or open_), *dims])
+    if not retry:
+        raise GrowError(f"{str(failure).rstrip('.')}. Its dynamic dimensions were drawn at size 1 "
+                        f"({', '.join(open_)}): give the sizes the model needs {hint}."
+                        if open_ else str(failure)) from None
+    tried = []
+    for told, label, chosen in _size_candidates(retry, dynamic, specs, t.metadata):
+        candidate = {**sizes, **told}
+        try:
+            feeds = _random_samples(specs, vocab, candidate, samples, seed)
+        except GrowError:  # these sizes cannot fit in memory; larger ones neither
+            break
+        try:
+            outputs = _outputs(sess, t, feeds)
+        except _RunFailed:
+            tried.append(label)
+            continue
+        note = f"{chosen}; onnxruntime failed at {', '.join(['size 1', *tried])}: {_reason(failure)}"
+        return feeds, outputs, _session_provider(sess), candidate, note
+    given = f" (and {_sizes_text(dims)} as given)" if dims else ""
+    raise GrowError(f"{str(failure).rstrip('.')}. With {', '.join(retry)} at "
+                    f"{', '.join(tried) or 'no other size that fits in memory'}{given} it fails as well: "
+                    f"give the sizes the model needs {hint}.") from None
+
+
+def _reason(exc: Exception) -> str:
+    """onnxruntime's words in a _RunFailed message."""
+    return str(exc).split(": ", 1)[-1]
+
+
+def _size_candidates(retry: list, dynamic: dict, specs: dict, metadata: dict):
+    """({key: size}, label, as chosen) for each size to try: what the model tells, then powers of two."""
+    told, why = {}, []
+    for key in IMAGE_SIZE_KEYS:  # (height, width) or one size for both, of NCHW inputs
+        hw = _ints(metadata.get(key))
+        if hw is None or len(hw) > 2:
+            continue
+        for k in retry:
+            for name, axis in dynamic[k]:
+                if len(specs[name][1]) == 4 and axis in (2, 3):
+                    told.setdefault(k, hw[axis - 2] if len(hw) == 2 else hw[0])
+        if told:
+            why.append(f"{key} {metadata[key]}")
+        break
+    for k in retry:
+        size = _ints(metadata.get(k))
+        if k not in told and size is not None and len(size) == 1:
+            told[k] = size[0]
+            why.append(f"{k} {size[0]}")
+    if told:
+        label = f"{_sizes_text(told)} ({', '.join(why)} in the model's metadata)"
+        yield told, label, label
+    for size in RETRY_SIZES:
+        yield {k: size for k in retry}, str(size), f"{', '.join(retry)} at {size}"
+
+
+def _ints(text) -> list[int] | None:
+    """[ints] from metadata like "640", "[640, 640]" or "(480, 640)"; None otherwise."""
+    if text is None:
+        return None
+    parts = re.findall(r"-?\d+", text)
+    if not parts or re.sub(r"[\d\s,\[\]()\-]", "", text):
+        return None
+    values = [int(v) for v in parts]
+    return values if all(v > 0 for v in values) else None
+
+
+def _sizes_text(sizes: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sizes.items())
+
+
+def _dims_hint(keys: list) -> str:
+    example = " ".join(f"--dim {k}=SIZE" for k in keys[:3])
+    return f"with {example} or real inputs with --inputs FILE.npz (dims=, inputs= in Python)"
 
 
 # ----------------------------------------------------------------------------- verify
@@ -597,13 +757,16 @@ def verify(teacher, student, *, provider: str = "auto", atol=None, rtol=None, sa
         _check_tolerance(atol, t.outputs, "atol")
         _check_tolerance(rtol, t.outputs, "rtol")
         used, note = _choose_provider(provider)
+        sizes, sizes_note = {}, ""
         if inputs is not None:
             feeds, source = _given_samples(inputs, specs)
+            t_out, t_used = _run(t, used, feeds)
         else:
             vocab = {n: min(v for v in (t.vocab.get(n), s.vocab.get(n)) if v is not None)
                      for n in set(t.vocab) | set(s.vocab)}
-            feeds, source = _random_samples(specs, vocab, dict(dims or {}), samples, seed), "random"
-        t_out, t_used = _run(t, used, feeds)
+            feeds, t_out, t_used, sizes, sizes_note = _random_run(t, specs, vocab, dict(dims or {}),
+                                                                  samples, seed, used)
+            source = "random"
         s_out, s_used = _run(s, used, feeds)
     if used == "cuda" and "cpu" in (t_used, s_used):
         used, note = "cpu", "the CUDA session fell back to CPU"
@@ -619,7 +782,7 @@ def verify(teacher, student, *, provider: str = "auto", atol=None, rtol=None, sa
         provider=used, provider_note=note, samples=len(feeds), seed=seed,
         teacher=t.label, student=s.label, input_source=source,
         inputs=[{"name": n, "dtype": str(a.dtype), "shape": list(a.shape)} for n, a in feeds[0].items()],
-        outputs=reports, problems=problems,
+        outputs=reports, problems=problems, dims=sizes, dims_note=sizes_note,
     )
 
 

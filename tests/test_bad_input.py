@@ -210,12 +210,6 @@ def case_zero_size_weight(d):
     return widen(edited(d, edit), d)
 
 
-@case("zero-size")
-def case_zero_size_input(d):
-    return ["verify", str(good(d, "t.onnx")),
-            str(edited(d, lambda m: setattr(m.graph.input[0].type.tensor_type.shape.dim[0], "dim_value", 0)))]
-
-
 def external(d: Path, location: str | None = None) -> Path:
     """conv_model with every weight in one external file, `m.onnx.data` (or `location`)."""
     model = conv_model()
