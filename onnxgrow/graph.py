@@ -711,6 +711,29 @@ FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.
 
 
 def parameter_count(model: ir.Model) -> int:
-    """Number of float weights (integer shape constants are not parameters)."""
-    return sum(math.prod(v.const_value.shape.dims) for v in model.graph.initializers.values()
-               if v.const_value is not None and v.const_value.dtype in FLOAT_TYPES)
+    """Number of float weights, in initializers and Constant nodes (Paddle's exporter writes its
+    weights as Constant nodes); integer shape constants are not parameters."""
+    initializers = sum(math.prod(v.const_value.shape.dims) for v in model.graph.initializers.values()
+                       if v.const_value is not None and v.const_value.dtype in FLOAT_TYPES)
+    return initializers + constant_node_parameters(model.graph)
+
+
+def constant_node_parameters(graph: ir.Graph) -> int:
+    """Float values held by the Constant nodes of `graph` that something reads."""
+    total = 0
+    for node in graph:
+        if node.op_type != "Constant" or not ops.is_onnx(node) or not node.outputs:
+            continue
+        out = node.outputs[0]
+        if not (out.uses() or out.is_graph_output()):
+            continue  # left behind by an edit that replaced it
+        attr = node.attributes.get("value")
+        if attr is not None:
+            tensor = attr.as_tensor()
+            if tensor.dtype in FLOAT_TYPES:
+                total += math.prod(tensor.shape.dims)
+        elif "value_float" in node.attributes:
+            total += 1
+        elif "value_floats" in node.attributes:
+            total += len(node.attributes["value_floats"].value)
+    return total

@@ -249,9 +249,17 @@ class _Source:
         return tensor.data_type in FLOAT_TYPES and math.prod(tensor.dims) > 1
 
     def parameter_count(self, names=None) -> int:
+        """Float weights of the initializers `names`; with None, of the whole model (Constant
+        nodes that something reads included, as graph.parameter_count)."""
         tensors = self.proto.graph.initializer
         chosen = tensors if names is None else (tensors[self.initializer[n]] for n in names)
-        return sum(math.prod(t.dims) for t in chosen if t.data_type in FLOAT_TYPES)
+        total = sum(math.prod(t.dims) for t in chosen if t.data_type in FLOAT_TYPES)
+        if names is None:
+            for node in self.proto.graph.node:
+                if (node.op_type == "Constant" and node.domain in ops.ONNX_DOMAINS and node.output
+                        and (self.consumers.get(node.output[0]) or node.output[0] in self.outputs)):
+                    total += _constant_parameters(node)
+        return total
 
 
 class Window:
@@ -268,6 +276,7 @@ class Window:
                        if any(i not in self._inside for i in source.consumers.get(name, ()))
                        or name in source.outputs or name in source.inputs}  # kept in the proto
         self.consts = {name: id(value.const_value) for name, value in graph.initializers.items()}
+        self.constant_nodes = g.constant_node_parameters(graph)  # counted apart from initializers
         graph.meta["onnxgrow.names"] = _TakenNames(source)  # new names stay unique in the whole graph
         graph.meta["onnxgrow.window"] = True
         graph.meta["onnxgrow.inferred"] = True  # shapes inferred on the whole graph know more
@@ -407,6 +416,7 @@ class Window:
         before = source.parameter_count()
         after = before - source.parameter_count(dropped + replaced) + sum(
             _parameters(final[name]) for name in replaced) + sum(_parameters(v) for v in added)
+        after += g.constant_node_parameters(graph) - self.constant_nodes
         protos = {id(node): ir.serde.serialize_node(node) for node in graph}
         self._replace_nodes(anchored, tail, protos)
         for name in replaced:
@@ -531,6 +541,15 @@ def _copy_fields(source, target, skip: str) -> None:
 def _parameters(value: ir.Value) -> int:
     tensor = value.const_value
     return math.prod(tensor.shape.dims) if tensor is not None and tensor.dtype in g.FLOAT_TYPES else 0
+
+
+def _constant_parameters(node: onnx.NodeProto) -> int:
+    for a in node.attribute:
+        if a.name == "value":
+            return math.prod(a.t.dims) if a.t.data_type in FLOAT_TYPES else 0
+        if a.name in ("value_float", "value_floats"):
+            return 1 if a.name == "value_float" else len(a.floats)
+    return 0
 
 
 def _array(tensor: onnx.TensorProto):

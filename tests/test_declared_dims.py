@@ -1,5 +1,5 @@
 """Declared dimensions that mean "any size" (-1, 0, unnamed), verification inputs that run when
-size 1 does not (issue 18, items 3 and 4).
+size 1 does not, and parameter counts that include Constant-node weights (issue 18, items 3-5).
 
 The models are built here with onnx.helper, as old exporters write them: Paddle declares -1 and
 holds its weights in Constant nodes; a detector fails in onnxruntime on 1x1 images.
@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxgrow import graph as g
+from onnxgrow import widening, window
 from onnxgrow.verification import verify
 from tests.helpers import assert_equivalent
 
@@ -223,3 +225,49 @@ def test_a_batch_that_is_the_only_dynamic_dimension_is_not_retried(tmp_path):
     assert done.returncode == 2
     assert "Its dynamic dimensions were drawn at size 1 (N)" in done.stderr
     assert "--dim N=SIZE" in done.stderr and "--inputs FILE.npz" in done.stderr
+
+
+# ----------------------------------------------------------------------------- item 5: counts
+
+
+def test_constant_node_weights_are_counted(tmp_path):
+    m = conv_net(tmp_path / "m.onnx", [-1, 3, "h", "w"], constants=True)
+    expected = 8 * 3 * 9 + 8 + 8 * 8 * 9 + 8
+    assert g.parameter_count(g.load(m)) == expected
+    done = run_cli("inspect", m, "--json")
+    assert json.loads(done.stdout)["parameters"] == expected
+    done = run_cli("widen", m, "--layer", "conv1", "--width", "16", "-o", tmp_path / "wide.onnx", "--json")
+    assert done.returncode == 0, done.stderr
+    grown = 16 * 3 * 9 + 16 + 8 * 16 * 9 + 8
+    assert json.loads(done.stdout)["parameters"] == {"before": expected, "after": grown}
+    assert g.parameter_count(g.load(tmp_path / "wide.onnx")) == grown
+
+
+def test_constant_node_weights_are_counted_through_a_window(tmp_path, monkeypatch):
+    m = conv_net(tmp_path / "m.onnx", [-1, 3, "h", "w"], constants=True)
+    monkeypatch.setattr(window, "MIN_NODES", 0)
+    monkeypatch.setattr(window, "MAX_SHARE", 1.0)
+    loaded = window.load(str(m), ["conv1"])
+    assert isinstance(loaded, window.Window)
+    summary = loaded.run(lambda model: widening.widen_model(model, layer="conv1", width=16))
+    assert not loaded.edited_whole
+    assert summary["parameters"] == {"before": 808, "after": 1608}
+
+
+def test_what_counts_as_a_constant_weight():
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(np.ones((4, 5), np.float32))),
+        helper.make_node("Constant", [], ["s"], value_floats=[1.0, 2.0, 3.0]),
+        helper.make_node("Constant", [], ["e"], value_float=1e-5),
+        helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([5, 4], np.int64))),
+        helper.make_node("Constant", [], ["unused"], value=numpy_helper.from_array(np.ones(100, np.float32))),
+        helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Mul", ["h", "e"], ["h2"]),
+        helper.make_node("Reshape", ["h2", "shape"], ["h3"]), helper.make_node("Mul", ["h3", "h3"], ["y0"]),
+        helper.make_node("Concat", ["s", "s"], ["y1"], axis=0),
+    ]
+    outputs = [helper.make_tensor_value_info(name, F, None) for name in ("y0", "y1")]
+    graph = helper.make_graph(nodes, "c", [helper.make_tensor_value_info("x", F, [1, 4])], outputs,
+                              [numpy_helper.from_array(np.ones(7, np.float32), "bias")])
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+    # 20 + 3 + 1 from Constant nodes (not the int64 shape, not the one nothing reads) + 7 initialized
+    assert g.parameter_count(model) == 31
