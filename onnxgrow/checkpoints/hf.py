@@ -173,7 +173,8 @@ def _dim_pairs(teacher, student):
 def _consistent(new: dict, choices: dict, student: dict, heads, head_dim) -> dict:
     """The first combination of `choices` whose class has exactly the student's shapes."""
     problems = []
-    for combo in itertools.product(*choices.values()):
+    # the most grown sizes first: what a plan that grew every layer alike made (one class to build)
+    for combo in itertools.product(*(sorted(v, reverse=True) for v in choices.values())):
         candidate = dict(new, **dict(zip(choices, combo)))
         h = next((candidate[f] for f in HEAD_FIELDS if f in candidate), None)
         hidden = next((candidate[f] for f in HIDDEN_FIELDS if f in candidate), None)

@@ -41,6 +41,7 @@ class Checkpoint:
         self.what = what
         self._where: dict[str, object] = {}
         self._loaded: dict[str, object] = {}
+        self._maps: dict[str, tuple] = {}  # safetensors key -> (path, byte offset)
         self.shapes: dict[str, tuple] = {}
         self.dtypes: dict[str, str] = {}
         for path in paths:
@@ -65,6 +66,7 @@ class Checkpoint:
                 self.shapes[name] = tuple(piece.get_shape())
                 self.dtypes[name] = _dtype_name(piece.get_dtype())
                 self._where[name] = handle
+            self._maps.update(_safetensors_offsets(path))
             return
         if path.suffix not in TORCH_SUFFIXES:
             raise GrowError(f"{self.what}: {str(path)!r} is neither .safetensors nor a torch file "
@@ -91,8 +93,15 @@ class Checkpoint:
 
     def teacher(self) -> k.Teacher:
         floats = {key for key, dt in self.dtypes.items() if dt in FLOAT_DTYPES}
-        return k.Teacher(self.shapes, floats,
-                         lambda key: self.tensor(key).detach().float().numpy())
+        return k.Teacher(self.shapes, floats, self._array)
+
+    def _array(self, key: str) -> np.ndarray:
+        """The tensor as numpy: memory-mapped where numpy has its dtype (confirming a key reads
+        16 values, not the tensor), else through torch in float32."""
+        if key in self._maps and self.dtypes[key] in ("float32", "float16", "float64"):
+            path, offset = self._maps[key]
+            return np.memmap(path, dtype=self.dtypes[key], mode="r", offset=offset, shape=self.shapes[key])
+        return self.tensor(key).detach().float().numpy()
 
     def tied(self) -> dict[str, str]:
         """{key: the first key sharing its storage} among loaded torch tensors."""
@@ -110,6 +119,17 @@ class Checkpoint:
     def main_dtype(self) -> str:
         floats = [self.dtypes[key] for key in self.shapes if self.dtypes[key] in FLOAT_DTYPES]
         return max(set(floats), key=floats.count) if floats else "float32"
+
+
+def _safetensors_offsets(path: Path) -> dict[str, tuple]:
+    """{key: (path, byte offset of its data)} from a safetensors header (8-byte length, JSON)."""
+    import json
+
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    return {key: (path, 8 + length + entry["data_offsets"][0]) for key, entry in header.items()
+            if key != "__metadata__"}
 
 
 def _dtype_name(safetensors_dtype: str) -> str:
