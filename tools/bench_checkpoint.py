@@ -16,7 +16,7 @@ the end unless --keep; DIR/log.txt keeps every child's stderr.
              logits). The phases are timed by wrapping hf_grow.export_onnx, verification.verify and
              hf.export_folder in the child, so a step that fails still says where its time went (the
              summary's `times` dict when it succeeds). The grown ONNX is hard-linked into DIR/onnx/
-             when export_folder is called (grow_folder deletes its temporary folder).
+             once export_folder returns (grow_folder deletes its temporary folder next).
   write      onnxgrow.checkpoints.hf.export_folder(grown.onnx, teacher, out, verify=False): writing only.
   baseline   transformers: from_pretrained(student folder, dtype=float32) + save_pretrained, the
              student folder being grow's output (or write's when grow failed): the same sizes.
@@ -97,37 +97,6 @@ def _preload(folder):
     return hf.model_class(hf.read_config(Path(folder)))
 
 
-def export_module_external(lm, path: Path) -> Path:
-    """hf_grow.export_module with the ONNX always saved with external data, through the exporter's
-    own ONNXProgram.save (onnx-ir, tensor by tensor). Used with --export-external: onnxgrow's
-    export_module asks protobuf for the proto's ByteSize(), which raises EncodeError ("Failed to
-    serialize proto") above 2 GB, e.g. for TinyLlama-1.1B in float32."""
-    import torch
-
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids):
-            return self.lm(input_ids=input_ids, use_cache=False).logits
-
-    ids = torch.randint(0, max(2, min(lm.config.vocab_size, 50)), (2, 5))
-    dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
-    program = torch.onnx.export(LogitsOnly(lm).eval(), (ids,), dynamo=True, input_names=["input_ids"],
-                                output_names=["logits"], dynamic_shapes=dims, verbose=False)
-    program.model.ir_version = min(program.model.ir_version, 10)  # as export_module
-    program.save(str(path), external_data=True)
-    return path
-
-
-def _patch_export(spec: dict) -> None:
-    if spec.get("export_external"):
-        from onnxgrow.checkpoints import hf_grow
-
-        hf_grow.export_module = export_module_external
-
-
 def step_grow(spec: dict) -> dict:
     """grow_folder end to end. Its phases are timed by wrapping the functions it calls (so a failing
     step still reports where its time went); the grown ONNX is hard-linked into spec["onnx_dir"]."""
@@ -139,10 +108,8 @@ def step_grow(spec: dict) -> dict:
 
     phases, kept = [], {}
 
-    def timed(name, fn, before=None):
+    def timed(name, fn, after=None):
         def wrapper(*args, **kw):
-            if before:
-                before(*args)
             before_rss = _status()["VmHWM"]
             start = time.perf_counter()
             try:
@@ -150,18 +117,20 @@ def step_grow(spec: dict) -> dict:
             finally:
                 phases.append({"phase": name, "start": start - t0, "seconds": time.perf_counter() - start,
                                "peak_rss": _status()["VmHWM"], "peak_rss_before": before_rss})
+                if after:  # untimed
+                    after(*args)
         return wrapper
 
-    def keep(grown, *args):  # grow_folder deletes its temporary folder
+    def keep(grown, *args):  # after export_folder: grow_folder deletes its temporary folder next
+        # (not before: onnxgrow refuses to read external data with more than one hard link)
         grown = Path(grown)
         kept["files"] = _link_all(grown.parent, grown.name, Path(spec["onnx_dir"]))
         kept["onnx"] = str(Path(spec["onnx_dir"]) / grown.name)
 
     _preload(spec["teacher"])
-    _patch_export(spec)
     hf_grow.export_onnx = timed("export", hf_grow.export_onnx)
     verification.verify = timed("verify", verification.verify)  # imported by grow_folder at call time
-    hf.export_folder = timed("write", hf.export_folder, before=keep)
+    hf.export_folder = timed("write", hf.export_folder, after=keep)
     plan = plan_from(widen=spec["widen"])
     t0 = time.perf_counter()
     result = {}
@@ -199,7 +168,6 @@ def step_prepare(spec: dict) -> dict:
     from onnxgrow.checkpoints import hf_grow
     from onnxgrow.growth import grow_model, plan_from
 
-    _patch_export(spec)
     t0 = time.perf_counter()
     onnx_dir = Path(spec["onnx_dir"])
     onnx_dir.mkdir(parents=True, exist_ok=True)
@@ -322,8 +290,6 @@ def main(argv=None) -> None:
                         help="if the --widen plan's grown ONNX cannot be written as a folder, grow with this "
                              "plan too (end to end) and benchmark writing on its ONNX")
     parser.add_argument("--repeats", type=int, default=1, help="runs of baseline and write each")
-    parser.add_argument("--export-external", action="store_true",
-                        help="replace hf_grow.export_module by export_module_external (above 2 GB)")
     parser.add_argument("--no-grow-verify", action="store_true", help="grow_folder(verify=False)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -349,8 +315,7 @@ def main(argv=None) -> None:
     def grow(plan: str, suffix: str) -> dict:
         print(f"[{now()}] grow: grow_folder --widen {plan!r}", flush=True)
         r = run("grow", {"teacher": str(teacher), "out": str(work / f"grown{suffix}"), "widen": [plan],
-                         "verify": not args.no_grow_verify, "onnx_dir": str(work / f"onnx{suffix}"),
-                         "export_external": args.export_external}, log, env)
+                         "verify": not args.no_grow_verify, "onnx_dir": str(work / f"onnx{suffix}")}, log, env)
         show(r)
         grows.append((plan, r))
         return r
@@ -375,8 +340,7 @@ def main(argv=None) -> None:
         if onnx_path is None:
             print(f"[{now()}] prepare: the grown ONNX without grow_folder", flush=True)
             p = run("prepare", {"teacher": str(teacher), "widen": [args.write_widen],
-                                "onnx_dir": str(work / "onnx2"),
-                                "export_external": args.export_external}, log, env)
+                                "onnx_dir": str(work / "onnx2")}, log, env)
             show(p)
             onnx_path = p.get("onnx")
         student_folder = work / "grown2" if "error" not in g2 and "failed" not in g2 else None
@@ -413,7 +377,7 @@ def main(argv=None) -> None:
     print()
     print(f"machine: {machine()}")
     print(f"teacher {teacher.name}: {weight_bytes(teacher) / 1e9:.2f} GB of weights"
-          + ("; export saved with external data (--export-external)" if args.export_external else ""))
+)
     if results["write"]:
         print(f"write plan --widen {write_plan!r}: student {student_bytes / 1e9:.2f} GB of weights "
               f"({gib(student_bytes)} GiB), grown ONNX {onnx_bytes(Path(onnx_path)) / 1e9:.2f} GB; config changes "
