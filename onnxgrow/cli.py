@@ -419,8 +419,8 @@ def _verify_args(kw):
 @click.option("--like", "like", default=None,
               help="The checkpoint MODEL was exported from: a Hugging Face folder or a state dict "
                    "(.safetensors, .pt, .pth, .bin). OUT is then of the same kind, with its keys.")
-@click.option("--max-shard-size", default="50GB", show_default=True,
-              help="With a folder: the largest safetensors shard.")
+@click.option("--max-shard-size", default=None,
+              help="With a folder: the largest safetensors shard (default 50GB, as transformers).")
 @click.option("--no-verify", is_flag=True, help="With --like: skip loading OUT back and comparing.")
 @click.option("--json", "as_json", is_flag=True, help="With --like: print the report as JSON.")
 def export(model, out, like, max_shard_size, no_verify, as_json):

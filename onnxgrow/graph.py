@@ -340,6 +340,20 @@ def _constant_from_other_attr(node: ir.Node) -> np.ndarray | None:
     return None
 
 
+def chain_back(value: ir.Value | None, limit: int):
+    """The producer of `value`, then the producer of that node's one computed input, and so on
+    (at most `limit` nodes); stops at a node with no or several computed inputs, after yielding it."""
+    for _ in range(limit):
+        node = value.producer() if value is not None else None
+        if node is None:
+            return
+        yield node
+        computed = [v for v in node.inputs if v is not None and constant(v) is None]
+        if len(computed) != 1:
+            return
+        value = computed[0]
+
+
 def attr(node: ir.Node, name: str, default=None):
     """A node attribute's Python value, or `default`."""
     a = node.attributes.get(name)

@@ -69,17 +69,7 @@ class Evaluation:
 
     def from_variance(self, value) -> bool:
         """`value` is computed from a ReduceMean over x² (1/rms or rms): it rescales old channels."""
-        for _ in range(8):
-            node = value.producer() if value is not None else None
-            if node is None:
-                return False
-            if node in self.plan.variance:
-                return True
-            computed = [v for v in node.inputs if v is not None and g.constant(v) is None]
-            if len(computed) != 1:
-                return False
-            value = computed[0]
-        return False
+        return any(node in self.plan.variance for node in g.chain_back(value, 8))
 
     def centred(self, node, others) -> bool:
         return node.op_type == "Sub" and any(

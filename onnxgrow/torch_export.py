@@ -59,7 +59,7 @@ def to_torch(model):
     Raises GrowError, listing every offending op type, when the model uses ops the converter
     does not cover.
     """
-    _require_torch()
+    require_torch()
     from .torch_ops import Node, OnnxModule
 
     irm = graph.load(model)
@@ -124,14 +124,16 @@ def to_torch(model):
     return module
 
 
-def _require_torch() -> None:
+def require_torch(what: str = "the export to PyTorch"):
+    """torch, or a GrowError saying how to install it."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         raise GrowError(
-            "PyTorch is not installed, and the export to PyTorch needs it: install it with "
+            f"PyTorch is not installed, and {what} needs it: install it with "
             "`pip install 'onnxgrow[torch]'` (on a CPU-only machine install torch's CPU build first)."
         ) from None
+    return torch
 
 
 def _free_lists(node_inputs, node_outputs, keep) -> list[tuple]:
@@ -349,7 +351,7 @@ def load_weights(model, module):
 
 def import_weights_file(model, trained_pt, out) -> Path:
     """Write the state in `trained_pt` (from `export_file`, or a state_dict) into `model` -> `out`."""
-    _require_torch()
+    require_torch()
     files.check_output(out, reads=[model, trained_pt])
     irm = graph.load(model)
     reads = [trained_pt, *graph.data_files(irm)]

@@ -364,9 +364,6 @@ class Window:
     def run(self, transform) -> dict:
         """`transform(model)` on the window; on a wider one, or the whole graph, when it cannot
         take it."""
-        proto = self.source.proto
-        started = history.begin(proto, lambda: (
-            (t.name, _array(t)) for t in proto.graph.initializer if t.data_type in FLOAT_TYPES))
         try:
             summary = transform(self.model)
             placed = self._placement() if self._edges_kept() else None
@@ -378,6 +375,9 @@ class Window:
         if placed is None:
             self.fallback = self.wider()
             return self.fallback.run(transform)
+        proto = self.source.proto  # the teacher's fingerprints: taken before the splice edits it
+        started = history.begin(proto, lambda: (
+            (t.name, _array(t)) for t in proto.graph.initializer if t.data_type in FLOAT_TYPES))
         before, after = self._splice(*placed)  # edits the proto: a failure here is not retried
         for say, message in self.model.graph.meta.pop("onnxgrow.progress", []):
             say(message)

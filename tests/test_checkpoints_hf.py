@@ -15,7 +15,7 @@ import torch
 
 import onnxgrow as og
 from onnxgrow.checkpoints import hf, history
-from tests import llm_zoo
+from tests import helpers, llm_zoo
 
 PLANS = {  # blocks by index: each transformer layer is one block
     "x2 and a block copy": dict(widen={"*": "x2"}, deepen=["1:zero"]),
@@ -24,19 +24,22 @@ PLANS = {  # blocks by index: each transformer layer is one block
 }
 
 
-def _logits_match(folder: Path, student) -> float:
-    """The largest error of the folder's logits against the grown ONNX's, over its largest logit."""
-    import onnxruntime as ort
+def _logits(folder: Path, ids: np.ndarray, masked: bool = False) -> np.ndarray:
+    """The folder's logits on `ids`, loaded as its users load it (transformers, float32)."""
     import transformers
 
-    lm = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-    proto = student if isinstance(student, onnx.ModelProto) else onnx.load(student)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    ids = np.random.default_rng(7).integers(0, llm_zoo.VOCAB, (2, 6))
-    want = session.run(None, {"input_ids": ids})[0]
+    auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
+    lm = auto.from_pretrained(str(folder), dtype=torch.float32).eval()
     with torch.no_grad():
-        got = lm(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
-    return float(np.abs(got - want).max() / np.abs(want).max())
+        return lm(input_ids=torch.from_numpy(ids), **({} if masked else {"use_cache": False})).logits.numpy()
+
+
+def _logits_match(folder: Path, student, masked: bool = False) -> float:
+    """The largest error of the folder's logits against the grown ONNX's (onnxruntime), over its
+    largest logit."""
+    ids = np.random.default_rng(7).integers(0, llm_zoo.VOCAB, (2, 6))
+    want = helpers.run(student, {"input_ids": ids})[0]
+    return float(np.abs(_logits(folder, ids, masked) - want).max() / np.abs(want).max())
 
 
 # grow itself refuses r2r copies of OLMo2's blocks (their branches end in a norm) and GPT-2's (in a
@@ -75,16 +78,9 @@ def test_a_masked_lm_encoder_goes_home_with_its_head_untied(llm_model, hf_folder
     student = og.grow(llm_model("bert"), widen={"*": "x2"})
     report = hf.export_folder(student, Path(hf_folder("bert")), tmp_path / "out")
     assert report["untied"] == "cls.predictions.decoder.weight"
-    lm, info = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    _, info = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "out"), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    import onnxruntime as ort
-
-    ids = np.random.default_rng(3).integers(0, llm_zoo.VOCAB, (2, 6))
-    want = ort.InferenceSession(student.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids})[0]
-    with torch.no_grad():
-        got = lm.eval()(input_ids=torch.from_numpy(ids)).logits.numpy()
-    assert np.abs(got - want).max() < 5e-5 * np.abs(want).max()
+    assert _logits_match(tmp_path / "out", student, masked=True) < 5e-5
 
 
 def test_growth_applied_twice_still_goes_home(llm_model, hf_folder, tmp_path):
@@ -111,6 +107,9 @@ def test_a_bf16_folder_comes_back_in_bf16(hf_folder, tmp_path):
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
     verified = summary["checkpoint"]["verify"]
     assert verified["dtype"] == "bfloat16" and verified["passed"] and verified["rtol"] > 5e-5
+    ids = np.random.default_rng(5).integers(0, llm_zoo.VOCAB, (2, 6))
+    want, got = _logits(Path(hf_folder("llama", "bfloat16")), ids), _logits(out, ids)
+    assert np.abs(got - want).max() <= 1.6e-2 * np.abs(want).max()  # bf16 rounding of the split weights
 
 
 def test_a_folder_that_widened_one_layer_only_is_refused_with_the_state_dict_route(llm_model, hf_folder, tmp_path):
@@ -134,10 +133,11 @@ def test_grow_a_folder_end_to_end_from_the_command_line(hf_folder, tmp_path):
     done = _cli("grow", teacher, "--widen", "*=x2", "--deepen", "model.layers.1:zero", "-o", out, "--quiet")
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout and "num_hidden_layers: 3" in done.stdout
-    import transformers
-
-    lm = transformers.AutoModelForCausalLM.from_pretrained(str(out))
-    assert lm.config.hidden_size == 64 and lm.config.num_hidden_layers == 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_size"] == 64 and config["num_hidden_layers"] == 3
+    ids = np.random.default_rng(4).integers(0, llm_zoo.VOCAB, (2, 6))
+    want = _logits(teacher, ids)
+    assert np.abs(_logits(out, ids) - want).max() < 5e-5 * np.abs(want).max()  # the teacher's function
     assert {p.name: p.stat().st_mtime_ns for p in teacher.iterdir()} == before
     again = _cli("grow", teacher, "--widen", "*=x2", "-o", out)  # OUT exists and is not empty
     assert again.returncode == 2 and "never writes into an existing checkpoint" in again.stderr

@@ -4,16 +4,14 @@ widths — loads with strict=True and that computes the grown ONNX's outputs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import onnx
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import onnxgrow as og
 from onnxgrow.checkpoints import history, statedict
-from tests import zoo
+from tests import helpers, zoo
 
 
 def _teacher(tmp_path, exporter):
@@ -23,12 +21,15 @@ def _teacher(tmp_path, exporter):
     return module, path
 
 
-def _outputs(path_or_proto, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(path_or_proto)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+def _loads_strict_and_computes_the_student(grown: torch.nn.Module, state: dict, student, x: np.ndarray):
+    """`grown` (the user's class at the new widths) takes `state` with strict=True and gives
+    onnxruntime's outputs of the grown ONNX on `x`; returns those."""
+    grown.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        got = grown.eval()(torch.from_numpy(x)).numpy()
+    want = helpers.run(student, {helpers.session(student).get_inputs()[0].name: x})[0]
+    assert np.abs(got - want).max() <= helpers.SCALED_TOL * np.abs(want).max()
+    return want
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
@@ -39,21 +40,14 @@ def test_the_seed_network_widened_loads_strict_into_its_class_at_the_new_widths(
     if suffix == ".pt":
         torch.save(module.state_dict(), teacher)
     else:
-        from safetensors.torch import save_file
-
         save_file(module.state_dict(), str(teacher))
     student = og.grow(teacher_onnx, widen={"conv1": 12, "conv2": 24, "fc1": 48}, method="netmorph")
     out = tmp_path / f"student{suffix}"
     report = statedict.export_state_dict(student, teacher, out)
     assert report["verify"]["ok"]
-    state = torch.load(out) if suffix == ".pt" else __import__("safetensors.torch").torch.load_file(str(out))
-    grown = zoo.MnistCNN(c1=12, c2=24, hidden=48)
-    grown.load_state_dict(state, strict=True)
+    state = torch.load(out) if suffix == ".pt" else load_file(str(out))
     x = np.random.default_rng(0).normal(size=(3, 1, 28, 28)).astype(np.float32)
-    with torch.no_grad():
-        got = grown.eval()(torch.from_numpy(x)).numpy()
-    want = _outputs(student, x)
-    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    want = _loads_strict_and_computes_the_student(zoo.MnistCNN(c1=12, c2=24, hidden=48), state, student, x)
     assert np.abs(want - module(torch.from_numpy(x)).detach().numpy()).max() < 1e-4  # and it is the teacher
 
 
@@ -99,13 +93,8 @@ def test_a_resnet_with_batchnorm_kept_loads_strict_at_twice_the_width(tmp_path, 
     statedict.export_state_dict(student, tmp_path / "r.pt", tmp_path / "s.pt")
     state = torch.load(tmp_path / "s.pt")
     assert set(state) == set(module.state_dict())  # the teacher's keys, no more, no fewer
-    grown = ResNetW(16, 32)
-    grown.load_state_dict(state, strict=True)
     x = np.random.default_rng(1).normal(size=(3, 3, 16, 16)).astype(np.float32)
-    with torch.no_grad():
-        got = grown.eval()(torch.from_numpy(x)).numpy()
-    want = _outputs(student, x)
-    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    _loads_strict_and_computes_the_student(ResNetW(16, 32), state, student, x)
 
 
 @pytest.mark.parametrize("n", [2, 4, 16, 64])

@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import graph as g
 from ..errors import GrowError, MismatchError
+from . import history
 from . import keys as k
 from . import statedict as sd
 
@@ -53,11 +54,8 @@ KV_FIELDS = ("num_key_value_heads",)
 FFN_FIELDS = ("intermediate_size", "n_inner", "ffn_dim")
 EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps")
 EMBED_SCALED = ("gemma", "gemma2", "gemma3", "gemma3_text")
+EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")  # input tables
 TESTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo2", "phi3", "gpt_neox", "gpt2", "bert")
-
-
-def is_folder(path) -> bool:
-    return Path(path).is_dir()
 
 
 def weight_paths(folder: Path) -> list[Path]:
@@ -194,13 +192,8 @@ def _consistent(new: dict, choices: dict, student: dict, heads, head_dim) -> dic
 def _shape_problem(config: dict, student: dict, head_dim: int | None = None) -> str | None:
     """Why the class built from `config` would not hold the `student` shapes with heads of
     `head_dim` (shapes alone cannot tell 4 heads of 16 from 8 heads of 8), or None."""
-    import torch
-
-    cfg = _config_object(config)
-    cls = model_class(config)
     try:
-        with torch.device("meta"):
-            model = cls._from_config(cfg) if hasattr(cls, "_from_config") else cls.from_config(cfg)
+        model = _meta_model(config)
     except Exception as exc:  # the class refuses the sizes (e.g. hidden not divisible by heads)
         return f"the class refuses the config ({g.short_message(exc)})"
     sizes = {getattr(m, a) for m in model.modules() for a in ("head_dim", "head_size", "attention_head_size")
@@ -218,6 +211,15 @@ def _shape_problem(config: dict, student: dict, head_dim: int | None = None) -> 
         if shapes[key] != tuple(shape):
             return f"{key} would be {list(shapes[key])} but the grown tensor is {list(shape)}"
     return None
+
+
+def _meta_model(config: dict):
+    """The class `config` names, built on torch's meta device: shapes without memory."""
+    import torch
+
+    cls, cfg = model_class(config), _config_object(config)
+    with torch.device("meta"):
+        return cls.from_config(cfg) if hasattr(cls, "from_config") else cls._from_config(cfg)
 
 
 def _config_object(config: dict):
@@ -246,7 +248,7 @@ def parse_size(text) -> int:
     raise GrowError(f"--max-shard-size {text!r}: expected a size such as 5GB, 500MB or 1000000.")
 
 
-def export_folder(grown, teacher_dir: Path, out: Path, *, max_shard_size="50GB", verify: bool = True,
+def export_folder(grown, teacher_dir: Path, out: Path, *, max_shard_size=DEFAULT_MAX_SHARD, verify: bool = True,
                   progress=None) -> dict:
     """The grown ONNX written as a Hugging Face folder like `teacher_dir` (see the module docstring)."""
     say = progress or (lambda message: None)
@@ -333,7 +335,7 @@ def _is_shard(name: str) -> bool:
 def _write_shards(student: sd.Student, folder: Path, limit: int, say) -> None:
     shards, current, size = [], [], 0
     for key, shape, dtype in student(meta_only=True):
-        nbytes = int(np.prod(shape, dtype=np.int64)) * sd._itemsize(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * sd.itemsize(dtype)
         if current and size + nbytes > limit:
             shards.append(current)
             current, size = [], 0
@@ -387,8 +389,7 @@ def _untie(model, config: dict, placed: list[k.Placed], checkpoint: sd.Checkpoin
     if not _tied(config):
         return None
     head = _head_initializer(model)
-    embed = next((p for p in placed if p.initializer is not None and p.key.endswith("embed_tokens.weight")
-                  or p.key.endswith(("wte.weight", "word_embeddings.weight", "embed_in.weight"))), None)
+    embed = next((p for p in placed if p.initializer is not None and p.key.endswith(EMBEDDINGS)), None)
     if head is None or embed is None or head[0] == embed.initializer:
         return None
     table = sd.layout(model.graph.initializers[embed.initializer].const_value.numpy(), embed.layout,
@@ -406,14 +407,10 @@ def _untied_aliases(config: dict, placed: list[k.Placed], shapes: dict) -> list[
     """Tensors that the tied class aliased and the untied one reads under a key of its own
     (BERT's MLM decoder bias is `cls.predictions.bias`): the same tensor under that key, as the
     class's `_tied_weights_keys` ({target: source}) says."""
-    import torch
-
-    cls = model_class(config)
-    tied = getattr(cls, "_tied_weights_keys", None)
+    tied = getattr(model_class(config), "_tied_weights_keys", None)
     if not isinstance(tied, dict):
         return []
-    with torch.device("meta"):
-        wanted = set(cls._from_config(_config_object(config)).state_dict())
+    wanted = set(_meta_model(config).state_dict())
     by_key = {p.key: p for p in placed}
     return [k.Placed(target, by_key[source].teacher_key, by_key[source].initializer, by_key[source].layout)
             for target, source in tied.items()
@@ -427,31 +424,18 @@ def _tied(config: dict) -> bool:
 def _head_initializer(model) -> tuple[str, str] | None:
     """(name, layout against torch's [out, in]) of the weight of the layer computing the first
     output: a MatMul holds [in, out] ("T"), a Gemm with transB [out, in]."""
-    value = model.graph.outputs[0]
-    for _ in range(6):
-        node = value.producer()
-        if node is None:
-            return None
-        if g.is_weight_layer(node):
-            weight, flipped = node.inputs[1], node.op_type == "MatMul" or not g.attr(node, "transB", 0)
-            while weight.producer() is not None and weight.producer().op_type in ("Transpose", "Cast", "Identity"):
-                flipped ^= weight.producer().op_type == "Transpose"
-                weight = weight.producer().inputs[0]
-            if weight.name in model.graph.initializers:
-                return weight.name, "T" if flipped else "same"
-            return None
-        data = [v for v in node.inputs if v is not None and g.constant(v) is None]
-        if len(data) != 1:
-            return None
-        value = data[0]
-    return None
+    node = next((n for n in g.chain_back(model.graph.outputs[0], 6) if g.is_weight_layer(n)), None)
+    if node is None:
+        return None
+    name, transposed = history.behind_wrappers(node.inputs[1])
+    if name not in model.graph.initializers:
+        return None
+    flipped = (node.op_type == "MatMul" or not g.attr(node, "transB", 0)) != transposed
+    return name, "T" if flipped else "same"
 
 
 def _output_embedding_key(config: dict) -> str:
-    import torch
-
-    with torch.device("meta"):
-        lm = model_class(config)._from_config(_config_object(config))
+    lm = _meta_model(config)
     head = lm.get_output_embeddings()
     return next(name for name, module in lm.named_modules() if module is head) + ".weight"
 

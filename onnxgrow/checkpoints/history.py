@@ -31,6 +31,8 @@ import json
 
 import numpy as np
 
+from .. import ops
+
 KEY = "onnxgrow.history"
 SAMPLES = 16
 LINEAGE = "onnxgrow.lineage"  # graph.meta: {new: [old, event, transposed]} of the running step
@@ -43,7 +45,7 @@ COPIES = "onnxgrow.copies"  # graph.meta: [block description] of the running ste
 def note_derived(graph, new_name: str, old_value, event: int | None = None) -> None:
     """Record that initializer `new_name` was made from `old_value` (looked through a 2-D
     Transpose or Cast in front of a weight, to the initializer behind it)."""
-    old, transposed = _behind_wrappers(old_value)
+    old, transposed = behind_wrappers(old_value)
     if old is None:
         return
     graph.meta.setdefault(LINEAGE, {})[new_name] = [old, event, transposed]
@@ -56,20 +58,22 @@ def note_copy(graph, block: dict) -> int:
     return len(copies) - 1
 
 
-def _behind_wrappers(value, depth: int = 0) -> tuple[str | None, bool]:
+def behind_wrappers(value, depth: int = 0) -> tuple[str | None, bool]:
+    """(name of the value a weight is read from behind ops.WEIGHT_WRAPPERS, whether a 2-D
+    Transpose lies between); the value's own name when it is not behind one."""
     if value is None or depth > 4:
         return None, False
-    if value.is_initializer() or value.producer() is None:
-        return value.name, False
     node = value.producer()
-    if node.op_type in ("Cast", "Identity") and node.inputs:
-        return _behind_wrappers(node.inputs[0], depth + 1)
-    if node.op_type == "Transpose" and node.inputs and node.inputs[0] is not None:
-        perm = node.attributes.get("perm")
-        shape = node.inputs[0].shape
-        if shape is not None and len(shape) == 2 and (perm is None or list(perm.value) == [1, 0]):
-            name, transposed = _behind_wrappers(node.inputs[0], depth + 1)
-            return name, not transposed
+    if value.is_initializer() or node is None or node.op_type not in ops.WEIGHT_WRAPPERS or not node.inputs:
+        return value.name, False
+    source = node.inputs[0]
+    if node.op_type != "Transpose":
+        return behind_wrappers(source, depth + 1)
+    perm = node.attributes.get("perm")
+    if source is not None and source.shape is not None and len(source.shape) == 2 and (
+            perm is None or list(perm.value) == [1, 0]):
+        name, transposed = behind_wrappers(source, depth + 1)
+        return name, not transposed
     return value.name, False
 
 

@@ -30,11 +30,11 @@ import numpy as np
 import onnx_ir as ir
 
 from .. import graph as g
-from .. import names
+from .. import names, ops
 from ..errors import GrowError
 from . import history
 
-WRAPPERS = ("Transpose", "Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze")
+WRAPPERS = ops.WEIGHT_WRAPPERS | {"Reshape", "Unsqueeze", "Squeeze"}  # a bias or gain can sit behind these too
 
 
 @dataclass
@@ -115,9 +115,14 @@ def _one_per_instance(key: str, found: list, readers) -> list:
         by_events[item[1]].append(item)
     chosen = []
     for items in by_events.values():
-        own = [i for i in items if any(s == module or s.endswith("." + module) for s in readers[i[0]][1])]
+        own = [i for i in items if any(_owned_by(s, module) for s in readers[i[0]][1])]
         chosen.append(min(own or items, key=lambda i: readers[i[0]][0]))
     return chosen
+
+
+def _owned_by(name: str, owner: str) -> bool:
+    """`name` is `owner`, or `owner` under a wrapper's prefix (`lm.model.norm` for `model.norm`)."""
+    return bool(owner) and (name == owner or name.endswith("." + owner))
 
 
 def _flip(layout: str) -> str:
@@ -131,9 +136,8 @@ def _flip(layout: str) -> str:
 
 def _match(key, teacher, prints, instances, scopes):
     module = key.rpartition(".")[0]
-    by_name = [r for r in instances if r == key or r.endswith("." + key)]
-    by_scope = [r for r in instances if r not in by_name and module
-                and any(s == module or s.endswith("." + module) for s in scopes.get(r, ()))]
+    by_name = [r for r in instances if _owned_by(r, key)]
+    by_scope = [r for r in instances if r not in by_name and any(_owned_by(s, module) for s in scopes.get(r, ()))]
     shape = teacher.shapes[key]
     array = None
     for how, candidates in (("name", by_name), ("module path", by_scope)):
@@ -203,7 +207,7 @@ def _refuse_extra(graph, teacher, prints, claimed: set, instances) -> None:
         if root in claimed or len(prints[root]["shape"]) < 2:
             continue
         if any(_reads_as_weight(graph.initializers[name]) for name, _, _ in instances[root]):
-            if not any(_fits(teacher.shapes[k], prints[root]["shape"]) and confirm(teacher.array(k), prints[root])
+            if not any(confirm(teacher.array(k), prints[root])
                        for k in teacher.floats if _fits(teacher.shapes[k], prints[root]["shape"])):
                 extra.append(f"{root} {prints[root]['shape']}")
     if extra:
@@ -270,7 +274,7 @@ def _renumber(matched, instances, copies, readers, teacher) -> dict[str, dict]:
     touched = {ev for root, _ in matched.values() for _, events, _ in instances[root] for ev in events}
     if not touched:
         return {}
-    containers = {}
+    containers = set()
     for ev in touched:
         block = copies.get(ev, {}).get("block")
         keys = [k for k, (root, _) in matched.items() if any(ev in e for _, e, _ in instances[root])]
@@ -281,7 +285,7 @@ def _renumber(matched, instances, copies, readers, teacher) -> dict[str, dict]:
                 "teacher's state dict: its module is not an item of a ModuleList or Sequential "
                 "(`model.layers.3`), so the class has no slot for a copy. Copy an indexed block, or "
                 "keep the model as ONNX.")
-        containers[where[0]] = True
+        containers.add(where[0])
     renames: dict[str, dict] = defaultdict(dict)
     for container in containers:
         prefix = container + "."

@@ -17,27 +17,21 @@ import numpy as np
 from .. import files
 from .. import graph as g
 from ..errors import GrowError, MismatchError
+from ..torch_export import require_torch
 from . import keys as k
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 DTYPE_RTOL = {"float32": None, "float64": None, "float16": 2e-3, "bfloat16": 1.6e-2}
-
-
-def require_torch():
-    try:
-        import torch
-    except ImportError:
-        raise GrowError("checkpoints need torch: pip install 'onnxgrow[torch]' (on a CPU-only machine "
-                        "pip install torch==2.13.0 first).") from None
-    return torch
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
+                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
 class Checkpoint:
     """The tensors of one or more checkpoint files, {key: torch tensor} read on demand."""
 
     def __init__(self, paths: list[Path], what: str):
-        self.torch = require_torch()
+        self.torch = require_torch("reading a checkpoint")
         self.what = what
         self._where: dict[str, object] = {}
         self._loaded: dict[str, object] = {}
@@ -133,9 +127,7 @@ def _safetensors_offsets(path: Path) -> dict[str, tuple]:
 
 
 def _dtype_name(safetensors_dtype: str) -> str:
-    return {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
-            "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool", "I16": "int16"}.get(
-        safetensors_dtype, safetensors_dtype.lower())
+    return {code: name for name, code in SAFETENSORS_DTYPES.items()}.get(safetensors_dtype, safetensors_dtype.lower())
 
 
 def student_tensors(model, checkpoint: Checkpoint, placed: list[k.Placed], transform=None):
@@ -199,10 +191,6 @@ def unlayout(array: np.ndarray, how: str, onnx_shape) -> np.ndarray:
     return array
 
 
-SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64",
-                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-
-
 def write_safetensors(path: Path, tensors) -> int:
     """Stream (key, torch tensor) pairs into a safetensors file at `path`, one tensor in memory
     at a time (the header, listing every shape, is written first: `tensors` is walked twice, so
@@ -211,7 +199,7 @@ def write_safetensors(path: Path, tensors) -> int:
 
     header, offset = {}, 0
     for key, shape, dtype in tensors(meta_only=True):
-        size = int(np.prod(shape, dtype=np.int64)) * _itemsize(dtype)
+        size = int(np.prod(shape, dtype=np.int64)) * itemsize(dtype)
         header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     header["__metadata__"] = {"format": "pt"}
@@ -225,8 +213,9 @@ def write_safetensors(path: Path, tensors) -> int:
     return offset
 
 
-def _itemsize(dtype: str) -> int:
-    return {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "bfloat16": 2, "int16": 2}.get(dtype, 1)
+def itemsize(dtype: str) -> int:
+    """Bytes per element of a dtype named as torch names it."""
+    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
 
 
 def _bytes(tensor) -> memoryview:
@@ -240,7 +229,7 @@ def _bytes(tensor) -> memoryview:
 
 def write_state_dict(tensors, out: Path, tied: dict[str, str] | None = None) -> None:
     """Write (key, tensor) pairs as a torch file; tied keys share storage as in the teacher."""
-    torch = require_torch()
+    torch = require_torch("writing a checkpoint")
     state = dict(tensors)
     for key, first in (tied or {}).items():
         if key in state and first in state and state[key].shape == state[first].shape \
@@ -279,13 +268,13 @@ def write_student(student: Student, out: Path) -> None:
 def export_state_dict(grown, teacher_path: Path, out: Path, verify: bool = True) -> dict:
     """The grown ONNX as a state dict with the teacher's keys, dtypes and layouts (`out` of the
     teacher's format); verified by rebuilding the ONNX from what was written."""
+    if out.suffix != teacher_path.suffix:
+        raise GrowError(f"the output {str(out)!r} must be a {teacher_path.suffix or 'suffix-less'} file, "
+                        "like the teacher.")
+    files.check_output(out, reads=(teacher_path, *([grown] if isinstance(grown, (str, Path)) else [])))
     model = g.load(grown, "grown model")
     checkpoint = Checkpoint([teacher_path], "the teacher checkpoint")
     placed, report = k.place(model, checkpoint.teacher())
-    want = ".safetensors" if teacher_path.suffix == ".safetensors" else teacher_path.suffix
-    if out.suffix != want:
-        raise GrowError(f"the output {str(out)!r} must be a {want} file, like the teacher.")
-    files.check_output(out, reads=(teacher_path, *([grown] if isinstance(grown, (str, Path)) else [])))
     with g.staged(out, source=teacher_path) as tmp:
         write_student(Student(model, checkpoint, placed), Path(tmp))
         if verify:
@@ -298,7 +287,9 @@ def export_state_dict(grown, teacher_path: Path, out: Path, verify: bool = True)
 
 def verify_written(model, written: Checkpoint, placed: list[k.Placed], dtype: str) -> dict:
     """Put the written tensors back into the grown graph and compare it with the grown graph in
-    onnxruntime: the checkpoint holds the grown function (to the dtype's rounding)."""
+    onnxruntime: what was written (layouts, dtype, file) holds the grown function, to the dtype's
+    rounding. The keys themselves are the mapping's (keys.py); only the user's class can check
+    them — the tests load the state dicts strict into their classes and compare with onnxruntime."""
     import onnx_ir as ir
 
     from ..verification import verify as run_verify
