@@ -54,74 +54,31 @@ RUNNING_STATS = (3, 4)  # BatchNormalization input_mean, input_var
 
 
 def to_torch(model):
-    """A trainable `torch.nn.Module` computing what `model` computes (see the module docstring).
+    """A trainable `torch.fx.GraphModule` computing what `model` computes (see torch_graph).
 
     Raises GrowError, listing every offending op type, when the model uses ops the converter
     does not cover.
     """
     require_torch()
-    from .torch_ops import Node, OnnxModule
+    from .torch_graph import build
 
     irm = graph.load(model)
     if irm.functions:
         from onnx_ir.passes.common import InlinePass
 
         InlinePass()(irm)
-    g = irm.graph
-    opset = ops.opset(irm)
-    _check_supported(g)
+    _check_supported(irm.graph)
+    graph.infer_shapes(irm)  # ranks and types pick torch layers and size arithmetic
     from onnx_ir.passes.common import NameFixPass
 
-    node_names = {id(n): n.name or "" for n in g}  # as the user knows them, for messages
-    NameFixPass()(irm)  # every value named: names are the keys of the interpreter
-    g.sort()
+    from .torch_graph import UNNAMED
 
-    inputs = [v for v in g.inputs if not v.is_initializer()]
-    constants = {n.outputs[0].name: n for n in g if n.op_type == "Constant"}
-    nodes = [n for n in g if n.op_type != "Constant"]
-    rewire = _private_running_stats(g)
-
-    node_inputs = []
-    for node in nodes:
-        names = []
-        for slot, value in enumerate(node.inputs):
-            key = rewire.get((id(node), slot))
-            names.append(key[3] if key else (value.name if value is not None else ""))
-        node_inputs.append(names)
-    used = {n for names in node_inputs for n in names} | {v.name for v in g.outputs}
-
-    module = OnnxModule(
-        nodes=[], input_names=[v.name for v in inputs], output_names=[v.name for v in g.outputs],
-        opset=opset, state_values={}, onnx_names={}, onnx_rewire={},
-    )
-    namer = _Namer(module)
-    for name, value in g.initializers.items():
-        if name in used:
-            state = namer(name)
-            _register(module, state, _tensor(value.const_value), _is_trainable(value))
-            module.state_values[name] = state
-            module.onnx_names[state] = name
-    for init, bn_out, slot, private in sorted(rewire.values(), key=lambda r: r[3]):
-        state = namer(f"{init}_{bn_out}_{'mean' if slot == 3 else 'var'}")
-        _register(module, state, _tensor(g.initializers[init].const_value), False)
-        module.state_values[private] = state
-        module.onnx_names[state] = init
-        module.onnx_rewire[state] = (bn_out, slot)
-    for name, node in constants.items():
-        if name in used:
-            state = namer(f"const_{name}")
-            module.register_buffer(state, _tensor(_constant_value(node)), persistent=False)
-            module.state_values[name] = state
-
-    node_outputs = [[v.name if v is not None else "" for v in node.outputs] for node in nodes]
-    free = _free_lists(node_inputs, node_outputs, {v.name for v in g.outputs})
-    module.nodes = [
-        Node(node.op_type, node_names[id(node)], tuple(node_inputs[i]), tuple(node_outputs[i]),
-             {k: _attr_value(a) for k, a in node.attributes.items()}, free[i])
-        for i, node in enumerate(nodes)
-    ]
-    module.eval()
-    return module
+    for node in irm.graph:
+        if not node.name:
+            node.meta[UNNAMED] = True  # layers of unnamed nodes are named after their type
+    NameFixPass()(irm)  # every value named: names are the keys of the builder
+    irm.graph.sort()
+    return build(irm)
 
 
 def require_torch(what: str = "the export to PyTorch"):
@@ -316,11 +273,9 @@ def _attr_value(a: ir.Attr):
 def export_file(model, out) -> Path:
     """`torch.save` the converted module to `out`, atomically; returns the path.
 
-    The file holds the whole module, graph included (as plain data: op types, value names,
-    attributes), so it runs on its own wherever onnxgrow and torch import:
-    `torch.load(out, weights_only=False)`, or, unpickling only onnxgrow's classes and tensors,
-    `with torch.serialization.safe_globals([onnxgrow.torch_ops.OnnxModule, onnxgrow.torch_ops.Node]):
-    torch.load(out)`.
+    The file holds the whole module, its generated code included, so it runs on its own wherever
+    onnxgrow and torch import: `torch.load(out, weights_only=False)` (loading runs that code: load
+    only files you trust). `onnxgrow import-weights` reads such a file without running it.
     """
     dest = files.check_output(out, reads=[model])
     module = to_torch(model)
@@ -361,16 +316,15 @@ def import_weights_file(model, trained_pt, out) -> Path:
 
 
 def _load_trained(path):
-    """A module saved by `export_file` (or after training), or a state_dict, loaded safely.
+    """The state of a module saved by `export_file` (or after training), or a state_dict, read safely.
 
-    Only onnxgrow's own classes and tensors are unpickled (torch's weights_only mode): a .pt
+    Only torch's layers, onnxgrow's classes and tensors are unpickled (torch's weights_only mode);
+    a saved GraphModule's code is not run: its state is read from the pickled module tree. A .pt
     holding other Python objects could run arbitrary code when loaded, so it is refused.
     """
     import pickle
 
     import torch
-
-    from .torch_ops import Node, OnnxModule
 
     path = Path(path)
     if not path.is_file():
@@ -379,8 +333,8 @@ def _load_trained(path):
         raise GrowError(f"{str(path)!r} is not a PyTorch file (torch.save writes a zip archive); "
                         "pass the .pt file written by `onnxgrow export` or by torch.save.")
     try:
-        with torch.serialization.safe_globals([OnnxModule, Node]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_safe_globals()):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise GrowError(
             f"{str(path)!r} holds Python objects other than an onnxgrow module or tensors; "
@@ -390,6 +344,41 @@ def _load_trained(path):
         ) from None
     except Exception as exc:
         raise GrowError(f"cannot read {str(path)!r} as a PyTorch file ({_first_line(exc)}).") from None
+    return _GraphModuleState.module(loaded) if isinstance(loaded, _GraphModuleState) else loaded
+
+
+class _GraphModuleState(dict):
+    """What a pickled GraphModule holds, taken without running its code: its attribute dict."""
+
+    @staticmethod
+    def from_pickle(body, import_block=None):
+        return _GraphModuleState(body)
+
+    @staticmethod
+    def module(body):
+        import torch
+
+        holder = torch.nn.Module()
+        for key in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
+            if key in body:
+                setattr(holder, key, body[key])
+        for key in ("onnx_names", "onnx_layouts", "onnx_rewire"):
+            setattr(holder, key, body.get(key, {}))
+        return holder
+
+
+def _safe_globals() -> list:
+    """The classes a saved onnxgrow module is made of, for torch.load's weights_only mode."""
+    import torch
+    from torch import nn
+
+    from .torch_graph import OnnxTracer
+    from .torch_ops import Node, OnnxOp
+
+    layers = [OnnxTracer, nn.Module, nn.Linear, nn.Embedding, nn.Dropout, nn.LayerNorm, nn.Conv1d, nn.Conv2d,
+              nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.BatchNorm1d,
+              nn.BatchNorm2d, nn.BatchNorm3d, OnnxOp, Node, set, torch.fx.graph_module.GraphModule]
+    return layers + [(_GraphModuleState.from_pickle, "torch.fx.graph_module.reduce_graph_module")]
 
 
 def _first_line(exc: Exception) -> str:
@@ -398,24 +387,27 @@ def _first_line(exc: Exception) -> str:
 
 
 def _resolve(source, irm: ir.Model):
-    """(state dict, state name -> initializer, state name -> (bn output, slot))."""
+    """(state dict, state name -> initializer, state name -> layout, state name -> (bn output, slot))."""
     import torch
 
-    from .torch_ops import OnnxModule
-
     if isinstance(source, torch.nn.Module):
-        found = [m for m in source.modules() if isinstance(m, OnnxModule)]
+        if hasattr(source, "merge_and_unload"):  # PEFT: LoRA merged into the layers it adapts
+            import copy
+
+            source = copy.deepcopy(source).merge_and_unload()
+        found = [m for m in source.modules() if hasattr(m, "onnx_names") and hasattr(m, "onnx_rewire")]
         if len(found) != 1:
             raise GrowError(
                 f"the trained module holds {len(found)} onnxgrow modules; pass the module "
                 "`onnxgrow.to_torch` returned (or its state_dict)."
             )
         m = found[0]
-        return m.state_dict(), m.onnx_names, m.onnx_rewire
+        return m.state_dict(), m.onnx_names, m.onnx_layouts, m.onnx_rewire
     if isinstance(source, dict) and all(isinstance(v, torch.Tensor) for v in source.values()):
         state = dict(source)
-        if state and all(k.startswith("module.") for k in state):  # saved from DDP
-            state = {k[len("module."):]: v for k, v in state.items()}
+        for prefix in ("module.", "_orig_mod."):  # saved from DDP, or from torch.compile's wrapper
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
         ref = to_torch(irm)
         missing = sorted(set(ref.onnx_names) - set(state))
         if missing:
@@ -423,7 +415,7 @@ def _resolve(source, irm: ir.Model):
                 f"the state dict lacks {len(missing)} entries this model needs, e.g. "
                 f"{', '.join(missing[:5])}: was it saved from a module converted from this model?"
             )
-        return state, ref.onnx_names, ref.onnx_rewire
+        return state, ref.onnx_names, ref.onnx_layouts, ref.onnx_rewire
     raise GrowError(
         f"cannot take weights from a {type(source).__name__}: pass the module from "
         "`onnxgrow.to_torch` / `onnxgrow export`, or its state_dict()."
@@ -431,7 +423,7 @@ def _resolve(source, irm: ir.Model):
 
 
 def _apply_weights(irm: ir.Model, source) -> None:
-    state, names, rewire = _resolve(source, irm)
+    state, names, layouts, rewire = _resolve(source, irm)
     g = irm.graph
     missing = sorted({names[s] for s in names if names[s] not in g.initializers})
     if missing:
@@ -446,6 +438,10 @@ def _apply_weights(irm: ir.Model, source) -> None:
             raise GrowError(f"the trained weights lack {state_name!r} (initializer {onnx_name!r}).")
         init = g.initializers[onnx_name].const_value
         array = _to_numpy(state[state_name], init.dtype.numpy())
+        if layouts.get(state_name) == "T" and array.ndim == 2:
+            array = array.T
+        if array.size == init.size and _squeezed(array.shape) == _squeezed(init.shape.numpy()):
+            array = np.ascontiguousarray(array).reshape(init.shape.numpy())  # Gemm's (1, n) bias
         if tuple(array.shape) != tuple(init.shape.numpy()):
             raise GrowError(
                 f"the trained tensor {state_name!r} has shape {tuple(array.shape)} but the "
@@ -477,6 +473,10 @@ def _apply_weights(irm: ir.Model, source) -> None:
         from onnx_ir.passes.common import RemoveUnusedNodesPass
 
         RemoveUnusedNodesPass()(irm)
+
+
+def _squeezed(shape) -> tuple:
+    return tuple(d for d in shape if d != 1)
 
 
 def _unique_name(g: ir.Graph, base: str) -> str:

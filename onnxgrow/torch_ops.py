@@ -108,7 +108,17 @@ DTYPES = {  # ONNX TensorProto.DataType -> torch dtype
 
 
 def _ints(t) -> list:
+    """Sizes from a tensor, or as given when they are already Python ints (symbolic ones too)."""
+    if isinstance(t, (list, tuple)):
+        return list(t)
+    if not torch.is_tensor(t):
+        return [t]
     return [int(v) for v in t.reshape(-1).tolist()]
+
+
+def _scalar(v):
+    """One size: a Python int as given (symbolic ones too), or read from a 0-D/1-element tensor."""
+    return int(v) if torch.is_tensor(v) else v
 
 
 def _axis(axis: int, rank: int) -> int:
@@ -488,7 +498,7 @@ def _arg(fn):
 
 
 def op_cumsum(m, node, x, axis):
-    axis = _axis(int(axis), x.dim())
+    axis = _axis(_scalar(axis), x.dim())
     if node.attrs.get("reverse", 0):
         x = x.flip(axis)
     y = x.cumsum(axis)
@@ -541,7 +551,7 @@ def op_split(m, node, x, split=None):
     axis = _axis(a.get("axis", 0), x.dim())
     size = x.shape[axis]
     n = len(node.outputs)
-    if split is not None and split.numel() > 0:
+    if split is not None and len(_ints(split)) > 0:
         sizes = _ints(split)
     elif "split" in a:
         sizes = list(a["split"])
@@ -563,15 +573,15 @@ def op_split_to_sequence(m, node, x, split=None):
         parts = torch.split(x, 1, axis)
         if not node.attrs.get("keepdims", 1):
             parts = [p.squeeze(axis) for p in parts]
-    elif split.dim() == 0:
-        parts = torch.split(x, int(split), axis)
+    elif not torch.is_tensor(split) or split.dim() == 0:
+        parts = torch.split(x, _scalar(split), axis)
     else:
         parts = torch.split(x, _ints(split), axis)
     return Sequence(parts)
 
 
 def op_sequence_at(m, node, sequence, position):
-    return sequence[int(position)]
+    return sequence[_scalar(position)]
 
 
 def op_slice(m, node, x, starts=None, ends=None, axes=None, steps=None):
@@ -690,7 +700,7 @@ def op_where(m, node, cond, a, b):
 
 
 def op_trilu(m, node, x, k=None):
-    k = 0 if k is None else int(k)
+    k = 0 if k is None else _scalar(k)
     return torch.triu(x, k) if node.attrs.get("upper", 1) else torch.tril(x, k)
 
 
@@ -931,3 +941,41 @@ OPS = {
     "Resize": op_resize,
     "Upsample": op_resize,
 }
+
+
+# ----------------------------------------------------------------------------- in generated code
+
+LATEST_OPSET = 23
+
+
+class _Context(NamedTuple):
+    opset: int = LATEST_OPSET
+    training: bool = False
+
+
+def onnx_op(op: str, *inputs, attrs=None, opset: int = LATEST_OPSET, outputs=("y",)):
+    """Run ONNX op `op` (its attributes `attrs`) on `inputs`: the generated code's one entry here.
+
+    `outputs` names which outputs are used ("" for an unused one); a one-output op gives a tensor.
+    """
+    node = Node(op, "", (), tuple(outputs), attrs or {})
+    result = OPS[op](_Context(opset), node, *inputs)
+    if len(outputs) == 1 and isinstance(result, (tuple, list)) and not isinstance(result, Sequence):
+        return result[0]
+    return result
+
+
+class OnnxOp(nn.Module):
+    """An ONNX op whose result depends on train/eval mode, where no torch layer matches it exactly
+    (BatchNormalization with shared statistics, Dropout with a run-time ratio)."""
+
+    def __init__(self, op: str, attrs: dict, opset: int, outputs=("y",)):
+        super().__init__()
+        self.op, self.attrs, self.opset, self.outputs = op, dict(attrs), int(opset), tuple(outputs)
+
+    def forward(self, *inputs):
+        node = Node(self.op, "", (), self.outputs, self.attrs)
+        return OPS[self.op](_Context(self.opset, self.training), node, *inputs)
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, opset={self.opset}"

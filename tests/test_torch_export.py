@@ -330,22 +330,41 @@ def state_copy(module):
 # ----------------------------------------------------------------------------- parameters, names
 
 
-def test_parameters_buffers_and_names_map_back():
+def test_layers_are_torch_modules_at_the_module_paths_and_map_back():
     rng = np.random.default_rng(0)
     names = {"w": "layer1.0.conv.weight", "b": "layer1.0.conv.bias", "s": "bn.weight", "mu": "bn.running_mean",
              "var": "bn.running_var", "fw": "onnx::Gemm_12", "fb": "forward"}
     model = conv_bn_net(rng, names=names)
     module = og.to_torch(model)
+    assert isinstance(module, torch.fx.GraphModule) and "self.layer1" in module.code
+    assert isinstance(module.get_submodule("layer1.0.conv"), torch.nn.Conv2d)
+    assert isinstance(module.get_submodule("bn"), torch.nn.BatchNorm2d)
+    assert isinstance(module.get_submodule("fc"), torch.nn.Linear)  # no weight name: the node's
     params = dict(module.named_parameters())
-    buffers = dict(module.named_buffers())
+    assert sorted(params) == ["bn.bias", "bn.weight", "fc.bias", "fc.weight", "layer1.0.conv.bias",
+                              "layer1.0.conv.weight"]
     inits = {i.name: nh.to_array(i) for i in model.graph.initializer}
     assert set(module.onnx_names.values()) == set(inits)
-    assert {module.onnx_names[p] for p in params} == set(inits) - {"bn.running_mean", "bn.running_var"}
-    assert {module.onnx_names[b] for b in buffers} == {"bn.running_mean", "bn.running_var"}
-    assert "layer1_0_conv_weight" in params and "onnx__Gemm_12" in params
-    assert module.onnx_names["forward_1"] == "forward"  # a clash with a module attribute is renamed
+    assert module.onnx_names["fc.bias"] == "forward" and module.onnx_names["fc.weight"] == "onnx::Gemm_12"
+    assert {module.onnx_names[b] for b, _ in module.named_buffers() if b in module.onnx_names} == \
+        {"bn.running_mean", "bn.running_var"}
     for state, tensor in module.state_dict().items():
-        np.testing.assert_array_equal(tensor.numpy(), inits[module.onnx_names[state]])
+        if state in module.onnx_names:
+            np.testing.assert_array_equal(tensor.numpy(), inits[module.onnx_names[state]])
+
+
+def test_unnamed_layers_are_named_after_their_type_and_weights_after_their_paths():
+    rng = np.random.default_rng(1)
+    nodes = [_node("MatMul", ["x", "W"], ["a"]), _node("Add", ["a", "bias"], ["h"]),  # one nn.Linear
+             _node("Mul", ["h", "model.norm.weight"], ["g"]), _node("Add", ["g", "forward"], ["y"])]
+    model = make_model(nodes, {"x": ["N", 4]}, ["y"], {"W": rand(rng, 4, 3), "bias": rand(rng, 3),
+                                                       "model.norm.weight": rand(rng, 3), "forward": rand(rng, 3)})
+    module = assert_matches_ort(model, batches=(2, 3))
+    assert isinstance(module.get_submodule("linear"), torch.nn.Linear)
+    assert sorted(n for n, _ in module.named_parameters()) == ["forward_", "linear.bias", "linear.weight",
+                                                               "model.norm.weight"]
+    assert module.onnx_layouts == {"linear.weight": "T"}  # MatMul's (in, out) is Linear's (out, in)
+    torch.testing.assert_close(module.linear.weight, torch.from_numpy(nh.to_array(model.graph.initializer[0]).T))
 
 
 def test_constants_shapes_and_scalars_are_buffers_not_parameters():
@@ -362,8 +381,10 @@ def test_constants_shapes_and_scalars_are_buffers_not_parameters():
                        {"table": rand(rng, 8, 4), "pos": rand(rng, 5, 4), "axes": _i64(-1),
                         "eps": np.float32(1e-3), "shape": _i64(0, -1)})
     module = assert_matches_ort(model, batches=(2, 3))
-    assert sorted(n for n, _ in module.named_parameters()) == ["pos", "table"]
-    assert sorted(n for n, _ in module.named_buffers()) == ["axes", "eps", "shape"]
+    assert sorted(n for n, _ in module.named_parameters()) == ["embedding.weight", "pos"]
+    assert isinstance(module.embedding, torch.nn.Embedding)
+    assert sorted(n for n, _ in module.named_buffers()) == ["eps"]
+    assert "[0, -1]" in module.code  # shape constants are literals of the code
 
 
 def test_shared_weight_is_one_parameter_also_through_identity():
@@ -373,11 +394,13 @@ def test_shared_weight_is_one_parameter_also_through_identity():
              _node("Gemm", ["b", "W"], ["y"], transB=1)]
     model = make_model(nodes, {"x": ["N", 4]}, ["y"], {"W": rand(rng, 4, 4)})
     module = og.to_torch(model)
-    assert [n for n, _ in module.named_parameters()] == ["W"]
-    before = module.W.detach().clone()
+    assert [n for n, _ in module.named_parameters()] == ["linear.weight"]  # one tensor, three layers
+    assert module.linear_1.weight is module.linear.weight  # tied in the same layout
+    assert not hasattr(module, "linear_2")  # the Gemm reads it transposed: it stays functional
+    before = module.linear.weight.detach().clone()
     x = torch.from_numpy(rand(rng, 8, 4))
     sgd_steps(module, (x,), steps=2)
-    assert not torch.equal(before, module.W)
+    assert not torch.equal(before, module.linear.weight)
     assert_matches_ort(onnx_from(load_weights_checked(model, module)), module, batches=(3,))
 
 
@@ -427,10 +450,10 @@ def test_batch_norm_train_mode_is_torch_batch_norm(onnx_momentum):
             opt.zero_grad()
             (y ** 2).mean().backward()
             opt.step()
-    torch.testing.assert_close(module.mu, ref[1].running_mean, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(module.var, ref[1].running_var, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(module.var, torch.from_numpy(nh.to_array(model.graph.initializer[5])))
-    torch.testing.assert_close(module.s, ref[1].weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(module.bn.running_mean, ref[1].running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(module.bn.running_var, ref[1].running_var, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(module.bn.running_var, torch.from_numpy(nh.to_array(model.graph.initializer[5])))
+    torch.testing.assert_close(module.bn.weight, ref[1].weight, rtol=1e-5, atol=1e-6)
     module.eval(), ref.eval()
     x = torch.from_numpy(rand(rng, 2, 3, 6, 5))
     torch.testing.assert_close(module(x), ref(x), rtol=1e-5, atol=1e-6)
@@ -457,7 +480,8 @@ def test_shared_running_stats_get_private_buffers_and_are_written_back():
     module = og.to_torch(model)
     parameters = sorted(module.onnx_names[p] for p, _ in module.named_parameters())
     assert parameters == ["b2", "g2", "ones", "w1", "w2", "zeros"]
-    assert len(module.onnx_rewire) == 4 and len(list(module.buffers())) == 4
+    assert len(module.onnx_rewire) == 4
+    assert len([b for b, _ in module.named_buffers() if "running" in b]) == 4
     sgd_steps(module, (torch.from_numpy(rand(rng, 6, 3, 5, 5)),), steps=2)
     stats = [module.get_buffer(s) for s in sorted(module.onnx_rewire)]
     assert all(not torch.equal(a, b) for i, a in enumerate(stats) for b in stats[i + 1:])
@@ -498,8 +522,8 @@ def test_load_weights_refuses_a_shape_mismatch():
     model = conv_bn_net(np.random.default_rng(0))
     module = og.to_torch(model)
     state = module.state_dict()
-    state["fw"] = torch.zeros(5, 6)
-    with pytest.raises(GrowError, match=r"'fw'.*\(5, 6\).*\(4, 6\)"):
+    state["fc.weight"] = torch.zeros(5, 6)
+    with pytest.raises(GrowError, match=r"'fc.weight'.*\(5, 6\).*\(4, 6\)"):
         og.load_weights(model, state)
     prefixed = {f"module.{k}": v * 2 for k, v in module.state_dict().items()}  # a DDP state_dict
     out = og.load_weights(model, prefixed)
