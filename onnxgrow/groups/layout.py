@@ -122,7 +122,10 @@ def split(walk, node, side, index, slot):
     if side == "out":
         positions = [starts[index] + p for p in slot.positions(dims[index])]
         walk.join_input(node, 0, slot_at(axis, positions, starts[-1], slot.block, walk.group.width))
-        slot = walk.group.members[node.inputs[0]]
+        slot = walk.group.members.get(node.inputs[0])
+        if slot is None:
+            raise GrowError(f"the widened channels come out of {desc(node)}, which splits a constant; "
+                            "widen another layer.")
     if static_dim(node.inputs[0], axis) != sum(dims):
         raise GrowError(f"the output sizes of {desc(node)} do not add up to its input's.")
     try:
@@ -275,6 +278,9 @@ def _slice_backward(walk, node, slot, axes, starts, ends, steps):
             positions = [start + p for p in slot.positions(kept)]
             walk.join_input(node, 0, slot_at(slot.axis, positions, dim // slot.block, slot.block,
                                              walk.group.width))
+            if node.inputs[0] not in walk.group.members:
+                raise GrowError(f"the widened channels come out of {desc(node)}, which slices a constant; "
+                                "widen another layer.")
             slice_(walk, node, "in", 0, walk.group.members[node.inputs[0]])  # the bounds move
             return
         if ends[k] == dim:  # an explicit end moves with the new channels
