@@ -330,6 +330,15 @@ _FOLD = {
 }
 
 
+def fold(node: ir.Node, args: list) -> np.ndarray | None:
+    """`node`'s output computed by numpy from the arrays `args` (None for an op not mirrored)."""
+    rule = _FOLD.get(node.op_type)
+    try:
+        return None if rule is None else np.asarray(rule(node, *args))
+    except Exception:  # an expression numpy cannot mirror
+        return None
+
+
 def _constant_from_other_attr(node: ir.Node) -> np.ndarray | None:
     for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
         if key in node.attributes:

@@ -94,6 +94,11 @@ class PadPlan:
                             f"its norms ({', '.join(group.uniform_only[:2])}) average over all of its channels, "
                             "which come in heads or conv groups: they stay exact only when every one is "
                             f"copied equally often (e.g. --width {2 * current}).")
+        if any(slot.also_at for slot in [*group.members.values(), *(e.slot for e in group.edits)]):
+            raise GrowError(f"cannot widen {layer!r} to a width that is not a multiple of {n}: its "
+                            f"norms ({', '.join(group.uniform_only[:2])}) average over its channels, and "
+                            "padding does not follow a split block's parts; use a multiple "
+                            f"(e.g. {2 * n}).")
         self.n, self.q, self.method, self.layer = n, q, method, layer
         self.rng = np.random.default_rng(seed)
         self.ratio = n / q  # d/d′

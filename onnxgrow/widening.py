@@ -35,6 +35,8 @@ heads can be added.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx_ir as ir
 
@@ -114,6 +116,14 @@ def _unview(grown: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
     return grown.reshape(shape)
 
 
+def one_copy_at_a_time(slot: gr.Slot, new: int) -> list[gr.Slot]:
+    """A Slot holding several copies of the group as one Slot per copy, in the order to grow
+    them: the last first, so the copies before it keep their offsets, each on the axis as the
+    copies grown before it left it."""
+    return [gr.Slot(slot.axis, offset, slot.total + k * new, slot.block)
+            for k, offset in enumerate(sorted(slot.offsets, reverse=True))]
+
+
 def scale_channels(array, axis, slot, factors, in_place: bool = False) -> np.ndarray:
     """`array` with the group's first len(factors) channels multiplied by `factors` (in float32
     or wider: one rounding of the product, without a float64 copy of a large weight)."""
@@ -183,6 +193,10 @@ class Plan:
         return insert_copies(array, axis, slot, self.n, self.src)
 
     def grow(self, array: np.ndarray, edit: gr.WeightEdit, is_bias: bool) -> np.ndarray:
+        if edit.slot.also_at:  # several copies of the group: each grows as if alone
+            for slot in one_copy_at_a_time(edit.slot, self.new):
+                array = self.grow(array, replace(edit, slot=slot), is_bias)
+            return array
         slot, axis = edit.slot, edit.axis
         copied = edit.role == "param" or (edit.role == "producer" and (
             self.copies_only or (self.method.copies_bias if is_bias else self.method.copies_rows)))
@@ -312,7 +326,7 @@ def apply(graph: ir.Graph, group: gr.Group, plan: Plan) -> list[dict]:
         shape = g.static_shape(value, probe=False)
         if shape is not None and isinstance(shape[slot.axis], int):
             dims = list(value.shape)
-            dims[slot.axis] = shape[slot.axis] + shape[slot.axis] // slot.total * plan.new
+            dims[slot.axis] = shape[slot.axis] + slot.growth(shape[slot.axis]) * plan.new
             value.shape = ir.Shape(dims)
     plan.finish(graph)
     return mappings
@@ -324,6 +338,12 @@ def channel_map(plan: Plan, dim: int, edit: gr.WeightEdit, is_bias: bool) -> tup
 
     This is what an optimizer's state needs to follow the weights (onnxgrow.optim).
     """
+    if edit.slot.also_at:  # the maps of the copies, grown one at a time, composed
+        index, scale = np.arange(dim), np.ones(dim)
+        for slot in one_copy_at_a_time(edit.slot, plan.new):
+            step, factor = channel_map(plan, index.size, replace(edit, slot=slot), is_bias)
+            index, scale = np.where(step >= 0, index[step], -1), np.where(step >= 0, scale[step], 1.0) * factor
+        return index, scale
     slot, n, new = edit.slot, plan.n, plan.new
     outer = dim // (slot.total * slot.block)
     channel = np.arange(slot.total + new) - slot.offset  # relative to the group's first channel
@@ -377,7 +397,8 @@ def _apply_shape_edit(graph, edit: gr.ShapeEdit, new: int, copies: dict) -> None
     if edit.consumer is not None and edit.consumer is not node:
         node = _own_shape_chain(graph, edit.consumer, node, copies)
         value = node.inputs[edit.index]
-    array = np.array(g.constant(value), copy=True)
+    current = g.constant(value)
+    array = np.array(edit.value if current is None else current, copy=True)
     array.reshape(-1)[edit.position] += edit.per_unit * new
     g.set_input_constant(graph, node, edit.index, array, f"{value.name}.w")
 

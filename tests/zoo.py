@@ -815,6 +815,133 @@ class SharedWeights(nn.Module):
         return self.head(F.relu(self.fc3(h)))
 
 
+# ----------------------------------------------------------------------------- split-and-concat blocks (YOLO)
+
+class YoloConv(nn.Module):
+    """ultralytics Conv: conv (no bias) → BatchNorm → SiLU."""
+
+    def __init__(self, cin, cout, k=1, stride=1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class YoloBottleneck(nn.Module):
+    def __init__(self, c, shortcut=True):
+        super().__init__()
+        self.cv1, self.cv2, self.add = YoloConv(c, c, 3), YoloConv(c, c, 3), shortcut
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+def halves(x, c, split_by):
+    if split_by == "slice":
+        return [x[:, :c], x[:, c:]]
+    if split_by == "split":
+        return list(x.split((c, c), 1))
+    return list(x.chunk(2, 1))
+
+
+class C2f(nn.Module):
+    """YOLOv8's C2f: cv1 → two halves → n bottlenecks on the last → concat all → cv2."""
+
+    def __init__(self, cin, cout, n=1, shortcut=True, split_by="chunk"):
+        super().__init__()
+        self.c, self.split_by = cout // 2, split_by
+        self.cv1 = YoloConv(cin, 2 * self.c)
+        self.cv2 = YoloConv((2 + n) * self.c, cout)
+        self.m = nn.ModuleList(YoloBottleneck(self.c, shortcut) for _ in range(n))
+
+    def forward(self, x):
+        y = halves(self.cv1(x), self.c, self.split_by)
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class C3(nn.Module):
+    """YOLOv5's C3 (CSP): two 1x1 branches, bottlenecks on one, concat → cv3."""
+
+    def __init__(self, cin, cout, n=1):
+        super().__init__()
+        c = cout // 2
+        self.cv1, self.cv2, self.cv3 = YoloConv(cin, c), YoloConv(cin, c), YoloConv(2 * c, cout)
+        self.m = nn.Sequential(*(YoloBottleneck(c) for _ in range(n)))
+
+    def forward(self, x):
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class ELAN(nn.Module):
+    """An ELAN-like block: cv1 → two halves; a chain of 3x3 convs on the last; concat all → cv4."""
+
+    def __init__(self, cin, cout, split_by="chunk"):
+        super().__init__()
+        self.c, self.split_by = cout // 2, split_by
+        self.cv1 = YoloConv(cin, 2 * self.c)
+        self.cv2, self.cv3 = YoloConv(self.c, self.c, 3), YoloConv(self.c, self.c, 3)
+        self.cv4 = YoloConv(4 * self.c, cout)
+
+    def forward(self, x):
+        y = halves(self.cv1(x), self.c, self.split_by)
+        y.append(self.cv2(y[-1]))
+        y.append(self.cv3(y[-1]))
+        return self.cv4(torch.cat(y, 1))
+
+
+class GLU(nn.Module):
+    """Gated halves: conv → a, b → a · sigmoid(b) → conv."""
+
+    def __init__(self, c, split_by="chunk"):
+        super().__init__()
+        self.c, self.split_by = c, split_by
+        self.proj, self.out = nn.Conv2d(c, 2 * c, 1), YoloConv(c, c)
+
+    def forward(self, x):
+        a, b = halves(self.proj(x), self.c, self.split_by)
+        return self.out(a * torch.sigmoid(b))
+
+
+class SPPF(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        c = cin // 2
+        self.cv1, self.cv2 = YoloConv(cin, c), YoloConv(4 * c, cout)
+        self.m = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x):
+        y = [self.cv1(x)]
+        y.extend(self.m(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class SplitNet(nn.Module):
+    """A small YOLOv8-like backbone with every kind of split block, ending in a 1x1 head conv."""
+
+    def __init__(self, split_by="chunk"):
+        super().__init__()
+        self.stem = YoloConv(3, 8, 3, 2)
+        self.c2f = C2f(8, 8, n=2, split_by=split_by)
+        self.down = YoloConv(8, 16, 3, 2)
+        self.c2f_plain = C2f(16, 16, n=1, shortcut=False, split_by=split_by)
+        self.c3 = C3(16, 16)
+        self.elan = ELAN(16, 16, split_by=split_by)
+        self.glu = GLU(16, split_by=split_by)
+        self.sppf = SPPF(16, 16)
+        self.head = nn.Conv2d(16 + 8, 5, 1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x):
+        p1 = self.c2f(self.stem(x))
+        p2 = self.sppf(self.glu(self.elan(self.c3(self.c2f_plain(self.down(p1))))))
+        return self.head(torch.cat([self.up(p2), p1], 1))  # a neck-style Concat of two scales
+
+
 # ----------------------------------------------------------------------------- registry
 
 def _img(c=3, hw=16):
@@ -849,6 +976,7 @@ ARCHITECTURES: dict[str, Callable[[], tuple[nn.Module, tuple]]] = {
     "gpt_block": lambda: (GPTBlock(), (torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(0)),)),
     "bert_layer": lambda: (BertLayerMini(), (torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0)),)),
     "shared_weights": lambda: (SharedWeights(), (torch.randn(1, 8, generator=torch.Generator().manual_seed(0)),)),
+    "yolo_mini": lambda: (SplitNet("split"), _img()),
 }
 
 SAMPLE_SET = ("mnist_cnn", "mlp", "resnet_mini", "densenet_mini", "mobilenetv2_mini", "senet", "convnext_mini",

@@ -14,6 +14,15 @@ a plain channel axis (offset 0, total n, block 1), a slice of a Concat (offset o
 Flatten that made each channel a block of H·W features (block H·W). New channels are inserted
 right after the group's n channels, at `offset + n`.
 
+A tensor may hold the group's units more than once (`Slot.also_at`): the parts of a split block
+joined back by Concat (YOLO's C2f: a half, and the bottleneck sums that added it as their
+shortcut). Each copy grows alike, its new units right after it; Split and Slice hand each copy to
+the part it lies in (that part's size, and the bounds after it, move), and back from one part the
+copy sits at the part's offset, so the layer before grows inside that part only. When the walk
+reaches a tensor again with more copies, its Slot becomes the union and the walk goes on from it;
+a copy pattern that repeats evenly is written as the repeat (`groups.core.slot_at`). Rules that
+follow one copy only (Reshape, Expand, Gather, grouped Conv) refuse several.
+
 Op rules are data: `walk.RULES` maps an op type to the function that, given one input or output known
 to carry the group, says where the group sits in every other input and output (or which weight
 axis grows). An op without a rule ends the walk with a refusal that names it: an unknown op is

@@ -3,8 +3,9 @@ whole coupled group (`Group`), and `Restructure`, the signal that the units come
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import onnx_ir as ir
 
 from ..errors import GrowError
@@ -12,15 +13,68 @@ from ..errors import GrowError
 
 @dataclass(frozen=True)
 class Slot:
-    """Where the group's n channels sit along one axis of a tensor (see module docstring)."""
+    """Where the group's n channels sit along one axis of a tensor (see module docstring).
+
+    `also_at`: further offsets where the same n units sit again (the parts of a split-and-concat
+    block joined back: every copy grows, its new units inserted right after it)."""
 
     axis: int
     offset: int
     total: int
     block: int = 1
+    also_at: tuple = ()
+
+    @property
+    def offsets(self) -> tuple:
+        return (self.offset, *self.also_at)
 
     def moved(self, axis: int) -> "Slot":
-        return Slot(axis, self.offset, self.total, self.block)
+        return replace(self, axis=axis)
+
+    def positions(self, dim: int) -> list[int]:
+        """The unit offsets of every copy of the group along an axis of `dim` channels (the
+        `outer` repeats written out)."""
+        outer = dim // (self.total * self.block)
+        return [o * self.total + offset for o in range(outer) for offset in self.offsets]
+
+    def growth(self, dim: int) -> int:
+        """Channels an axis of `dim` channels gains per new unit: one block per copy."""
+        return len(self.positions(dim)) * self.block
+
+
+def slot_at(axis: int, positions, total: int, block: int, width: int) -> Slot:
+    """The Slot of copies of `width` units at unit offsets `positions` along an axis of `total`
+    units; a pattern that repeats evenly along the axis is written as the repeat (its `outer`),
+    so one layout has one Slot."""
+    positions = sorted(set(positions))
+    for repeats in range(len(positions), 1, -1):
+        period = total // repeats
+        if total % repeats or len(positions) % repeats:
+            continue
+        base = [p for p in positions if p < period]
+        if (all(p + width <= period for p in base)
+                and positions == [k * period + p for k in range(repeats) for p in base]):
+            return Slot(axis, base[0], period, block, tuple(base[1:]))
+    return Slot(axis, positions[0], total, block, tuple(positions[1:]))
+
+
+def merged_slot(known: Slot, more: Slot, dim: int | None, width: int) -> Slot | None:
+    """The Slot holding the copies of both (None when they cannot share one tensor: another
+    axis or block, an unknown size, or copies that overlap)."""
+    if known.axis != more.axis or known.block != more.block or dim is None:
+        return None
+    positions = sorted(set(known.positions(dim)) | set(more.positions(dim)))
+    if any(b - a < width for a, b in zip(positions, positions[1:])):
+        return None
+    return slot_at(known.axis, positions, dim // known.block, known.block, width)
+
+
+def single(slot: Slot, node: ir.Node) -> None:
+    """Refuse a rule that follows one copy of the group only."""
+    if slot.also_at:
+        raise GrowError(f"the widened channels reach {desc(node)} in several places of one tensor "
+                        f"(the parts of a split-and-concat block); onnxgrow cannot follow them through "
+                        f"{node.op_type}.")
 
 
 @dataclass
@@ -46,7 +100,10 @@ class ShapeEdit:
     `consumer` is the node that reads the shape (a Reshape or Expand) when `node` is further up
     the shape's computation (a Concat of a batch size read at run time and constants): that
     computation may be shared with shapes outside the group, so it is copied for the consumer
-    before the edit."""
+    before the edit.
+
+    `value`: the teacher's values of an input computed at run time from shapes that are known
+    statically (torch's chunk bounds); the edit writes them as a constant, grown."""
 
     node: ir.Node
     index: int | None
@@ -54,6 +111,7 @@ class ShapeEdit:
     per_unit: int
     attr: str | None = None
     consumer: ir.Node | None = None
+    value: np.ndarray | None = None
 
 
 @dataclass

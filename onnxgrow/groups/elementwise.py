@@ -110,7 +110,7 @@ def _mark_uniform(walk, node):
 def _require_whole_axis(walk, node, slot):
     """A mean over the channel axis survives uniform replication when the group is the whole axis
     (whole heads or channel blocks copied equally often: OLMo2's q_norm over all heads)."""
-    if slot.offset != 0 or slot.total != walk.group.width:
+    if slot.offset != 0 or slot.also_at or slot.total != walk.group.width:
         raise GrowError(f"{desc(node)} normalises over the widened channels together with other "
                         "features; no replication keeps its statistics.")
 
@@ -164,7 +164,7 @@ def stop(walk, node, side, index, slot):
         start = g.attr(node, "start", 0) or 0
         rank = need_rank(node.inputs[0], node)
         carries = {norm_axis(slot.axis, rank) - norm_axis(start, rank)}
-    culprit = _value_use_of_size(node.outputs[0], carries)
+    culprit = _value_use_of_size(node.outputs[0], carries, source=node.inputs[0])
     if culprit is not None:
         raise GrowError(f"{desc(node)} reads the widened channel count, and {desc(culprit)} computes "
                         "a value from it (not a shape); widening would change that value.")
@@ -174,19 +174,23 @@ _SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast"
                      "Mul", "Add", "Sub", "Div", "Floor", "Ceil")
 
 
-def _value_use_of_size(value, carries, depth: int = 0):
+def _value_use_of_size(value, carries, depth: int = 0, source=None):
     """The first node that uses the widened size held in `value` as data rather than as a shape,
-    or None. `carries` is True for a scalar holding it, or the positions of a shape vector that do."""
+    or None. `carries` is True for a scalar holding it, or the positions of a shape vector that do.
+    Bounds of a Slice of `source` itself (the tensor whose size is read: torch's chunk) are pinned
+    by the Slice rule."""
     if not carries or depth > 24:
         return None
     for use in value.uses():
         user = use.node
         if user.op_type in ("Reshape", "Expand", "ConstantOfShape", "Tile") and use.idx > 0:
             continue  # a shape for another tensor: the layout rules check it
+        if user.op_type == "Slice" and use.idx > 0 and user.inputs[0] is source:
+            continue
         if user.op_type not in _SHAPE_ARITHMETIC:
             return user
         out = _carried_after(user, use.idx, carries)
-        culprit = _value_use_of_size(user.outputs[0], out, depth + 1)
+        culprit = _value_use_of_size(user.outputs[0], out, depth + 1, source)
         if culprit is not None:
             return culprit
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import graph as g
 from ..errors import GrowError
-from .core import Restructure, Slot, desc
+from .core import Restructure, Slot, desc, single
 from .shapes import need_rank, static_dim
 
 
@@ -24,6 +24,7 @@ def conv(walk, node, side, index, slot):
     if groups == 1:
         _conv_weights(walk, node, side, slot)
         return
+    single(slot, node)
     in_ch, out_ch = weight.shape[1] * groups, weight.shape[0]
     if groups == in_ch:  # depthwise: channel-wise, each channel feeding m outputs (a block of m)
         m = out_ch // in_ch

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import graph as g
 from ..errors import GrowError
-from .core import Restructure, ShapeEdit, Slot, desc
+from .core import Restructure, ShapeEdit, Slot, desc, single, slot_at
 from .shapes import (
     follow_reshape,
     int_list,
@@ -18,6 +18,7 @@ from .shapes import (
     shape_entry,
     shape_of,
     static_dim,
+    static_ints,
 )
 
 
@@ -55,6 +56,9 @@ def squeeze(walk, node, side, index, slot):
 
 
 def concat(walk, node, side, index, slot):
+    """Concat along the channel axis: every copy of the group in an input is a copy in the
+    output, at the input's offset (the parts of a split block joined back: several copies); back
+    from the output, each copy lies inside one input. Along another axis: a junction."""
     out_rank = need_rank(node.outputs[0], node)
     axis = norm_axis(g.attr(node, "axis"), out_rank)
     if slot.axis != axis:  # concatenated along another axis: a junction
@@ -62,71 +66,79 @@ def concat(walk, node, side, index, slot):
             walk.join_input(node, i, slot)
         walk.join_outputs(node, slot)
         return
-    dims = [static_dim(v, axis) for v in node.inputs]
-    if any(d is None for d in dims):
-        raise GrowError(f"the sizes of the inputs of {desc(node)} are unknown; cannot place the "
-                        "widened channels in its output.")
-    starts = [int(x) for x in np.concatenate([[0], np.cumsum(dims)])]
-    if any(d % slot.block for d in dims):
-        raise GrowError(f"{desc(node)} joins tensors with different channel block sizes.")
+    dims = _sizes(node, node.inputs, axis, slot, "inputs")
+    starts = _starts(dims, slot.block)
     if side == "in":
         if sum(1 for v in node.inputs if v is node.inputs[index]) > 1:
             raise GrowError(f"{desc(node)} concatenates the widened tensor with itself.")
-        if dims[index] != slot.total * slot.block:
-            raise GrowError(f"{desc(node)} concatenates a tensor whose channels are interleaved "
-                            "with other features; cannot place the widened channels.")
-        walk.join(node.outputs[0], Slot(axis, slot.offset + starts[index] // slot.block,
-                                        starts[-1] // slot.block, slot.block), node)
+        positions = [starts[index] + p for p in slot.positions(dims[index])]
+        walk.join(node.outputs[0], slot_at(axis, positions, starts[-1], slot.block, walk.group.width), node)
         return
-    _require_unstrided(walk, node, slot, starts[-1])
-    lo, hi = slot.offset * slot.block, (slot.offset + walk.group.width) * slot.block
-    for i in range(len(node.inputs)):
-        if starts[i] <= lo and hi <= starts[i + 1]:
-            walk.join_input(node, i, Slot(axis, slot.offset - starts[i] // slot.block,
-                                          dims[i] // slot.block, slot.block))
-            return
-    raise GrowError(f"the widened channels span several inputs of {desc(node)}.")
+    for i, positions in enumerate(_by_part(walk, node, slot, starts, "inputs")):
+        if positions:
+            walk.join_input(node, i, slot_at(axis, positions, dims[i] // slot.block, slot.block,
+                                             walk.group.width))
 
 
-def _require_unstrided(walk, node, slot, dim):
-    if dim != slot.total * slot.block:
-        raise GrowError(f"{desc(node)} cuts an axis where the widened channels are interleaved "
-                        "with other features.")
+def _sizes(node, values, axis, slot, what):
+    dims = [static_dim(v, axis) for v in values]
+    if any(d is None for d in dims):
+        raise GrowError(f"the sizes of the {what} of {desc(node)} are unknown; cannot place the "
+                        "widened channels.")
+    if any(d % slot.block for d in dims):
+        raise GrowError(f"{desc(node)} joins or cuts tensors with different channel block sizes.")
+    return dims
+
+
+def _starts(dims, block):
+    """Where each part starts along the axis, in units of `block` channels (and the total last)."""
+    return [int(x) // block for x in np.concatenate([[0], np.cumsum(dims)])]
+
+
+def _by_part(walk, node, slot, starts, what):
+    """The copies of the group in the whole tensor, per part (offsets relative to the part);
+    a copy that spans two parts is refused."""
+    per_part = [[] for _ in starts[:-1]]
+    for p in slot.positions(starts[-1] * slot.block):
+        part = int(np.searchsorted(starts, p, side="right")) - 1
+        if p + walk.group.width > starts[part + 1]:
+            raise GrowError(f"the widened channels span several {what} of {desc(node)}.")
+        per_part[part].append(p - starts[part])
+    return per_part
 
 
 def split(walk, node, side, index, slot):
+    """Split along the channel axis: each copy of the group lies inside one part, which grows by
+    the new units of its copies (the sizes move with them); back from a part, the copy sits at the
+    part's offset in the input (the layer before grows inside that part only)."""
     rank = need_rank(node.inputs[0], node)
     axis = norm_axis(g.attr(node, "axis", 0), rank)
     if slot.axis != axis:
         walk.join_input(node, 0, slot)
         walk.join_outputs(node, slot)
         return
+    dims = _sizes(node, node.outputs, axis, slot, "outputs")
+    starts = _starts(dims, slot.block)
     if side == "out":
-        raise GrowError(f"the widened channels come out of one part of {desc(node)}; widen the "
-                        "layer that produces its input instead.")
-    dims = [static_dim(o, axis) for o in node.outputs]
-    if any(d is None for d in dims):
-        raise GrowError(f"the output sizes of {desc(node)} are unknown.")
-    full = static_dim(node.inputs[0], axis)
-    chunk = slot.total * slot.block
-    if len(dims) > 1 and full == len(dims) * chunk and all(d == chunk for d in dims):
-        for i, out in enumerate(node.outputs):  # one repeat per part (q, k, v of a fused qkv)
-            _grow_split_part(walk, node, i, slot.block)
-            walk.join(out, slot, node)
-        return
-    _require_unstrided(walk, node, slot, full)
-    starts = [int(x) for x in np.concatenate([[0], np.cumsum(dims)])]
-    lo, hi = slot.offset * slot.block, (slot.offset + walk.group.width) * slot.block
-    for i, out in enumerate(node.outputs):
-        if starts[i] <= lo and hi <= starts[i + 1]:
-            _grow_split_part(walk, node, i, slot.block)
-            walk.join(out, Slot(axis, slot.offset - starts[i] // slot.block,
-                                dims[i] // slot.block, slot.block), node)
-            return
-    if slot.offset == 0 and slot.block == 1 and len(set(dims)) == 1:
-        raise Restructure([(len(dims), 1)], f"{desc(node)} splits the widened channels into "
-                                            f"{len(dims)} equal parts")
-    raise GrowError(f"{desc(node)} splits the widened channels apart; this cannot be widened.")
+        positions = [starts[index] + p for p in slot.positions(dims[index])]
+        walk.join_input(node, 0, slot_at(axis, positions, starts[-1], slot.block, walk.group.width))
+        slot = walk.group.members.get(node.inputs[0])
+        if slot is None:
+            raise GrowError(f"the widened channels come out of {desc(node)}, which splits a constant; "
+                            "widen another layer.")
+    if static_dim(node.inputs[0], axis) != sum(dims):
+        raise GrowError(f"the output sizes of {desc(node)} do not add up to its input's.")
+    try:
+        per_part = _by_part(walk, node, slot, starts, "outputs")
+    except GrowError:
+        if slot.offset == 0 and slot.block == 1 and not slot.also_at and slot.total == starts[-1] and len(set(dims)) == 1:
+            raise Restructure([(len(dims), 1)], f"{desc(node)} splits the widened channels into "
+                                                f"{len(dims)} equal parts") from None
+        raise GrowError(f"{desc(node)} splits the widened channels apart; this cannot be widened.") from None
+    for i, (out, positions) in enumerate(zip(node.outputs, per_part)):
+        if positions:
+            _grow_split_part(walk, node, i, len(positions) * slot.block)
+            walk.join(out, slot_at(axis, positions, dims[i] // slot.block, slot.block, walk.group.width), node)
 
 
 def _grow_split_part(walk, node, part, per_unit):
@@ -137,16 +149,17 @@ def _grow_split_part(walk, node, part, per_unit):
 
 
 def slice_(walk, node, side, index, slot):
-    """Slice: another axis passes; on the channel axis the group must lie inside the kept range
-    (its start and explicit end move with new channels). Backward only through a slice that keeps
-    the whole channel axis (the raw exporter's x[:, :, None] and x[..., :] copies)."""
+    """Slice: another axis passes; on the channel axis each copy of the group lies inside the kept
+    range or outside it (its start and explicit end move with the new channels before them).
+    Backward from the kept range of a step-1 slice (one part of a slice-cut split block), the copy
+    sits at the slice's start in the input."""
     if side == "in" and index != 0:
         raise GrowError(f"the widened channels are used as slice bounds by {desc(node)}.")
     rank = need_rank(node.inputs[0], node)
-    starts, ends = int_list(node, "starts", 1), int_list(node, "ends", 2)
-    axes = int_list(node, "axes", 3) or list(range(len(starts)))
-    steps = int_list(node, "steps", 4) or [1] * len(starts)
-    axes = [norm_axis(a, rank) for a in axes]
+    starts, ends, axes, steps = (_slice_param(walk, node, name, i) for i, name in enumerate(
+        ("starts", "ends", "axes", "steps"), start=1))
+    axes = [norm_axis(a, rank) for a in axes or range(len(starts))]
+    steps = steps or [1] * len(starts)
     if side == "out":
         _slice_backward(walk, node, slot, axes, starts, ends, steps)
         return
@@ -162,6 +175,9 @@ def slice_(walk, node, side, index, slot):
     s = min(max(starts[k] + dim if starts[k] < 0 else starts[k], 0), dim)
     e = min(max(ends[k] + dim if ends[k] < 0 else ends[k], 0), dim)
     moves_end = ends[k] <= dim  # an explicit end (dim itself included) moves with new channels
+    if slot.also_at:
+        _slice_copies(walk, node, slot, k, starts[k], ends[k], s, e, dim, moves_end)
+        return
     part = slot.total * slot.block
     if dim != part and dim % part == 0:  # `outer` parts growing alike: a fused projection
         _slice_part(walk, node, slot, k, s, e, part, moves_end)
@@ -188,6 +204,48 @@ def slice_(walk, node, side, index, slot):
         raise GrowError(f"{desc(node)} takes part of the widened channels; this cannot be widened.")
 
 
+def _require_unstrided(walk, node, slot, dim):
+    if dim != slot.total * slot.block:
+        raise GrowError(f"{desc(node)} cuts an axis where the widened channels are interleaved "
+                        "with other features.")
+
+
+def _slice_param(walk, node, name, index):
+    """A Slice parameter; one computed from static shapes at run time is pinned to its value (the
+    widened tensor's shape would change it)."""
+    if index >= len(node.inputs) or node.inputs[index] is None or g.constant(node.inputs[index]) is not None:
+        return int_list(node, name, index)
+    array = static_ints(node.inputs[index])
+    if array is None:
+        raise GrowError(f"{desc(node)} takes its {name} from a computed tensor; onnxgrow needs it "
+                        "constant to follow the channel axis.")
+    walk.shape_edit(ShapeEdit(node, index, 0, 0, value=array))
+    return [int(v) for v in np.atleast_1d(array)]
+
+
+def _slice_copies(walk, node, slot, k, start, end, s, e, dim, moves_end):
+    """A slice of a tensor holding several copies of the group: copies before the kept range move
+    its start, those inside it are kept (and move an explicit end)."""
+    if start < 0 or end < 0 or s % slot.block:
+        raise GrowError(f"{desc(node)} slices the channel axis from its end or inside a channel block.")
+    before, inside = 0, []
+    for p in slot.positions(dim):
+        lo, hi = p * slot.block, (p + walk.group.width) * slot.block
+        if hi <= s:
+            before += 1
+        elif s <= lo and hi <= e:
+            inside.append(p - s // slot.block)
+        elif lo < e:
+            raise GrowError(f"{desc(node)} takes part of the widened channels; this cannot be widened.")
+    if before:
+        walk.shape_edit(ShapeEdit(node, 1, k, before * slot.block))
+    if moves_end and before + len(inside):
+        walk.shape_edit(ShapeEdit(node, 2, k, (before + len(inside)) * slot.block))
+    if inside:
+        walk.join(node.outputs[0], slot_at(slot.axis, inside, (e - s) // slot.block, slot.block,
+                                           walk.group.width), node)
+
+
 def _slice_part(walk, node, slot, k, s, e, part, moves_end):
     """A Slice that takes whole part p of a tensor holding `outer` parts that grow alike (q, k or
     v of a fused qkv projection): its bounds move by p and p + 1 parts' growth."""
@@ -208,9 +266,23 @@ def _slice_backward(walk, node, slot, axes, starts, ends, steps):
     if slot.axis in axes:
         k = axes.index(slot.axis)
         dim = static_dim(node.inputs[0], slot.axis)
-        if dim is None or starts[k] != 0 or steps[k] != 1 or ends[k] < dim or dim != static_dim(node.outputs[0], slot.axis):
-            raise GrowError(f"the widened channels come out of {desc(node)}, which keeps only part of "
-                            "its input's channel axis; widen the layer that produces its input instead.")
+        kept = static_dim(node.outputs[0], slot.axis)
+        if dim is None or kept is None or steps[k] != 1 or starts[k] < 0 or ends[k] < 0 \
+                or starts[k] % slot.block or node.inputs[1] is None or len(node.inputs) < 3:
+            raise GrowError(f"the widened channels come out of {desc(node)}, which keeps part of its "
+                            "input's channel axis in a way onnxgrow cannot follow back (a step, a start "
+                            "from the end, an old-opset Slice); widen the layer that produces its input "
+                            "instead.")
+        if kept != dim:  # one part of the input: the copies sit after the slice's start
+            start = starts[k] // slot.block
+            positions = [start + p for p in slot.positions(kept)]
+            walk.join_input(node, 0, slot_at(slot.axis, positions, dim // slot.block, slot.block,
+                                             walk.group.width))
+            if node.inputs[0] not in walk.group.members:
+                raise GrowError(f"the widened channels come out of {desc(node)}, which slices a constant; "
+                                "widen another layer.")
+            slice_(walk, node, "in", 0, walk.group.members[node.inputs[0]])  # the bounds move
+            return
         if ends[k] == dim:  # an explicit end moves with the new channels
             walk.shape_edit(ShapeEdit(node, 2, k, slot.block))
     walk.join_input(node, 0, slot)
@@ -243,6 +315,7 @@ def gather(walk, node, side, index, slot):
 def _identity_gather(walk, node, side, slot):
     """Gather of a flat tensor with indices arange(n) in some shape is a reshape (the dynamo
     exporter writes as_strided so); its indices grow with the channels."""
+    single(slot, node)
     data, out = node.inputs[0], node.outputs[0]
     idx = g.constant(node.inputs[1])
     dim = static_dim(data, 0)
@@ -260,6 +333,7 @@ def _identity_gather(walk, node, side, slot):
 def expand(walk, node, side, index, slot):
     if side == "in" and index == 1:
         raise GrowError(f"the widened channels are used as a shape by {desc(node)}.")
+    single(slot, node)
     out_rank = need_rank(node.outputs[0], node)
     in_rank = need_rank(node.inputs[0], node)
     axis = slot.axis + (out_rank - in_rank if side == "in" else 0)
@@ -325,7 +399,7 @@ def resize(walk, node, side, index, slot):
         raise GrowError(f"{desc(node)} rescales the channel axis.")
     if sizes is not None:
         walk.shape_edit(
-            ShapeEdit(node, 3, slot.axis, static_dim(node.outputs[0], slot.axis) // slot.total))
+            ShapeEdit(node, 3, slot.axis, slot.growth(static_dim(node.outputs[0], slot.axis))))
     walk.join_input(node, 0, slot)
     walk.join(node.outputs[0], slot, node)
 
@@ -334,6 +408,7 @@ def reshape(walk, node, side, index, slot):
     """Reshape/Flatten: follow the group's sub-axis through merged or split dimensions."""
     if side == "in" and index != 0:
         raise GrowError(f"the widened channels are used as a shape by {desc(node)}.")
+    single(slot, node)
     data, out = node.inputs[0], node.outputs[0]
     in_slot, out_slot = (slot, follow_reshape(data, out, slot, node)) if side == "in" else (
         follow_reshape(out, data, slot, node), slot)

@@ -66,6 +66,34 @@ def int_list(node: ir.Node, attr_name: str, index: int | None):
     return None if value is None else [int(v) for v in value]
 
 
+def static_ints(value, depth: int = 0) -> np.ndarray | None:
+    """`value` as an array when it is a constant, or shape arithmetic over dimensions known
+    statically (torch's chunk writes its Slice bounds as Shape → Gather → Add → Div → Mul)."""
+    array = g.constant(value)
+    if array is not None or value is None or depth > 16:
+        return array
+    node = value.producer()
+    if node is None or len(node.outputs) != 1 or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Shape":
+        shape = shape_of(node.inputs[0])
+        dims = None if shape is None else shape[g.attr(node, "start", 0) or 0:g.attr(node, "end")]
+        return np.array(dims, np.int64) if dims is not None and all(isinstance(d, int) for d in dims) else None
+    if node.op_type == "Gather" and node.inputs[0].producer() is not None \
+            and node.inputs[0].producer().op_type == "Shape" and g.constant(node.inputs[1]) is not None:
+        shape_node, picks = node.inputs[0].producer(), g.constant(node.inputs[1])
+        shape = shape_of(shape_node.inputs[0])
+        if shape is None or g.attr(node, "axis", 0) != 0:
+            return None
+        dims = np.array(shape[g.attr(shape_node, "start", 0) or 0:g.attr(shape_node, "end")], dtype=object)
+        picked = dims[picks]
+        return np.array(picked, np.int64) if all(isinstance(d, int) for d in np.atleast_1d(picked)) else None
+    args = [None if inp is None else static_ints(inp, depth + 1) for inp in node.inputs]
+    if any(a is None and inp is not None for a, inp in zip(args, node.inputs)):
+        return None
+    return g.fold(node, args)
+
+
 def number_list(node, index, name):
     if len(node.inputs) > index and node.inputs[index] is not None:
         array = g.constant(node.inputs[index])

@@ -14,8 +14,8 @@ from ..layerspec import layer_spec
 from . import elementwise as ew
 from . import layers as ly
 from . import layout as lo
-from .core import Group, Restructure, ShapeEdit, Slot, WeightEdit, desc
-from .shapes import need_rank
+from .core import Group, Restructure, ShapeEdit, Slot, WeightEdit, desc, merged_slot
+from .shapes import need_rank, static_dim
 
 
 class Walk:
@@ -25,7 +25,7 @@ class Walk:
         self.group = Group(width, outer, block)
         self.queue: deque[ir.Value] = deque()
         self.done: set[tuple] = set()
-        self.edited: set[tuple] = set()
+        self.edited: dict[tuple, WeightEdit | ShapeEdit] = {}
         self.came_from: dict = {}  # value -> the node whose rule added it (not walked back into)
         self.alternatives: list = []  # (outer, block) views to try if this walk fails (a single head)
 
@@ -39,11 +39,18 @@ class Walk:
             return
         known = self.group.members.get(value)
         if known is not None:
-            if known != slot:
+            if known == slot:
+                return
+            merged = merged_slot(known, slot, static_dim(value, slot.axis), self.group.width)
+            if merged is None:
                 raise GrowError(
                     f"tensor {value.name!r} would carry the widened channels in two places "
                     f"({known} and {slot}) around {desc(via)}; this pattern cannot be widened."
                 )
+            if merged != known:  # more copies of the group (a split part joined back): walk on with all
+                self.group.members[value] = merged
+                self.came_from[value] = via
+                self.queue.append(value)
             return
         if value.is_graph_output():
             raise GrowError(
@@ -79,15 +86,29 @@ class Walk:
     def weight(self, node: ir.Node, index: int, axis: int, slot: Slot, role: str) -> None:
         """Input `index` of `node` is a constant that grows along `axis` (once, however often
         the walk passes)."""
-        if ("w", id(node), index, axis) not in self.edited:
-            self.edited.add(("w", id(node), index, axis))
-            self.group.edits.append(WeightEdit(node, index, axis, slot, role))
+        key = ("w", id(node), index, axis)
+        known = self.edited.get(key)
+        if known is None:
+            self.edited[key] = WeightEdit(node, index, axis, slot, role)
+            self.group.edits.append(self.edited[key])
+        elif known.slot != slot:  # reached again with more copies of the group
+            dim = g.constant(node.inputs[index]).shape[axis]
+            merged = merged_slot(known.slot, slot, dim, self.group.width)
+            if merged is None:
+                raise GrowError(f"the widened channels reach input {index} of {desc(node)} in two "
+                                f"places ({known.slot} and {slot}) that overlap; this cannot be widened.")
+            known.slot = merged
 
     def shape_edit(self, edit: ShapeEdit) -> None:
+        """Once per entry; a later edit of the same entry (more copies of the group reached it)
+        replaces the earlier one's growth."""
         key = ("s", id(edit.node), edit.index, edit.position, edit.attr, id(edit.consumer))
-        if key not in self.edited:
-            self.edited.add(key)
+        known = self.edited.get(key)
+        if known is None:
+            self.edited[key] = edit
             self.group.shape_edits.append(edit)
+        else:
+            known.per_unit = max(known.per_unit, edit.per_unit)
 
     # -----------------------------------------------------------------------
 
@@ -105,9 +126,10 @@ class Walk:
         return self.group
 
     def visit(self, node: ir.Node, side: str, index: int, slot: Slot) -> None:
-        # Once per (node, port): a Conv whose input and output both carry the group is both
-        # a consumer and a producer; channel-wise rules re-run idempotently.
-        key = (id(node), side, index)
+        # Once per (node, port, slot): a Conv whose input and output both carry the group is both
+        # a consumer and a producer; channel-wise rules re-run idempotently, and again when the
+        # port's tensor gained copies of the group.
+        key = (id(node), side, index, slot)
         if key in self.done:
             return
         self.done.add(key)
