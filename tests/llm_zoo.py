@@ -1,6 +1,7 @@
 """Tiny random decoder LMs from `transformers`, exported with the dynamo exporter (optimised, and
 raw with optimize=False) with a dynamic batch and sequence: one input `input_ids`, one output
-`logits`. Every parameter is randomised (norm gains U(0.5, 1.5), biases N(0, 0.2²), weights
+`logits`. Attention is eager, or with a `_sdpa` variant transformers' default
+scaled_dot_product_attention (which the raw export decomposes with shapes computed at run time). Every parameter is randomised (norm gains U(0.5, 1.5), biases N(0, 0.2²), weights
 N(0, 1/fan_in)), so a channel mapped to the wrong place shows.
 
     python -c "from tests import llm_zoo; llm_zoo.build('llama', 'dynamo', '/tmp/llama.onnx')"
@@ -78,21 +79,27 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module.eval()
 
 
-def make(family: str, seed: int = 0) -> torch.nn.Module:
+VARIANTS = ("dynamo", "dynamo_raw", "dynamo_sdpa", "dynamo_raw_sdpa")
+
+
+def make(family: str, seed: int = 0, attention: str = "eager") -> torch.nn.Module:
     import transformers as tf
 
     torch.manual_seed(seed)
     auto = tf.AutoModelForMaskedLM if family == "bert" else tf.AutoModelForCausalLM
-    return LogitsOnly(randomize_(auto.from_config(config(family)), seed)).eval()
+    lm = auto.from_config(config(family), attn_implementation=attention)
+    return LogitsOnly(randomize_(lm, seed)).eval()
 
 
 def build(family: str, variant: str = "dynamo", path=None, seed: int = 0) -> str:
     """Export one model to `path` (IR version 10) and check onnxruntime reproduces torch on two
     different batch/sequence shapes."""
-    module = make(family, seed)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    module = make(family, seed, "sdpa" if variant.endswith("_sdpa") else "eager")
     ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(seed))
     dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
-    program = torch.onnx.export(module, (ids,), dynamo=True, optimize=variant == "dynamo",
+    program = torch.onnx.export(module, (ids,), dynamo=True, optimize="_raw" not in variant,
                                 input_names=["input_ids"], output_names=["logits"], dynamic_shapes=dims)
     proto = program.model_proto
     proto.ir_version = 10

@@ -19,9 +19,15 @@ def _assert_same(teacher, student):
         assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-5
 
 
+# raw exports of transformers' default attention (scaled_dot_product_attention): torch's exporter decomposes
+# it reading the heads' count from the repeated keys' shape at run time
+RAW_SDPA = [("llama", "dynamo_raw_sdpa"), ("qwen2", "dynamo_raw_sdpa"), ("mistral", "dynamo_raw_sdpa")]
+
+
+@pytest.mark.parametrize("family,variant", [("llama", "dynamo"), *RAW_SDPA])
 @pytest.mark.parametrize("method", ["net2net", "netmorph", "r2r"])
-def test_a_gqa_llama_grows_values_ffn_and_stream_exactly(llm_model, method):
-    teacher = llm_model("llama")
+def test_a_gqa_decoder_grows_values_ffn_and_stream_exactly(llm_model, family, variant, method):
+    teacher = llm_model(family, variant)
     student = og.grow(teacher, widen={"model.layers.*.self_attn.v_proj": "x2", "*mlp.up_proj": "x2",
                                       "model.layers.0.self_attn.o_proj": "x1.5"}, method=method, seed=5)
     _assert_same(teacher, student)
@@ -29,7 +35,7 @@ def test_a_gqa_llama_grows_values_ffn_and_stream_exactly(llm_model, method):
 
 # family, variant, query heads → kv heads of the tiny models: llama/mistral/qwen GQA 4 → 2, gemma MQA 4 → 1
 HEADS = [("llama", "dynamo"), ("llama", "dynamo_raw"), ("mistral", "dynamo"), ("qwen2", "dynamo"),
-         ("qwen3", "dynamo"), ("gemma", "dynamo")]
+         ("qwen3", "dynamo"), ("gemma", "dynamo"), ("llama", "dynamo_sdpa"), *RAW_SDPA]
 
 
 # what widening one projection to twice its width grows: the factor of each projection's width
@@ -102,12 +108,16 @@ def test_a_norm_over_all_heads_keeps_its_statistics_under_whole_head_copies(llm_
         og.widen(teacher, layer="model.layers.0.self_attn.q_proj", width=48, method=method)
 
 
-@pytest.mark.parametrize("family,variant", [("llama", "dynamo"), ("gemma", "dynamo"), ("phi3", "dynamo_raw")])
-def test_grow_star_x2_doubles_every_widenable_layer_exactly(llm_model, family, variant):
+@pytest.mark.parametrize("family,variant", [("llama", "dynamo"), ("gemma", "dynamo"), ("phi3", "dynamo_raw"),
+                                            ("qwen2", "dynamo_raw"), ("mistral", "dynamo_raw"), *RAW_SDPA])
+def test_grow_star_x2_doubles_every_layer_but_the_head_exactly(llm_model, family, variant):
     """`grow --widen '*=x2'` on a grouped/multi-query decoder: key/value heads double with their
-    query groups (k_proj's group first), so q, k, v, o, the FFN and the stream all double."""
+    query groups (k_proj's group first), so q, k, v, o, the FFN and the stream all double; only the
+    LM head, whose output is the logits, stays."""
     teacher = llm_model(family, variant)
-    widenable = {r["name"]: r["width"] for r in og.inspect(teacher)["layers"] if r["widen"].get("methods")}
+    rows = og.inspect(teacher)["layers"]
+    assert [r["module"] for r in rows if not r["widen"].get("methods")] == ["lm.lm_head"]
+    widenable = {r["name"]: r["width"] for r in rows if r["widen"].get("methods")}
     student = og.grow(teacher, widen={"*": "x2"})
     _assert_same(teacher, student)
     after = {r["name"]: r["width"] for r in og.inspect(student)["layers"]}

@@ -451,17 +451,19 @@ def _reshape_target_edit(walk, node, in_slot, out_slot):
         walk.shape_edit(ShapeEdit(holder, idx, pos, per_unit, consumer=node))
         return
     factors = [where] if kind == "dim" else where  # read at run time from tensors' shapes
-    if not _runtime_size_follows(walk, node, factors, in_slot, out_slot):
-        raise GrowError(f"{desc(node)} computes the channel dimension of its target shape at run "
-                        "time from dimensions that do not grow with the widened channels exactly; "
-                        "onnxgrow cannot keep it consistent.")
+
+    def check():  # once the group is whole: a factor may be a tensor the walk reaches later
+        if not _runtime_size_follows({**walk.group.members, node.inputs[0]: in_slot}, factors, out_slot):
+            raise GrowError(f"{desc(node)} computes the channel dimension of its target shape at run "
+                            "time from dimensions that do not grow with the widened channels exactly; "
+                            "onnxgrow cannot keep it consistent.")
+    walk.final_checks.append(check)
 
 
-def _runtime_size_follows(walk, node, factors, in_slot, out_slot) -> bool:
+def _runtime_size_follows(members, factors, out_slot) -> bool:
     """A target entry k·Π dᵢ read at run time stays right after widening when exactly one factor
     is a widened axis: the entry (= out_dim, since the graph runs) then grows by out_dim/totalᵢ
     per new unit, which must be what the output axis grows by, out_dim/out_total."""
-    known = {**walk.group.members, node.inputs[0]: in_slot}
-    growing = [known[t] for t, a in factors if t in known and known[t].axis == a]
+    growing = [members[t] for t, a in factors if t in members and members[t].axis == a]
     return len(growing) == 1 and growing[0].total == out_slot.total
 

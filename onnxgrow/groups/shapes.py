@@ -144,8 +144,8 @@ def shape_entry(value, position, holder):
         length = static_dim(node.inputs[0], 0)
         if starts is None or starts.size != 1 or (steps and steps != [1]) or length is None:
             return None
-        first = int(starts.reshape(-1)[0])
-        return shape_entry(node.inputs[0], norm_axis(first, length) + position, (node, 0))
+        first = min(max(norm_axis(int(starts.reshape(-1)[0]), length), 0), length)  # Slice clamps
+        return shape_entry(node.inputs[0], first + position, (node, 0))
     return None
 
 

@@ -28,6 +28,7 @@ class Walk:
         self.edited: dict[tuple, WeightEdit | ShapeEdit] = {}
         self.came_from: dict = {}  # value -> the node whose rule added it (not walked back into)
         self.alternatives: list = []  # (outer, block) views to try if this walk fails (a single head)
+        self.final_checks: list = []  # callables that need the whole group (raise GrowError)
 
     # rules call these ------------------------------------------------------
     def join(self, value: ir.Value | None, slot: Slot, via: ir.Node, index: int | None = None) -> None:
@@ -123,6 +124,8 @@ class Walk:
             for use in list(value.uses()):
                 if use.node is not origin:
                     self.visit(use.node, "in", use.idx, slot)
+        for check in self.final_checks:
+            check()
         return self.group
 
     def visit(self, node: ir.Node, side: str, index: int, slot: Slot) -> None:
