@@ -206,7 +206,8 @@ def test_grown_students_match_and_start_at_the_teachers_loss(lm_quick):
 def test_results_carry_both_accountings_and_the_recommended_runs(lm_quick):
     _, result = lm_quick
     summary = result["summary"]
-    assert result["recommended"] == {s: f"{s}_net2net_{lm.DEFAULT_RECIPE}" for s in ("wider", "deeper", "both")}
+    assert result["recommended"] == {s: f"{s}_{lm.RECOMMENDED_METHOD}" for s in ("wider", "deeper", "both")}
+    assert all(lm.RUNS[run][2] in ("net2net", "r2r") for run in result["recommended"].values())  # preserving
     for run in ("both_net2net_carried", "both_net2net_asym_noise", "both_r2r", "both_random"):
         for key in ("compute_saved", "compute_saved_teacher_given"):
             assert set(summary[run][key]) == {"mean", "std", "reached"}

@@ -168,7 +168,8 @@ def test_asymmetric_state_keeps_each_teacher_units_moments_and_zeroes_added_unit
     for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
         w = t["0.weight"][key]
         torch.testing.assert_close(s["0.weight"][key], torch.stack([w[0], w[1], torch.zeros(3), torch.zeros(3)]))
-        torch.testing.assert_close(s["0.bias"][key], torch.stack([t["0.bias"][key][0], t["0.bias"][key][1], torch.tensor(0.0), torch.tensor(0.0)]))
+        bias = t["0.bias"][key]
+        torch.testing.assert_close(s["0.bias"][key], torch.stack([bias[0], bias[1], 0 * bias[0], 0 * bias[0]]))
         c = t["1.weight"][key][0]
         torch.testing.assert_close(s["1.weight"][key][0], torch.stack([c[0], 0.5 ** power * c[1], 0 * c[0], 0 * c[0]]))
     assert float(s["0.weight"]["step"]) == 3.0

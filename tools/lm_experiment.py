@@ -95,16 +95,17 @@ RECIPES = {
     "carried": dict(state="carried", rewarm=0, peak=1.0, decay=0.5, noise=0.0),
     "reset": dict(state="reset", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.0),
     "asym": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.0),
-    "asym_noise": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.05),
+    "asym_noise": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.3),
 }
-DEFAULT_RECIPE = "asym_noise"  # the recommended recipe (see the README's table)
-BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r, random growth and the control
+DEFAULT_RECIPE = "asym"  # the recommended recipe, with r2r growth (results/lm-explore/)
+RECOMMENDED_METHOD = "r2r"
+BASELINE_RECIPE = RECIPES[DEFAULT_RECIPE]  # r2r, random growth and the control
 
 # name: (kind, shape, method, recipe, description)
 RUNS = {
     "teacher": ("teacher", "teacher", None, None, "the teacher, trained from scratch (warm-up, cosine)"),
     "teacher_continued": ("control", "teacher", None, BASELINE_RECIPE,
-                          "no growth: the teacher trained on (the recommended recipe, its AdamW state kept)"),
+                          f"no growth: the teacher trained on (recipe `{DEFAULT_RECIPE}`, its AdamW state kept)"),
 }
 for _shape in ("wider", "deeper", "both"):
     for _name, _recipe in RECIPES.items():
@@ -112,17 +113,16 @@ for _shape in ("wider", "deeper", "both"):
                                              f"{_shape}, net2net, recipe `{_name}` ({_recipe})")
     RUNS.update({
         f"{_shape}_r2r": ("grown", _shape, "r2r", BASELINE_RECIPE, f"{_shape}, r2r (new units in ±V pairs, blocks "
-                                                                  "with paired outputs), the recommended recipe "
-                                                                  "without noise"),
+                                                                  f"with paired outputs), recipe `{DEFAULT_RECIPE}`"),
         f"{_shape}_random": ("grown", _shape, "random", BASELINE_RECIPE,
-                             f"{_shape}, random growth (not preserving), the recommended recipe without noise"),
+                             f"{_shape}, random growth (not preserving), recipe `{DEFAULT_RECIPE}`"),
         f"scratch_{_shape}": ("scratch", _shape, None, None, f"the {_shape} architecture from scratch (warm-up, cosine)"),
     })
 
 
 def recommended() -> dict[str, str]:
     """The recommended function-preserving run of each shape."""
-    return {shape: f"{shape}_net2net_{DEFAULT_RECIPE}" for shape in ("wider", "deeper", "both")}
+    return {shape: f"{shape}_{RECOMMENDED_METHOD}" for shape in ("wider", "deeper", "both")}
 
 
 def quick_runs() -> list[str]:
@@ -809,8 +809,9 @@ def write_table(path: Path, result: dict):
         f"SwiGLU FFN {t['ffn']}, RMSNorm, RoPE. Students: wider (×2 width, heads, FFN), deeper (a copy of each "
         f"block after it), both. **Recipe.** AdamW lr {LR}, betas {BETAS}, weight decay {WEIGHT_DECAY}, "
         f"batch {cfg['batch']} × {cfg['seq']} bytes. The teacher and the from-scratch runs: warm-up {WARMUP} "
-        f"steps, cosine to {FINAL_LR} × lr at their last step. After growth (onnxgrow.optim.after_growth), recipe "
-        f"`{DEFAULT_RECIPE}` recommended: " + "; ".join(f"`{k}` {v}" for k, v in RECIPES.items()) + " (decay: the "
+        f"steps, cosine to {FINAL_LR} × lr at their last step. After growth (onnxgrow.optim.after_growth), "
+        f"{RECOMMENDED_METHOD} growth with recipe `{DEFAULT_RECIPE}` recommended: "
+        + "; ".join(f"`{k}` {v}" for k, v in RECIPES.items()) + " (decay: the "
         f"cosine ends at that fraction of the from-scratch steps). Teacher {cfg['teacher_steps']} steps, students "
         f"at most {cfg['student_steps']} more, the control {cfg['control_steps']} more, from scratch "
         f"{cfg['scratch_steps']}. {n} seed(s), mean ± sample std.",
@@ -851,8 +852,9 @@ def plot(path: Path, result: dict):
     style = {"teacher": dict(color="grey", lw=2.5), "teacher_continued": dict(color="grey", ls=":"),
              "r2r": dict(color="tab:green"), "random": dict(color="tab:red"),
              "scratch": dict(color="black", ls="--")}
-    for name, color in zip(RECIPES, ("tab:blue", "tab:cyan", "tab:purple", "tab:orange")):
-        style[f"net2net_{name}"] = dict(color=color, lw=2 if name == DEFAULT_RECIPE else 1)
+    colors = ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:olive", "tab:brown", "tab:pink")
+    for i, name in enumerate(RECIPES):
+        style[f"net2net_{name}"] = dict(color=colors[i % len(colors)], lw=2 if name == DEFAULT_RECIPE else 1)
     for ax, shape in zip(axes[0], shapes):
         for run, rec in summary.items():
             kind, run_shape, _, _, _ = RUNS[run]
@@ -861,8 +863,9 @@ def plot(path: Path, result: dict):
             key = run if kind in ("teacher", "control") else ("scratch" if kind == "scratch" else run[len(shape) + 1:])
             x = np.array(rec["flops"]) / 1e9
             m, sd = np.array(rec["val_loss"]["mean"]), np.array(rec["val_loss"]["std"])
-            ax.plot(x, m, marker=".", ms=3, label=run, **style[key])
-            ax.fill_between(x, m - sd, m + sd, color=style[key]["color"], alpha=0.15)
+            look = style.get(key, dict(color="tab:gray", ls="-."))
+            ax.plot(x, m, marker=".", ms=3, label=run, **look)
+            ax.fill_between(x, m - sd, m + sd, color=look["color"], alpha=0.15)
         if f"scratch_{shape}" in summary:
             ax.axhline(summary[f"scratch_{shape}"]["val_loss"]["mean"][-1], color="black", lw=0.6, alpha=0.5)
         ax.set_title(f"{shape} ({len(result['per_seed'])} seeds)")
