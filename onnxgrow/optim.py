@@ -31,11 +31,26 @@ they are. A plain module exported with torch's optimising exporter can hold a we
 under a new initializer name; `adamw_state(module, optimizer, like=onnx_module)` finds each of
 `like`'s initializers among the module's parameters by value (as is, or transposed for 2-D);
 `match_parameters` says which ones it found (the others were the module's constants).
+
+After growth (`after_growth`, with a `Recipe`): the optimizer state is carried as above, reset
+(a fresh optimizer), or reset asymmetrically (SPARKLING): each teacher unit keeps its moments at
+its own position (the first position that copies it) and every added unit — a copy or a fresh
+one — starts from zero, so the copies' Adam steps are not their source's. The learning rate
+re-warms linearly to a peak over `rewarm` steps and decays by a cosine to `final` × the base at
+`horizon` (LEMON: keep the peak, decay faster than from scratch). Symmetry breaking (`noise`):
+a copy's Adam update is its source's whenever its gradient is a multiple of the source's, which
+net2net's uneven splits do not change (Adam divides the scale out); so the consumer weights of
+copied units get noise that sums to zero over each unit's copies, N(0, noise × std of the weight)
+before centring — the copies see identical inputs, so the function is unchanged (HyperCloning's
+cancelling noise) and their gradients now differ in direction.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,15 +59,28 @@ from .errors import GrowError
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-def map_moment(array: np.ndarray, entries: list[dict], power: int) -> np.ndarray:
+STATES = ("carried", "reset", "asymmetric")
+
+
+def added_units(index) -> np.ndarray:
+    """True at each position that is not its teacher unit's own: fresh units (π = −1) and every
+    copy after the first position of the same source."""
+    index = np.asarray(index, dtype=np.int64)
+    first = {}
+    for j, src in enumerate(index.tolist()):
+        first.setdefault(src, j)
+    return np.array([src < 0 or first[src] != j for j, src in enumerate(index.tolist())], dtype=bool)
+
+
+def map_moment(array: np.ndarray, entries: list[dict], power: int, asymmetric: bool = False) -> np.ndarray:
     """array grown by `entries` (all on distinct axes): gather π(j) along each axis (zeros where
-    π(j) = −1) and multiply by s_j**power."""
+    π(j) = −1, and with `asymmetric` at every added unit) and multiply by s_j**power."""
     out = np.asarray(array)
     for entry in entries:
         axis = entry["axis"] % out.ndim
         index = np.asarray(entry["index"], dtype=np.int64)
         scale = np.asarray(entry["scale"], dtype=np.float64) ** power
-        fresh = index < 0
+        fresh = added_units(index) if asymmetric else index < 0
         gathered = np.take(out, np.where(fresh, 0, index), axis=axis)
         shape = [1] * out.ndim
         shape[axis] = len(index)
@@ -127,11 +155,12 @@ def adamw_state(module, optimizer, like=None) -> dict[str, dict]:
     return out
 
 
-def grown_state(teacher_state: dict[str, dict], mappings: list[dict]) -> dict[str, dict | None]:
+def grown_state(teacher_state: dict[str, dict], mappings: list[dict],
+                asymmetric: bool = False) -> dict[str, dict | None]:
     """The state of every initializer the mappings grew: {name: {"exp_avg", "exp_avg_sq", "step"}},
-    or None where its source had no state. Entries are followed in order, grouped by (initializer,
-    source) — the axes of one step — and a source may be an initializer an earlier entry grew
-    (successive widenings chain: A → A.w128 → A.w128.w8)."""
+    or None where its source had no state; with `asymmetric`, zero at every added unit. Entries
+    are followed in order, grouped by (initializer, source) — the axes of one step — and a source
+    may be an initializer an earlier entry grew (successive widenings chain: A → A.w128 → A.w128.w8)."""
     groups = defaultdict(list)
     for entry in mappings:
         groups[(entry["initializer"], entry["source"])].append(entry)
@@ -142,14 +171,16 @@ def grown_state(teacher_state: dict[str, dict], mappings: list[dict]) -> dict[st
             out[name] = None
             continue
         _check_entries(name, entries, base["exp_avg"].shape)
-        out[name] = dict(step=base["step"], **{k: map_moment(base[k], entries, power)
+        out[name] = dict(step=base["step"], **{k: map_moment(base[k], entries, power, asymmetric)
                                                for k, power in zip(MOMENTS, (1, 2))})
     return out
 
 
-def carry_adamw_state(teacher_state: dict[str, dict], module, optimizer, mappings: list[dict]) -> dict:
+def carry_adamw_state(teacher_state: dict[str, dict], module, optimizer, mappings: list[dict],
+                      asymmetric: bool = False) -> dict:
     """Fill `optimizer` (a fresh torch.optim.AdamW/Adam over `module`'s parameters) with the
-    teacher's state, carried as the weights were (see the module docstring).
+    teacher's state, carried as the weights were (see the module docstring); with `asymmetric`,
+    the added units' moments are zero.
 
     Returns {"carried": [initializer names copied or mapped], "fresh": [names left without state]}."""
     import torch
@@ -157,7 +188,7 @@ def carry_adamw_state(teacher_state: dict[str, dict], module, optimizer, mapping
     for group in optimizer.param_groups:
         if group.get("amsgrad"):
             raise GrowError("carry_adamw_state does not carry amsgrad's max_exp_avg_sq; use amsgrad=False.")
-    grown = grown_state(teacher_state, mappings)
+    grown = grown_state(teacher_state, mappings, asymmetric)
     params = dict(module.named_parameters())
     carried, fresh = [], []
     for pname, name in _onnx_names(module).items():
@@ -185,3 +216,141 @@ def _adam_entry(param, step: float, moments: dict, optimizer, torch) -> dict:
     for k in MOMENTS:
         entry[k] = torch.as_tensor(moments[k], dtype=param.dtype).to(param.device).reshape(param.shape).clone()
     return entry
+
+
+# ----------------------------------------------------------------------------- the recipe after growth
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to do after growth: optimizer `state` (one of STATES), a linear re-warm-up of the
+    learning rate over `rewarm` steps to `peak` × the base rate, a cosine decay to `final` × the
+    base at step `horizon` (None: stay at the peak), and symmetry-breaking `noise` (relative to
+    each weight's std; 0: none)."""
+
+    state: str = "asymmetric"
+    rewarm: int = 0
+    peak: float = 1.0
+    horizon: int | None = None
+    final: float = 0.1
+    noise: float = 0.0
+
+    def __post_init__(self):
+        if self.state not in STATES:
+            raise GrowError(f"Recipe state {self.state!r}: choose one of {', '.join(STATES)}.")
+        if self.horizon is not None and self.horizon <= self.rewarm:
+            raise GrowError(f"Recipe horizon {self.horizon} must come after the re-warm-up ({self.rewarm} steps).")
+
+
+def lr_factor(step: int, recipe: Recipe) -> float:
+    """The learning rate at step `step` after growth (0 = the first step), × the base rate."""
+    if step < recipe.rewarm:
+        return recipe.peak * (step + 1) / recipe.rewarm
+    if recipe.horizon is None:
+        return recipe.peak
+    if step >= recipe.horizon:
+        return recipe.final
+    progress = (step - recipe.rewarm) / (recipe.horizon - recipe.rewarm)
+    return recipe.final + (recipe.peak - recipe.final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def unit_sources(name: str, mappings: list[dict], ndim: int) -> dict[int, np.ndarray]:
+    """{axis: the teacher unit each position of `name` descends from (−1: fresh)}, following the
+    chain of entries back through earlier growth steps (A.w128.w8 ← A.w128 ← A)."""
+    by_name = defaultdict(list)
+    for entry in mappings:
+        by_name[entry["initializer"]].append(entry)
+    out = {}
+    for name in _chain(name, mappings):
+        entries = by_name.get(name, [])
+        for entry in entries:
+            index = np.asarray(entry["index"], dtype=np.int64)
+            axis = entry["axis"] % ndim
+            if axis in out:  # a later step re-indexed this axis: compose
+                later = out[axis]
+                out[axis] = np.where(later < 0, -1, index[np.maximum(later, 0)])
+            else:
+                out[axis] = index
+    return out
+
+
+def split_axes(name: str, mappings: list[dict]) -> list[int]:
+    """The axes along which `name` consumes copied units: some unit has several copies whose
+    scales share it out (sum ≈ 1, net2net's split) rather than repeat it (scale ≈ 1 each)."""
+    out = []
+    for entry in mappings:
+        if entry["initializer"] != name:
+            continue
+        index, scale = np.asarray(entry["index"]), np.abs(np.asarray(entry["scale"], dtype=np.float64))
+        units = [u for u in np.unique(index[index >= 0]) if (index == u).sum() > 1]
+        if units and all(scale[index == u].sum() < 0.75 * (index == u).sum() for u in units):
+            out.append(entry["axis"])
+    return out
+
+
+def split_noise(array: np.ndarray, sources: np.ndarray, axis: int, relative: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """`array` plus noise along `axis` that sums to zero over the positions copying the same unit
+    (`sources`: each position's teacher unit), N(0, relative × std(array)) before centring; units
+    with one position are left as they are."""
+    axis = axis % array.ndim
+    noise = rng.normal(0.0, relative * float(array.std()), size=array.shape)
+    moved = np.moveaxis(noise, axis, 0)
+    for unit in np.unique(sources[sources >= 0]):
+        where = np.flatnonzero(sources == unit)
+        moved[where] = moved[where] - moved[where].mean(axis=0) if len(where) > 1 else 0.0
+    moved[sources < 0] = 0.0
+    return (array + np.moveaxis(moved, 0, axis)).astype(array.dtype)
+
+
+def break_symmetry(weights: dict[str, np.ndarray], mappings: list[dict], relative: float,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """{name: perturbed array} for every weight in `weights` (≥ 2-D) that consumes split copies:
+    cancelling noise along each split axis (`split_noise`), so the grown function is unchanged."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in sorted(weights):
+        array = np.asarray(weights[name])
+        if array.ndim < 2:
+            continue
+        sources = unit_sources(name, mappings, array.ndim)
+        axes = sorted({a % array.ndim for n in _chain(name, mappings) for a in split_axes(n, mappings)})
+        for axis in axes:
+            array = split_noise(array, sources[axis], axis, relative, rng)
+        if axes:
+            out[name] = array
+    return out
+
+
+def _chain(name: str, mappings: list[dict]) -> list[str]:
+    """`name` and the names it grew from, newest first."""
+    source = {e["initializer"]: e["source"] for e in mappings}
+    out = [name]
+    while out[-1] in source and source[out[-1]] != out[-1]:
+        out.append(source[out[-1]])
+    return out
+
+
+def after_growth(module, optimizer, mappings: list[dict], teacher_state: dict[str, dict] | None,
+                 recipe: Recipe, seed: int = 0):
+    """Prepare a grown `module` (parameters named as initializers, as onnxgrow.to_torch gives) and
+    its fresh `optimizer` for training: symmetry-breaking noise on the split copies, the optimizer
+    state the recipe asks for, and the learning-rate schedule. Returns (schedule, report):
+    schedule(step) is the factor on the base rate (torch.optim.lr_scheduler.LambdaLR takes it);
+    report = {"perturbed": [names], "carried": [...], "fresh": [...]}."""
+    import torch
+
+    names = _onnx_names(module)
+    params = dict(module.named_parameters())
+    perturbed = {}
+    if recipe.noise:
+        current = {names[p]: t.detach().cpu().numpy() for p, t in params.items()}
+        perturbed = break_symmetry(current, mappings, recipe.noise, seed)
+        with torch.no_grad():
+            for p, t in params.items():
+                if names[p] in perturbed:
+                    t.copy_(torch.as_tensor(perturbed[names[p]], dtype=t.dtype))
+    state = dict(carried=[], fresh=list(names.values()))
+    if recipe.state != "reset" and teacher_state is not None:
+        state = carry_adamw_state(teacher_state, module, optimizer, mappings, recipe.state == "asymmetric")
+    return functools.partial(lr_factor, recipe=recipe), dict(perturbed=sorted(perturbed), **state)

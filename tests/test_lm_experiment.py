@@ -63,7 +63,7 @@ def trained():
     corpus = lm.load_corpus()
     data = dict(cfg=TINY, train=torch.from_numpy(corpus["train"]),
                 val=torch.from_numpy(lm.validation_windows(corpus["val"], TINY["seq"], TINY["val_windows"])))
-    curve = lm.train(module, opt, data, 40, stream=0, warmup=10, dist=dist, progress=lambda *a: None)
+    curve = lm.train(module, opt, data, 40, stream=0, schedule=lm.fresh_schedule(40), dist=dist, progress=lambda *a: None)
     return module, opt, curve, lm.export_onnx(module), data, dist
 
 
@@ -117,7 +117,7 @@ def test_carried_state_continues_the_teachers_training_in_the_exported_layout(tr
     assert sorted(done["fresh"]) == sorted(constants) and len(done["carried"]) == len(list(teacher.parameters()))
     assert any(not name.startswith(("layers", "embed", "norm", "lm_head")) for name in done["carried"])  # transposed
     for net, o in ((teacher, teacher_opt), (student, student_opt)):
-        lm.train(net, o, data, 1, stream=5, warmup=0, dist=dist, progress=lambda *a: None)
+        lm.train(net, o, data, 1, stream=5, schedule=lambda step: 1.0, dist=dist, progress=lambda *a: None)
     ids = data["val"][:4, :-1].long()
     with torch.no_grad():
         assert _scaled_error(teacher(ids).numpy(), student(ids).numpy()) <= 1e-5
@@ -130,22 +130,29 @@ def _curve(macs, steps, losses):
 def test_compute_saved_against_the_big_model_from_scratch_by_hand():
     """One token per step: the teacher's 10 steps cost 6·1·10 = 60 FLOPs; the wider model from
     scratch first reaches its final loss 2.0 at step 20: 6·10·20 = 1200; the grown student at its
-    step 10: 60 + 6·10·10 = 660, so it saves 1 − 660/1200 = 45%. The teacher trained on never
-    gets there."""
+    step 10: 60 + 6·10·10 = 660, so it saves 1 − 660/1200 = 45%, and 1 − 600/1200 = 50% with the
+    teacher given. The teacher trained on never gets there."""
     cfg = dict(batch=1, seq=1)
     seed = {"teacher": _curve(1, [0, 10], [5.0, 3.0]),
             "scratch_wider": _curve(10, [0, 10, 20], [5.0, 3.0, 2.0]),
-            "wider_net2net": _curve(10, [0, 10, 20], [3.0, 2.0, 1.5]),
+            "wider_net2net_carried": _curve(10, [0, 10, 20], [3.0, 2.0, 1.5]),
             "teacher_continued": _curve(1, [0, 10, 20], [3.0, 2.8, 2.6])}
     summary = lm.summarise({0: seed, 1: copy.deepcopy(seed)}, cfg)
-    grown = summary["wider_net2net"]["to_target"]["wider"]
+    grown = summary["wider_net2net_carried"]["to_target"]["wider"]
     assert grown["flops"] == [660, 660]
     assert grown["saved"]["mean"] == pytest.approx(0.45) and grown["saved"]["reached"] == 2
+    assert grown["flops_teacher_given"] == [600, 600] and grown["saved_teacher_given"]["mean"] == pytest.approx(0.5)
+    assert summary["wider_net2net_carried"]["compute_saved"] == dict(mean=pytest.approx(0.45), std=0.0, reached=2)
+    assert summary["wider_net2net_carried"]["compute_saved_teacher_given"] == dict(mean=pytest.approx(0.5), std=0.0, reached=2)
+    control = summary["teacher_continued"]["compute_saved_teacher_given"]
+    assert set(control) == {"wider"} and control["wider"]["reached"] == 0  # one object per shape
+    # capacity: at the from-scratch run's 1200 FLOPs the control (60 + 6·1·step) has run 20 steps: 2.6 vs 2.0
+    assert summary["scratch_wider"]["capacity_margin"][0] == pytest.approx(0.6)
     assert summary["scratch_wider"]["to_target"]["wider"]["flops"] == [1200, 1200]
     assert summary["teacher_continued"]["to_target"]["wider"]["saved"]["reached"] == 0
-    assert summary["wider_net2net"]["start_loss"][0] == 3.0 and summary["wider_net2net"]["spike"][0] == 0.0
+    assert summary["wider_net2net_carried"]["start_loss"][0] == 3.0 and summary["wider_net2net_carried"]["spike"][0] == 0.0
     table = "\n".join(lm.compute_table(summary, "wider"))
-    assert "45 ± 0 % (2/2 reach)" in table
+    assert "45 ± 0 % (2/2 reach)" in table and "50 ± 0 % (2/2 reach)" in table
     assert "The teacher trained on without growth never reaches the wider target" in table
 
 
@@ -157,26 +164,28 @@ def test_the_table_says_when_not_growing_was_cheaper():
     """The control reaches the target at its step 20: 60 + 6·1·20 = 180 FLOPs < the student's 660."""
     seed = {"teacher": _curve(1, [0, 10], [5.0, 3.0]),
             "scratch_wider": _curve(10, [0, 10, 20], [5.0, 3.0, 2.0]),
-            "wider_net2net": _curve(10, [0, 10, 20], [3.0, 2.0, 1.5]),
+            "wider_net2net_carried": _curve(10, [0, 10, 20], [3.0, 2.0, 1.5]),
             "teacher_continued": _curve(1, [0, 10, 20], [3.0, 2.5, 1.9])}
     summary = lm.summarise({0: seed}, dict(batch=1, seq=1))
     assert summary["teacher_continued"]["to_target"]["wider"]["flops"] == [180]
     table = "\n".join(lm.compute_table(summary, "wider"))
     assert "reaches the wider target too, in 1/1 seeds" in table and "not better per FLOP" in table
-    assert "`wider_net2net` needed more compute than training the teacher on without growth (6.6e-07 vs 1.8e-07" in table
+    assert "`wider_net2net_carried` needed more compute than training the teacher on without growth (6.6e-07 vs 1.8e-07" in table
 
 
 @pytest.fixture(scope="module")
 def lm_quick(tmp_path_factory):
-    """A very short LM run through onnxgrow's own path: export, og.grow, verify, to_torch, train."""
+    """A very short LM run through onnxgrow's own path: export, og.grow, verify, to_torch, the
+    recipe after growth, train."""
     import json
 
     import experiment
 
     out = tmp_path_factory.mktemp("lm-quick")
     experiment.main(["--task", "lm", "--quick", "--seeds", "1", "--teacher-steps", "40", "--student-steps", "10",
-                     "--scratch-steps", "20", "--eval-every", "10", "--val-windows", "16",
-                     "--runs", "scratch_both,both_net2net,both_net2net_fresh,both_r2r,both_random", "--out", str(out)])
+                     "--scratch-steps", "20", "--control-steps", "10", "--eval-every", "10", "--val-windows", "16",
+                     "--runs", "scratch_both,teacher_continued,both_net2net_carried,both_net2net_asym_noise,"
+                     "both_r2r,both_random", "--out", str(out)])
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -186,7 +195,58 @@ def test_grown_students_match_and_start_at_the_teachers_loss(lm_quick):
     out, result = lm_quick
     runs = result["per_seed"]["0"]
     start = runs["teacher"]["val_loss"][-1]
-    for run in ("both_net2net", "both_net2net_fresh", "both_r2r"):
+    for run in ("both_net2net_carried", "both_net2net_asym_noise", "both_r2r"):
         assert runs[run]["verify_ok"] is True and abs(runs[run]["val_loss"][0] - start) <= 1e-5 * start
-    assert runs["both_random"]["verify_ok"] is False and runs["both_net2net"]["state_carried"] > 0
+    assert runs["both_random"]["verify_ok"] is False and runs["both_net2net_carried"]["state_carried"] > 0
+    noisy = runs["both_net2net_asym_noise"]
+    assert noisy["perturbed"] > 0 and abs(noisy["start_loss_perturbed"] - start) <= 1e-5 * start  # still preserving
     assert og.verify(str(out / "models/teacher.onnx"), str(out / "models/both_net2net.onnx")).ok
+
+
+def test_results_carry_both_accountings_and_the_recommended_runs(lm_quick):
+    _, result = lm_quick
+    summary = result["summary"]
+    assert result["recommended"] == {s: f"{s}_{lm.RECOMMENDED_METHOD}" for s in ("wider", "deeper", "both")}
+    assert all(lm.RUNS[run][2] in ("net2net", "r2r") for run in result["recommended"].values())  # preserving
+    for run in ("both_net2net_carried", "both_net2net_asym_noise", "both_r2r", "both_random"):
+        for key in ("compute_saved", "compute_saved_teacher_given"):
+            assert set(summary[run][key]) == {"mean", "std", "reached"}
+    assert set(summary["teacher_continued"]["compute_saved_teacher_given"]) == {"both"}
+    assert set(summary["teacher_continued"]["compute_saved"]["both"]) == {"mean", "std", "reached"}
+    assert "capacity_margin" in summary["scratch_both"]
+    table = (lm_quick[0] / "table.md").read_text()
+    assert "saved, teacher given" in table and "saved incl. teacher" in table and "Goal" in table
+
+
+def test_each_recipe_sets_the_schedule_and_state_it_names(trained):
+    """On the experiment's own teacher, widened with net2net: carried state copies a unit's moments
+    to its copies, the asymmetric reset leaves the copies at zero, reset carries nothing; the
+    re-warm-up and the cosine end where the recipe says; the noise keeps the function."""
+    import onnxgrow as og
+
+    module, opt, _, model, data, _ = trained
+    state, constants = lm.teacher_layout(module, opt, model)
+    student, done = og.grow(model, widen={"*": "x2"}, method="net2net", seed=0, with_summary=True)
+    live = {t.name for t in student.graph.initializer}
+    entry = next(e for e in done["mappings"] if e["source"] in state and e["initializer"] in live)
+    copy_at = len(entry["index"]) - 1  # the width doubled: the last position is an added copy
+    ids = data["val"][:4, :-1].long()
+    with torch.no_grad():
+        teacher_logits = og.to_torch(model)(ids).numpy()
+    for name, spec in lm.RECIPES.items():
+        net = lm.trainable(student, constants)
+        net_opt = lm.adamw(net)
+        recipe = lm.recipe_for(spec, 200)
+        schedule, report = lm.after_growth(net, net_opt, done["mappings"], state, recipe, seed=0)
+        assert recipe.horizon == round(spec["decay"] * 200) and schedule(recipe.horizon) == pytest.approx(lm.FINAL_LR)
+        assert schedule(0) == pytest.approx(spec["peak"] / spec["rewarm"] if spec["rewarm"] else spec["peak"])
+        param = next(p for n, p in net.named_parameters() if net.onnx_names[n] == entry["initializer"])
+        moment = net_opt.state.get(param, {}).get("exp_avg")
+        if spec["state"] == "reset":
+            assert moment is None
+        else:
+            copied = np.take(moment.numpy(), copy_at, axis=entry["axis"])
+            assert bool(np.abs(copied).sum() > 0) == (spec["state"] == "carried"), name
+        assert bool(report["perturbed"]) == bool(spec["noise"])
+        with torch.no_grad():
+            assert _scaled_error(teacher_logits, net(ids).numpy()) <= 1e-5

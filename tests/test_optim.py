@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from onnxgrow.errors import GrowError
-from onnxgrow.optim import adamw_state, carry_adamw_state, map_moment
+from onnxgrow.optim import (Recipe, adamw_state, added_units, after_growth, carry_adamw_state, lr_factor, map_moment,
+                            split_noise)
 
 
 def test_map_moment_copies_splits_and_zeroes_along_an_axis():
@@ -150,3 +151,112 @@ def test_successive_widenings_chain_through_intermediate_names():
     m = state["A"]["exp_avg"][[0, 1, 1]][:, [0, 1, 2, 0]] * np.array([0.5, 1, 1, 0.5], np.float32)
     np.testing.assert_allclose(opt.state[net.w]["exp_avg"].numpy(), m)
     assert float(opt.state[net.w]["step"]) == 7.0
+
+
+# ----------------------------------------------------------------------------- the recipe after growth
+
+
+def test_asymmetric_state_keeps_each_teacher_units_moments_and_zeroes_added_units():
+    """SPARKLING's reset: unit 1's first position keeps its (split-scaled) moments, its copy and
+    the fresh unit start from zero, in the producer rows and the consumer columns alike."""
+    teacher, teacher_opt = _teacher()
+    student = _student()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
+    carry_adamw_state(adamw_state(teacher, teacher_opt), student, opt, MAPPINGS, asymmetric=True)
+    t = {n: teacher_opt.state[p] for n, p in teacher.named_parameters()}
+    s = {n: opt.state.get(p) for n, p in student.named_parameters()}
+    for key, power in (("exp_avg", 1), ("exp_avg_sq", 2)):
+        w = t["0.weight"][key]
+        torch.testing.assert_close(s["0.weight"][key], torch.stack([w[0], w[1], torch.zeros(3), torch.zeros(3)]))
+        bias = t["0.bias"][key]
+        torch.testing.assert_close(s["0.bias"][key], torch.stack([bias[0], bias[1], 0 * bias[0], 0 * bias[0]]))
+        c = t["1.weight"][key][0]
+        torch.testing.assert_close(s["1.weight"][key][0], torch.stack([c[0], 0.5 ** power * c[1], 0 * c[0], 0 * c[0]]))
+    assert float(s["0.weight"]["step"]) == 3.0
+
+
+def test_added_units_are_fresh_units_and_all_but_the_first_copy():
+    np.testing.assert_array_equal(added_units([0, 1, 1, -1, 0]), [False, False, True, True, True])
+    np.testing.assert_array_equal(added_units([2, 0, 1, 0]), [False, False, False, True])
+
+
+def test_lr_factor_rewarms_to_the_peak_then_decays_by_a_cosine_to_the_horizon():
+    recipe = Recipe(rewarm=10, peak=2.0, horizon=110, final=0.1)
+    assert lr_factor(0, recipe) == pytest.approx(0.2) and lr_factor(9, recipe) == pytest.approx(2.0)
+    assert lr_factor(10, recipe) == pytest.approx(2.0)
+    assert lr_factor(60, recipe) == pytest.approx(0.1 + 1.9 * 0.5)  # halfway: the mean of peak and final
+    assert lr_factor(110, recipe) == lr_factor(500, recipe) == pytest.approx(0.1)
+    assert lr_factor(1000, Recipe()) == 1.0  # no re-warm-up, no horizon: constant at the peak
+    with pytest.raises(GrowError, match="state"):
+        Recipe(state="kept")
+    with pytest.raises(GrowError, match="horizon"):
+        Recipe(rewarm=50, horizon=50)
+
+
+def test_split_noise_cancels_over_each_units_copies_and_spares_single_units():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 3)).astype(np.float32)
+    sources = np.array([0, 1, 1, 2, -1])
+    out = split_noise(w, sources, axis=0, relative=0.1, rng=np.random.default_rng(1))
+    delta = out - w
+    np.testing.assert_allclose(delta[1] + delta[2], 0, atol=1e-6)
+    assert np.abs(delta[1]).max() > 1e-3  # the copies now differ
+    np.testing.assert_array_equal(delta[[0, 3, 4]], 0)
+
+
+def test_break_symmetry_preserves_the_function_and_makes_the_copies_adam_steps_differ():
+    """Net2net by hand, 3 → 2 → 3 grown to 3 → 4 → 3 (hidden units 0, 1 copied, consumer columns
+    halved): the copies' Adam steps stay equal (Adam divides out the split) until the consumer
+    columns carry cancelling noise; the output is unchanged by it."""
+    import copy
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 3))
+    student = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3))
+    copies = [0, 1, 1, 0]
+    with torch.no_grad():
+        student[0].weight.copy_(teacher[0].weight[copies])
+        student[0].bias.copy_(teacher[0].bias[copies])
+        student[1].weight.copy_(teacher[1].weight[:, copies] / 2)
+        student[1].bias.copy_(teacher[1].bias)
+    mappings = [{"initializer": n, "source": n, "axis": 0, "index": copies, "scale": [1.0] * 4}
+                for n in ("0.weight", "0.bias")]
+    mappings.append({"initializer": "1.weight", "source": "1.weight", "axis": 1, "index": copies, "scale": [0.5] * 4})
+    x = torch.randn(16, 3)
+    with torch.no_grad():
+        before = teacher(x)
+
+    def moves_of_the_copies(net, noise):
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+        _, report = after_growth(net, opt, mappings, None, Recipe(state="reset", noise=noise), seed=3)
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), before, rtol=0, atol=1e-6)
+        w0 = net[0].weight.detach().clone()
+        for _ in range(5):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+        moved = net[0].weight.detach() - w0
+        return moved[1] - moved[2], report
+
+    same, _ = moves_of_the_copies(copy.deepcopy(student), 0.0)
+    torch.testing.assert_close(same, torch.zeros(3))  # symmetric: the copies move together
+    apart, report = moves_of_the_copies(student, 0.1)
+    assert report["perturbed"] == ["1.weight"]
+    assert apart.abs().max() > 1e-4
+
+
+def test_after_growth_sets_the_state_the_recipe_names():
+    teacher, teacher_opt = _teacher()
+    state = adamw_state(teacher, teacher_opt)
+    for kind, copy_moment in (("carried", True), ("asymmetric", False)):
+        student = _student()
+        opt = torch.optim.AdamW(student.parameters())
+        schedule, report = after_growth(student, opt, MAPPINGS, state, Recipe(state=kind, rewarm=4, horizon=8))
+        assert schedule(0) == pytest.approx(0.25) and "2.weight" in report["fresh"]
+        copied = opt.state[student[0].weight]["exp_avg"][2]
+        assert bool(copied.abs().sum() > 0) == copy_moment
+    student = _student()
+    opt = torch.optim.AdamW(student.parameters())
+    _, report = after_growth(student, opt, MAPPINGS, state, Recipe(state="reset"))
+    assert report["carried"] == [] and not opt.state

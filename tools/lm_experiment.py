@@ -14,25 +14,26 @@ Model. A Llama-style decoder in plain torch whose export looks like a transforme
 RMSNorm (x·rsqrt(mean x² + ε)·g), rotary embeddings (rotate-half), grouped-query attention
 (kv_heads ≤ heads, repeat_kv), SwiGLU MLP (down(silu(gate x) ⊙ up x)), causal softmax attention.
 
-Runs, per seed. The teacher (2 layers, width 64, 4 heads) trains for teacher_steps; it is exported
-(torch.onnx.export, dynamo, IR 10) and grown with `onnxgrow.grow` into three shapes: wider (width,
-heads and FFN ×2), deeper (a copy of each block inserted after it, branch outputs zero), both.
-Each student is verified against the teacher in onnxruntime, converted with onnxgrow.to_torch and
-trained on: with the teacher's AdamW state carried into it (onnxgrow.optim, net2net), with a
-fresh AdamW (net2net_fresh), grown with r2r (new units in ±V pairs, block copies with paired
-outputs: function-preserving with the copies' symmetry broken), and grown with `random` (new
-units random; new blocks re-drawn).
-Baselines: each big shape trained from scratch, and the teacher trained on without growth.
-
-Optimiser: AdamW (β = 0.9, 0.95, weight decay WEIGHT_DECAY), linear warm-up over WARMUP steps then a
-constant rate, for every run that starts with a fresh optimiser; a carried optimiser continues at
-the full rate, as the teacher would have.
+Runs, per seed. The teacher (SHAPES["teacher"], small so that the bigger shapes are worth their
+compute) trains for teacher_steps with a warm-up and a cosine decay, as a released checkpoint
+would have; it is exported (torch.onnx.export, dynamo, IR 10) and grown with `onnxgrow.grow` into
+three shapes: wider (width, heads and FFN ×2), deeper (a copy of each block inserted after it,
+branch outputs zero), both. Each student is verified against the teacher in onnxruntime,
+converted with onnxgrow.to_torch and trained on with a recipe after growth (RECIPES, applied by
+onnxgrow.optim.after_growth): optimizer state carried, reset, or reset asymmetrically (teacher
+units keep their moments, added units start fresh); the learning rate re-warmed and decayed by a
+cosine that ends at `decay` × the from-scratch steps; cancelling noise on the split copies. r2r
+(new units in ±V pairs, block copies with paired outputs) and random growth (new units random,
+new blocks re-drawn) are trained with the recommended recipe without noise.
+Baselines: each big shape trained from scratch, and the teacher trained on without growth
+(control_steps, the recommended recipe without noise).
 
 Compute: forward MACs per token are counted from the shapes (`macs_per_token`: every matrix
 product, attention scores over the full causal window included); training FLOPs = 6 × MACs ×
-tokens (tools/exp_common.py). Target per shape: the from-scratch run's final validation loss.
-A student stops at the first evaluation that reaches it, or once its compute (teacher's included)
-has passed what the from-scratch run needed (then growth cannot pay).
+tokens (tools/exp_common.py), with the teacher given (only training after growth counts: a
+released checkpoint, LEMON's framing) and with the teacher's training counted. Target per shape:
+the from-scratch run's final validation loss. A student stops at the first evaluation that
+reaches it, or once its own compute has passed what the from-scratch run needed.
 
     python tools/experiment.py --task lm --quick        # results/lm-quick/, minutes on 2 CPU cores
     torchrun --nproc_per_node=2 tools/experiment.py --task lm --full   # results/lm-full/ (DDP, gloo)
@@ -57,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import exp_common as C
+from onnxgrow.optim import after_growth, lr_factor
 
 PACKAGES = ("asyncio", "collections", "concurrent", "email", "html", "http", "importlib", "json",
             "logging", "multiprocessing", "re", "tomllib", "unittest", "urllib", "wsgiref", "xml",
@@ -66,10 +68,10 @@ VAL_MODULUS = 10
 VOCAB = 256
 
 SHAPES = {
-    "teacher": dict(d=64, layers=2, heads=4, kv_heads=4, ffn=176),
-    "wider": dict(d=128, layers=2, heads=8, kv_heads=8, ffn=352),
-    "deeper": dict(d=64, layers=4, heads=4, kv_heads=4, ffn=176),
-    "both": dict(d=128, layers=4, heads=8, kv_heads=8, ffn=352),
+    "teacher": dict(d=32, layers=2, heads=2, kv_heads=2, ffn=88),
+    "wider": dict(d=64, layers=2, heads=4, kv_heads=4, ffn=176),
+    "deeper": dict(d=32, layers=4, heads=2, kv_heads=2, ffn=88),
+    "both": dict(d=64, layers=4, heads=4, kv_heads=4, ffn=176),
 }
 # How each student is grown from the teacher: og.grow's widen targets and deepen specs.
 GROWTH = {
@@ -78,28 +80,72 @@ GROWTH = {
     "both": dict(widen={"*": "x2"}, deepen=["layers.0:zero", "layers.1:zero"]),
 }
 MODES = {
-    "quick": dict(seeds=2, seq=64, batch=16, teacher_steps=100, student_steps=100, scratch_steps=120,
-                  eval_every=20, val_windows=64),
-    "full": dict(seeds=3, seq=128, batch=16, teacher_steps=400, student_steps=800, scratch_steps=1000,
-                 eval_every=50, val_windows=128),
+    "quick": dict(seeds=1, seq=64, batch=16, teacher_steps=100, student_steps=200, scratch_steps=200,
+                  control_steps=300, eval_every=25, val_windows=64),
+    "full": dict(seeds=3, seq=128, batch=16, teacher_steps=1000, student_steps=3000, scratch_steps=3000,
+                 control_steps=9000, eval_every=100, val_windows=128),
 }
-LR, BETAS, WEIGHT_DECAY, WARMUP, INIT_STD = 3e-3, (0.9, 0.95), 0.01, 30, 0.02
+LR, BETAS, WEIGHT_DECAY, WARMUP, INIT_STD, FINAL_LR = 3e-3, (0.9, 0.95), 0.01, 30, 0.02, 0.1
+GOAL_SAVED = 0.45  # issue 19: function-preserving growth must save this much, the teacher given
 EARLY_EVALS = (5, 10, 20)  # extra evaluations right after a start: the loss spike after growth
 
-# name: (kind, shape, method, carry optimizer state, description)
+# Recipes after growth (onnxgrow.optim.Recipe): optimizer state, re-warm-up steps, peak (× LR),
+# cosine decay to FINAL_LR × LR at `decay` × the from-scratch steps, symmetry-breaking noise.
+RECIPES = {
+    "carried": dict(state="carried", rewarm=0, peak=1.0, decay=0.5, noise=0.0),
+    "reset": dict(state="reset", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.0),
+    "asym": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.0),
+    "asym_noise": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.3),
+}
+DEFAULT_RECIPE = "asym"  # the recommended recipe, with r2r growth (results/lm-explore/)
+RECOMMENDED_METHOD = "r2r"
+BASELINE_RECIPE = RECIPES[DEFAULT_RECIPE]  # r2r, random growth and the control
+
+# name: (kind, shape, method, recipe, description)
 RUNS = {
-    "teacher": ("teacher", "teacher", None, False, "the teacher, trained from scratch"),
-    "teacher_continued": ("control", "teacher", None, True, "no growth: the teacher trained on, its AdamW state kept"),
+    "teacher": ("teacher", "teacher", None, None, "the teacher, trained from scratch (warm-up, cosine)"),
+    "teacher_continued": ("control", "teacher", None, BASELINE_RECIPE,
+                          f"no growth: the teacher trained on (recipe `{DEFAULT_RECIPE}`, its AdamW state kept)"),
 }
 for _shape in ("wider", "deeper", "both"):
+    for _name, _recipe in RECIPES.items():
+        RUNS[f"{_shape}_net2net_{_name}"] = ("grown", _shape, "net2net", _recipe,
+                                             f"{_shape}, net2net, recipe `{_name}` ({_recipe})")
     RUNS.update({
-        f"{_shape}_net2net": ("grown", _shape, "net2net", True, f"{_shape}, net2net, teacher's AdamW state carried"),
-        f"{_shape}_net2net_fresh": ("grown", _shape, "net2net", False, f"{_shape}, net2net, fresh AdamW (warm-up)"),
-        f"{_shape}_r2r": ("grown", _shape, "r2r", True, f"{_shape}, r2r (new units in ±V pairs, blocks with paired "
-                                                        "outputs: symmetry broken), teacher's AdamW state carried"),
-        f"{_shape}_random": ("grown", _shape, "random", True, f"{_shape}, random growth (not preserving), state carried"),
-        f"scratch_{_shape}": ("scratch", _shape, None, False, f"the {_shape} architecture from scratch"),
+        f"{_shape}_r2r": ("grown", _shape, "r2r", BASELINE_RECIPE, f"{_shape}, r2r (new units in ±V pairs, blocks "
+                                                                  f"with paired outputs), recipe `{DEFAULT_RECIPE}`"),
+        f"{_shape}_random": ("grown", _shape, "random", BASELINE_RECIPE,
+                             f"{_shape}, random growth (not preserving), recipe `{DEFAULT_RECIPE}`"),
+        f"scratch_{_shape}": ("scratch", _shape, None, None, f"the {_shape} architecture from scratch (warm-up, cosine)"),
     })
+
+
+def recommended() -> dict[str, str]:
+    """The recommended function-preserving run of each shape."""
+    return {shape: f"{shape}_{RECOMMENDED_METHOD}" for shape in ("wider", "deeper", "both")}
+
+
+def quick_runs() -> list[str]:
+    """What quick mode trains: the control, and per shape from scratch, the recommended run and
+    random growth."""
+    return ["teacher_continued", *(r for s, run in recommended().items() for r in (f"scratch_{s}", run, f"{s}_random"))]
+
+
+def recipe_for(spec: dict, steps: int):
+    """The onnxgrow.optim.Recipe of a RECIPES entry, its decay horizon `decay` × `steps`."""
+    from onnxgrow.optim import Recipe
+
+    horizon = max(2, round(spec["decay"] * steps))
+    return Recipe(state=spec["state"], rewarm=min(spec["rewarm"], horizon // 2), peak=spec["peak"], final=FINAL_LR,
+                  horizon=horizon, noise=spec["noise"])
+
+
+def fresh_schedule(steps: int):
+    """Warm-up over WARMUP steps, then a cosine to FINAL_LR × LR at `steps`: training from scratch."""
+    from onnxgrow.optim import Recipe, lr_factor
+
+    steps = max(2, steps)
+    return functools.partial(lr_factor, recipe=Recipe(rewarm=min(WARMUP, steps // 2), horizon=steps, final=FINAL_LR))
 
 
 # ----------------------------------------------------------------------------- data
@@ -359,8 +405,8 @@ def evaluate(module, windows, dist, chunk: int = 64) -> float:
     return total / count
 
 
-def train(module, optimizer, data: dict, steps: int, stream: int, warmup: int, dist, progress, stop=None) -> dict:
-    """AdamW steps on global batches of random windows drawn from a generator seeded with `stream`
+def train(module, optimizer, data: dict, steps: int, stream: int, schedule, dist, progress, stop=None) -> dict:
+    """AdamW steps at LR × schedule(step) on global batches of random windows drawn from a generator seeded with `stream`
     (each rank takes its rows; its loss is its share of the global mean, so DDP's gradient
     average equals the one-process gradient). Returns the curve at eval_points; `stop(step,
     val_loss)` may end the run at an evaluation by returning the reason."""
@@ -394,7 +440,7 @@ def train(module, optimizer, data: dict, steps: int, stream: int, warmup: int, d
         logits = model(w[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum")
         for group in optimizer.param_groups:
-            group["lr"] = LR * min(1.0, (step + 1) / warmup) if warmup else LR
+            group["lr"] = LR * schedule(step)
         optimizer.zero_grad(set_to_none=True)
         (loss * dist.world / (batch * seq)).backward()
         optimizer.step()
@@ -425,17 +471,18 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
     data = dict(cfg=cfg, train=torch.from_numpy(corpus["train"]).to(dist.device),
                 val=torch.from_numpy(validation_windows(corpus["val"], cfg["seq"], cfg["val_windows"])).to(dist.device))
 
-    def fit(run, module, optimizer, steps, stream, warmup, stop=None):
+    def fit(run, module, optimizer, steps, stream, schedule, stop=None):
         def progress(step, total, loss):
-            log(f"seed {seed} {run:<22} step {step:>5}/{total}  val_loss {loss:.4f}")
+            log(f"seed {seed} {run:<26} step {step:>5}/{total}  val_loss {loss:.4f}")
 
-        return train(module, optimizer, data, steps, stream, warmup, dist, progress, stop)
+        return train(module, optimizer, data, steps, stream, schedule, dist, progress, stop)
 
     out = {}
     torch.manual_seed(seed)
     teacher = build_lm(**SHAPES["teacher"]).to(dist.device)
     teacher_opt = adamw(teacher)
-    out["teacher"] = fit("teacher", teacher, teacher_opt, cfg["teacher_steps"], 1000 * seed, WARMUP)
+    out["teacher"] = fit("teacher", teacher, teacher_opt, cfg["teacher_steps"], 1000 * seed,
+                         fresh_schedule(cfg["teacher_steps"]))
     out["teacher"]["macs_per_token"] = macs_per_token(**SHAPES["teacher"], seq=cfg["seq"])
     reused = reusable(earlier or {}, out["teacher"])
     if reused:
@@ -447,7 +494,7 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
     teacher_state = None
     grown = {}
     for run in run_order(runs):
-        kind, shape, method, carry, _ = RUNS[run]
+        kind, shape, method, spec, _ = RUNS[run]
         stream = 1000 * seed + 1 + list(RUNS).index(run) * (kind == "scratch")
         if run in reused:
             out[run] = reused[run]
@@ -455,12 +502,15 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
         if kind == "scratch":
             torch.manual_seed(seed + 1)
             module = build_lm(**SHAPES[shape]).to(dist.device)
-            out[run] = fit(run, module, adamw(module), cfg["scratch_steps"], stream, WARMUP)
+            out[run] = fit(run, module, adamw(module), cfg["scratch_steps"], stream, fresh_schedule(cfg["scratch_steps"]))
         elif kind == "control":
-            module, opt = copy.deepcopy(teacher), None
+            module = copy.deepcopy(teacher)
             opt = adamw(module)
             opt.load_state_dict(teacher_opt.state_dict())
-            out[run] = fit(run, module, opt, cfg["student_steps"], stream, 0)
+            if spec["state"] == "reset":
+                opt = adamw(module)
+            schedule = functools.partial(lr_factor, recipe=recipe_for(spec, cfg["control_steps"]))
+            out[run] = fit(run, module, opt, cfg["control_steps"], stream, schedule)
         else:
             if (shape, method) not in grown:
                 inputs = data["val"][:4, :-1].long().cpu().numpy()
@@ -469,19 +519,19 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
                     path = models_dir / f"{shape}_{method}.onnx"
                     path.write_bytes(grown[(shape, method)][0].SerializeToString())
             student, mappings, rec = grown[(shape, method)]
-            from onnxgrow.optim import carry_adamw_state
-
             if teacher_state is None:
                 teacher_state, constants = teacher_layout(teacher, teacher_opt, teacher_onnx)
             module = trainable(student, constants).to(dist.device)
             check_architecture(module, shape)
             opt = adamw(module)
-            if carry:
-                carried = carry_adamw_state(teacher_state, module, opt, mappings)
-                rec = dict(rec, state_carried=len(carried["carried"]), state_fresh=len(carried["fresh"]))
-            stop = student_stop(out, shape, cfg, teacher_flops=flops_curve(out["teacher"], cfg)[-1],
-                                macs=macs_per_token(**SHAPES[shape], seq=cfg["seq"]))
-            out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, 0 if carry else WARMUP, stop))
+            schedule, report = after_growth(module, opt, mappings, teacher_state,
+                                            recipe_for(spec, cfg["scratch_steps"]), seed=seed)
+            rec = dict(rec, state_carried=len(report["carried"]), state_fresh=len(report["fresh"]),
+                       perturbed=len(report["perturbed"]))
+            if report["perturbed"]:
+                rec["start_loss_perturbed"] = evaluate(module, data["val"], dist)
+            stop = student_stop(out, shape, cfg, macs=macs_per_token(**SHAPES[shape], seq=cfg["seq"]))
+            out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, schedule, stop))
         out[run]["macs_per_token"] = macs_per_token(**SHAPES[shape], seq=cfg["seq"])
     return out
 
@@ -494,10 +544,10 @@ def reusable(earlier: dict, teacher: dict) -> dict:
             if run in RUNS and RUNS[run][0] != "teacher" and (RUNS[run][0] == "scratch" or same_teacher)}
 
 
-def student_stop(out: dict, shape: str, cfg: dict, teacher_flops: int, macs: int):
+def student_stop(out: dict, shape: str, cfg: dict, macs: int):
     """A student's stopping rule: it ends at the first evaluation that reaches the from-scratch
-    run's final loss (what the compute-saved figure needs), or once its compute (teacher's
-    included) has passed what the from-scratch run needed, after which growth cannot pay."""
+    run's final loss (what the compute-saved figure needs), or once its own compute (the teacher
+    given) has passed what the from-scratch run needed, after which growth cannot pay."""
     scratch = out.get(f"scratch_{shape}")
     if scratch is None:
         return None
@@ -507,7 +557,7 @@ def student_stop(out: dict, shape: str, cfg: dict, teacher_flops: int, macs: int
     def stop(step, loss):
         if loss <= target:
             return "reached the from-scratch loss"
-        if teacher_flops + C.train_flops(macs, step * cfg["batch"] * cfg["seq"]) >= budget:
+        if C.train_flops(macs, step * cfg["batch"] * cfg["seq"]) >= budget:
             return "used the from-scratch compute without reaching its loss"
         return None
 
@@ -618,9 +668,28 @@ def summarise(per_seed: dict, cfg: dict) -> dict:
         for run in [r for r in summary if RUNS[r][1] in (shape, "teacher") and RUNS[r][0] != "teacher"]:
             offsets = teacher_flops if RUNS[run][0] in ("grown", "control") else [0] * len(seeds)
             got = [reach_flops(per_seed[s][run], cfg, t, o) for s, t, o in zip(seeds, targets, offsets)]
-            saved = C.compute_saved(got, scratch)
-            summary[run].setdefault("to_target", {})[shape] = dict(target=targets, flops=got, saved=saved)
+            given = [reach_flops(per_seed[s][run], cfg, t) for s, t in zip(seeds, targets)]
+            summary[run].setdefault("to_target", {})[shape] = dict(
+                target=targets, flops=got, saved=C.compute_saved(got, scratch),
+                flops_teacher_given=given, saved_teacher_given=C.compute_saved(given, scratch))
+        if "teacher_continued" in summary:
+            budget = [flops_curve(per_seed[s][ref], cfg)[-1] for s in seeds]
+            at_budget = [loss_within(per_seed[s]["teacher_continued"], cfg, f - o)
+                         for s, f, o in zip(seeds, budget, teacher_flops)]
+            summary[ref]["capacity_margin"] = C.mean_std([c - t for c, t in zip(at_budget, targets)])
+    for run, rec in summary.items():
+        reach = rec.get("to_target", {})
+        if RUNS[run][0] in ("grown", "control") and reach:
+            for key, saved in (("compute_saved", "saved"), ("compute_saved_teacher_given", "saved_teacher_given")):
+                per_shape = {shape: {k: r[saved][k] for k in ("mean", "std", "reached")} for shape, r in reach.items()}
+                rec[key] = per_shape if RUNS[run][0] == "control" else next(iter(per_shape.values()))
     return summary
+
+
+def loss_within(rec: dict, cfg: dict, flops: int) -> float:
+    """A run's validation loss at its last evaluation within `flops` of its own training."""
+    curve = flops_curve(rec, cfg)
+    return [loss for loss, f in zip(rec["val_loss"], curve) if f <= flops][-1]
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -639,11 +708,18 @@ def verdict(run: str, shape: str, saved: dict) -> str | None:
 
 
 def compute_table(summary: dict, shape: str) -> list[str]:
-    ref = summary[f"scratch_{shape}"]["to_target"][shape]
+    scratch = summary[f"scratch_{shape}"]
+    ref = scratch["to_target"][shape]
     lines = [f"### {shape} ({SHAPES[shape]['layers']} layers, width {SHAPES[shape]['d']}): target "
-             f"{C.pm(*C.mean_std(ref['target']))} (the from-scratch final validation loss)", "",
-             "| run | verify | start loss | spike (≤ step 20) | loss at the end | reached | GFLOPs to target "
-             "(incl. teacher) | compute saved |", "|---|---|---|---|---|---|---|---|"]
+             f"{C.pm(*C.mean_std(ref['target']))} (the from-scratch final validation loss)", ""]
+    if "capacity_margin" in scratch:
+        margin, spread = scratch["capacity_margin"]
+        lines += [f"Capacity: with the from-scratch run's compute (its own training included) the teacher trained "
+                  f"on ends {abs(margin):.4f} ± {spread:.4f} nats/byte {'above' if margin > 0 else 'below'} this "
+                  f"target (per seed, paired).", ""]
+    lines += ["| run | verify | start loss | spike (≤ step 20) | loss at the end | reached | GFLOPs to target, "
+              "teacher given | saved, teacher given | GFLOPs incl. teacher | saved incl. teacher |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for run, rec in summary.items():
         reach = rec.get("to_target", {}).get(shape)
@@ -655,13 +731,42 @@ def compute_table(summary: dict, shape: str) -> list[str]:
         start = C.pm(*rec["start_loss"]) if "start_loss" in rec else "—"
         spike = C.pm(*rec["spike"]) if "spike" in rec else "—"
         final = C.pm(*rec["final_loss"])
-        saved = "(reference)" if run == f"scratch_{shape}" else C.saved_cell(reach["saved"])
+        reference = run == f"scratch_{shape}"
+        given = "(reference)" if reference else C.saved_cell(reach["saved_teacher_given"])
+        counted = "(reference)" if reference else C.saved_cell(reach["saved"])
         lines.append(f"| {run} | {verify} | {start} | {spike} | {final} | "
-                     f"{reach['saved']['reached']}/{reach['saved']['seeds']} | {C.gflops(reach['flops'])} | {saved} |")
+                     f"{reach['saved']['reached']}/{reach['saved']['seeds']} | "
+                     f"{C.gflops(reach['flops_teacher_given'])} | {given} | {C.gflops(reach['flops'])} | {counted} |")
         if RUNS[run][0] == "grown":
             notes.append(verdict(run, shape, reach["saved"]))
-    notes += against_no_growth(summary, shape)
+    notes += against_no_growth(summary, shape) + against_the_goal(summary, shape)
     return lines + [""] + [n for n in notes if n] + [""]
+
+
+def against_the_goal(summary: dict, shape: str) -> list[str]:
+    """Whether the recommended run meets the goal: the target in every seed, ≥ 45 % saved with the
+    teacher given, and less compute than random growth and the teacher trained on."""
+    run = recommended()[shape]
+    reach = summary.get(run, {}).get("to_target", {}).get(shape)
+    if reach is None:
+        return []
+    given = reach["saved_teacher_given"]
+    short = []
+    if given["reached"] < given["seeds"]:
+        short.append(f"it reaches the target in {given['reached']}/{given['seeds']} seeds")
+    if not given["mean"] >= GOAL_SAVED:
+        short.append(f"it saves {100 * given['mean']:.0f} % with the teacher given, {100 * GOAL_SAVED:.0f} % wanted")
+    mine = C.mean_std(reach["flops_teacher_given"])[0]
+    for other, what in ((f"{shape}_random", "random growth"), ("teacher_continued", "the teacher trained on")):
+        theirs = summary.get(other, {}).get("to_target", {}).get(shape)
+        if theirs and theirs["saved"]["reached"] and not mine < C.mean_std(theirs["flops_teacher_given"])[0]:
+            short.append(f"{what} needs less ({C.mean_std(theirs['flops_teacher_given'])[0] / 1e9:.3g} vs "
+                         f"{mine / 1e9:.3g} GFLOPs, teacher given)")
+    if not short:
+        return [f"**Goal met** by the recommended `{run}`: the target in every seed, "
+                f"{100 * given['mean']:.0f} % saved with the teacher given, less compute than random growth and "
+                f"than the teacher trained on."]
+    return [f"**Goal not met** by the recommended `{run}`: " + "; ".join(short) + "."]
 
 
 def against_no_growth(summary: dict, shape: str) -> list[str]:
@@ -703,12 +808,17 @@ def write_table(path: Path, result: dict):
         f"**Model.** Teacher: {t['layers']} layers, width {t['d']}, {t['heads']} heads ({t['kv_heads']} kv), "
         f"SwiGLU FFN {t['ffn']}, RMSNorm, RoPE. Students: wider (×2 width, heads, FFN), deeper (a copy of each "
         f"block after it), both. **Recipe.** AdamW lr {LR}, betas {BETAS}, weight decay {WEIGHT_DECAY}, "
-        f"batch {cfg['batch']} × {cfg['seq']} bytes; warm-up {WARMUP} steps for fresh optimisers, then constant. "
-        f"Teacher {cfg['teacher_steps']} steps, students and the control {cfg['student_steps']} more, "
-        f"from scratch {cfg['scratch_steps']}. {n} seed(s), mean ± sample std.",
-        "**Compute.** Training FLOPs = 6 × forward multiply-adds × tokens; students and the control include "
-        "the teacher's training. Compute saved = 1 − FLOPs(run, to first reach the target) / FLOPs(from "
-        "scratch, to first reach its own final loss), per seed, checked at each evaluation.", "",
+        f"batch {cfg['batch']} × {cfg['seq']} bytes. The teacher and the from-scratch runs: warm-up {WARMUP} "
+        f"steps, cosine to {FINAL_LR} × lr at their last step. After growth (onnxgrow.optim.after_growth), "
+        f"{RECOMMENDED_METHOD} growth with recipe `{DEFAULT_RECIPE}` recommended: "
+        + "; ".join(f"`{k}` {v}" for k, v in RECIPES.items()) + " (decay: the "
+        f"cosine ends at that fraction of the from-scratch steps). Teacher {cfg['teacher_steps']} steps, students "
+        f"at most {cfg['student_steps']} more, the control {cfg['control_steps']} more, from scratch "
+        f"{cfg['scratch_steps']}. {n} seed(s), mean ± sample std.",
+        "**Compute.** Training FLOPs = 6 × forward multiply-adds × tokens, counted two ways: the teacher given "
+        "(a released small checkpoint; LEMON's framing: only training after growth counts) and the teacher's "
+        "training counted. Compute saved = 1 − FLOPs(run, to first reach the target) / FLOPs(from scratch, to "
+        "first reach its own final loss), per seed, checked at each evaluation.", "",
     ]
     for shape in ("wider", "deeper", "both"):
         if f"scratch_{shape}" in summary and "to_target" in summary[f"scratch_{shape}"]:
@@ -740,9 +850,11 @@ def plot(path: Path, result: dict):
     shapes = [s for s in ("wider", "deeper", "both") if any(RUNS[r][1] == s for r in summary)] or ["wider"]
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.8), squeeze=False)
     style = {"teacher": dict(color="grey", lw=2.5), "teacher_continued": dict(color="grey", ls=":"),
-             "net2net": dict(color="tab:blue"), "net2net_fresh": dict(color="tab:cyan", ls="-."),
              "r2r": dict(color="tab:green"), "random": dict(color="tab:red"),
              "scratch": dict(color="black", ls="--")}
+    colors = ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:olive", "tab:brown", "tab:pink")
+    for i, name in enumerate(RECIPES):
+        style[f"net2net_{name}"] = dict(color=colors[i % len(colors)], lw=2 if name == DEFAULT_RECIPE else 1)
     for ax, shape in zip(axes[0], shapes):
         for run, rec in summary.items():
             kind, run_shape, _, _, _ = RUNS[run]
@@ -751,8 +863,9 @@ def plot(path: Path, result: dict):
             key = run if kind in ("teacher", "control") else ("scratch" if kind == "scratch" else run[len(shape) + 1:])
             x = np.array(rec["flops"]) / 1e9
             m, sd = np.array(rec["val_loss"]["mean"]), np.array(rec["val_loss"]["std"])
-            ax.plot(x, m, marker=".", ms=3, label=run, **style[key])
-            ax.fill_between(x, m - sd, m + sd, color=style[key]["color"], alpha=0.15)
+            look = style.get(key, dict(color="tab:gray", ls="-."))
+            ax.plot(x, m, marker=".", ms=3, label=run, **look)
+            ax.fill_between(x, m - sd, m + sd, color=look["color"], alpha=0.15)
         if f"scratch_{shape}" in summary:
             ax.axhline(summary[f"scratch_{shape}"]["val_loss"]["mean"][-1], color="black", lw=0.6, alpha=0.5)
         ax.set_title(f"{shape} ({len(result['per_seed'])} seeds)")
@@ -776,7 +889,8 @@ def parse(argv):
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode", help="a few minutes on 2 CPU cores (default)")
     mode.add_argument("--full", action="store_const", const="full", dest="mode", help="the record: more steps and seeds")
     p.add_argument("--seeds", type=int)
-    for key in ("teacher_steps", "student_steps", "scratch_steps", "eval_every", "seq", "batch", "val_windows"):
+    for key in ("teacher_steps", "student_steps", "scratch_steps", "control_steps", "eval_every", "seq", "batch",
+                "val_windows"):
         p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
     p.add_argument("--runs", help="comma-separated subset of: " + ", ".join(r for r in RUNS if r != "teacher"))
     p.add_argument("--out", type=Path, help="output folder (default results/lm-<mode>)")
@@ -806,7 +920,7 @@ def main(argv, repo: Path) -> int:
     args = parse(argv)
     cfg = dict(MODES[args.mode])
     cfg.update({k: v for k, v in vars(args).items() if k in cfg and v is not None})
-    runs = [r for r in RUNS if r != "teacher"]
+    runs = [r for r in RUNS if r != "teacher"] if args.mode == "full" else quick_runs()
     if args.runs:
         runs = [r.strip() for r in args.runs.split(",") if r.strip() and r.strip() != "teacher"]
         unknown = [r for r in runs if r not in RUNS]
@@ -835,7 +949,8 @@ def main(argv, repo: Path) -> int:
                         sha256=corpus["sha256"], python=platform.python_version(), packages=PACKAGES,
                         max_file_bytes=MAX_FILE_BYTES, val_rule=f"crc32(relative path) % {VAL_MODULUS} == 0"),
             shapes=SHAPES, growth=GROWTH,
-            recipe=dict(lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, warmup=WARMUP, init_std=INIT_STD,
+            recipes=RECIPES, recommended=recommended(),
+            recipe=dict(lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, warmup=WARMUP, init_std=INIT_STD, final_lr=FINAL_LR,
                         train_flops="6 x forward MACs x tokens"),
             summary=summarise(per_seed, cfg), per_seed=per_seed,
             wall_seconds=round(time.perf_counter() - t0, 1), environment=C.environment(dist, threads),
