@@ -391,10 +391,9 @@ def _resolve(source, irm: ir.Model):
     import torch
 
     if isinstance(source, torch.nn.Module):
-        if hasattr(source, "merge_and_unload"):  # PEFT: LoRA merged into the layers it adapts
-            import copy
-
-            source = copy.deepcopy(source).merge_and_unload()
+        if hasattr(source, "get_base_model") and hasattr(source, "peft_config"):
+            base = source.get_base_model()
+            return _lora_merged_state(base), base.onnx_names, base.onnx_layouts, base.onnx_rewire
         found = [m for m in source.modules() if hasattr(m, "onnx_names") and hasattr(m, "onnx_rewire")]
         if len(found) != 1:
             raise GrowError(
@@ -473,6 +472,25 @@ def _apply_weights(irm: ir.Model, source) -> None:
         from onnx_ir.passes.common import RemoveUnusedNodesPass
 
         RemoveUnusedNodesPass()(irm)
+
+
+def _lora_merged_state(base) -> dict:
+    """The state of a PEFT-adapted module with its active LoRA adapters merged into the layers they
+    adapt, under the layers' own names (the module is left as it is)."""
+    merged = {}
+    for name, m in base.named_modules():
+        if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer"):
+            weight = m.base_layer.weight.detach()
+            for adapter in m.active_adapters:
+                if adapter in getattr(m, "lora_A", {}):
+                    weight = weight + m.get_delta_weight(adapter).detach()
+            merged[f"{name}.weight"] = weight
+    state = {}
+    for key, value in base.state_dict().items():
+        if "lora_" not in key:
+            key = key.replace(".base_layer.", ".")
+            state[key] = merged.get(key, value)
+    return state
 
 
 def _squeezed(shape) -> tuple:

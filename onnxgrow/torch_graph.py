@@ -55,7 +55,7 @@ SIZE_SLOTS = {
     "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Unsqueeze": {1},
     "Squeeze": {1}, "Split": {1}, "Pad": {1}, "ReduceSum": {1}, "ReduceMean": {1},
     "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1}, "ReduceL2": {1}, "CumSum": {1},
-    "Trilu": {1}, "SequenceAt": {1}, "SplitToSequence": {1},
+    "Trilu": {1}, "SequenceAt": {1}, "SplitToSequence": {1}, "Resize": {1, 2, 3}, "Upsample": {1},
 }
 SMALL_CONSTANT = 64  # integer constants up to this size are written into the code as literals
 DIRECT = {  # ONNX op -> torch function computing exactly the same (float inputs for Div)
@@ -110,6 +110,7 @@ class _Builder:
         self.onnx_layouts: dict[str, str] = {}
         self.onnx_rewire: dict[str, tuple[str, int]] = {}
         self.non_persistent: set[str] = set()
+        self.literal: dict[str, object] = {}  # small float constants: Python floats in size slots
         self.constants: dict[str, np.ndarray] = {}  # Constant nodes' values, buffers once read as tensors
         self.anchor = None  # a graph input: the device of tensors made from sizes
 
@@ -127,6 +128,8 @@ class _Builder:
             if v.const_value is not None and not v.is_graph_input():
                 self._size_constant(v, v.const_value.numpy())
         layers = self._plan_layers()
+        for layer in layers.values():
+            self._place_layer(layer)
         absorbed = {id(n) for layer in layers.values() for n in layer.absorbed}
         for node in g:
             if id(node) in absorbed:
@@ -140,6 +143,8 @@ class _Builder:
         outputs = [self._tensor_of(v) for v in g.outputs]
         self.fx.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
         gm = fx.GraphModule(self.root, self.fx, class_name="OnnxModule")
+        gm.graph.eliminate_dead_code()  # e.g. an Identity of a weight that a layer now reads itself
+        gm.recompile()
         gm._tracer_cls = OnnxTracer  # pickling re-traces the code: keep the size helpers whole
         for path in self.non_persistent:
             owner, _, leaf = path.rpartition(".")
@@ -157,7 +162,7 @@ class _Builder:
         layers, claimed = {}, {}
         for node in self.g:
             layer = self._layer(node) if ops.is_onnx(node) else None
-            if layer is None:
+            if layer is None or _named_otherwise(layer):
                 continue
             # One parameter per initializer: a second layer may share it only in the same layout.
             if any(claimed.get(id(v), layout) != layout for v, layout in layer.params.values()):
@@ -334,7 +339,9 @@ class _Builder:
             p = float(value)
         return _Layer(node, nn.Dropout(p), node.inputs[0], node.outputs[0], {})
 
-    def _emit_layer(self, layer: _Layer) -> None:
+    def _place_layer(self, layer: _Layer) -> None:
+        """Put the layer's module at its path, its weights in it: before any other weight is
+        placed, so a weight read elsewhere first (an Identity of a bias) does not take the path."""
         path = self._layer_path(layer)
         layer.path = path
         module = layer.module
@@ -363,6 +370,9 @@ class _Builder:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.num_batches_tracked = torch.tensor(0, dtype=torch.long)
         _set_module(self.root, path, module)
+
+    def _emit_layer(self, layer: _Layer) -> None:
+        path = layer.path
         x = self._tensor_of(layer.x)
         if layer.pre_pad is not None:
             x = self.fx.call_function(torch.nn.functional.pad, (x, layer.pre_pad))
@@ -370,11 +380,13 @@ class _Builder:
         self.tensor[layer.out.name] = out
 
     def _layer_path(self, layer: _Layer) -> str:
-        candidates = []
+        """The module that ran the op (its scope) first, then the weight's owner by name (see
+        names.aliases): a tied weight is named after one of its layers, an embedding's after the LM head."""
+        node = layer.node
+        candidates = names.aliases(node) if node.op_type in ops.WEIGHT_OPS else [names.scope_of(node)]
         weight = layer.params.get("weight", (None, None))[0]
         if weight is not None and weight.name and weight.name.endswith(".weight"):
             candidates.append(weight.name[: -len(".weight")])
-        candidates += names.aliases(layer.node) if layer.node.op_type in ops.WEIGHT_OPS else [names.scope_of(layer.node)]
         if layer.node.name and not layer.node.meta.get(UNNAMED):
             candidates.append(layer.node.name)
         candidates.append(type(layer.module).__name__.lower())
@@ -393,6 +405,7 @@ class _Builder:
         slots = SIZE_SLOTS.get(op, set())
         args = [None if v is None or not v.name
                 else self.size[v.name] if i in slots and v.name in self.size
+                else self.literal[v.name] if i in slots and v.name in self.literal
                 else self._tensor_of(v) for i, v in enumerate(node.inputs)]
         outputs = tuple(v.name if v is not None and (v.uses() or v.is_graph_output()) else "" for v in node.outputs)
         hint = _identifier(node.outputs[0].name) if node.outputs and node.outputs[0] is not None else None
@@ -544,10 +557,15 @@ class _Builder:
         self._size_constant(v, self.constants[v.name])
 
     def _size_constant(self, v: ir.Value, array: np.ndarray) -> None:
-        """Small integer constants (shape constants) also get a size form: literals in the code."""
-        if array.dtype.kind in "iu" and array.ndim <= 1 and array.size <= SMALL_CONSTANT:
+        """Small integer constants (shape constants) also get a size form: literals in the code;
+        small float ones a literal form for the inputs that take one (Resize's scales)."""
+        if array.ndim > 1 or array.size > SMALL_CONSTANT:
+            return
+        if array.dtype.kind in "iu":
             self.size[v.name] = int(array) if array.ndim == 0 else [int(i) for i in array]
             self.dtype[v.name] = v.dtype.value if v.dtype is not None else 7
+        elif array.dtype.kind == "f":
+            self.literal[v.name] = float(array) if array.ndim == 0 else [float(i) for i in array]
 
     def _buffer(self, name: str, tensor, persistent: bool):
         path = _unique_attr(self.root, name)
@@ -569,6 +587,14 @@ _OPSET_DEPENDENT = {"Clip", "Softmax", "LogSoftmax", "Hardmax", "Slice", "Pad", 
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _named_otherwise(layer: _Layer) -> bool:
+    """Whether the weight's state-dict name says a module other than a layer owns it
+    (`attn.in_proj_weight` of nn.MultiheadAttention): then it stays a parameter of that name."""
+    weight = layer.params.get("weight", (None, None))[0]
+    name = weight.name if weight is not None else ""
+    return "." in name and not name.endswith(".weight") and _module_path(name) == name
 
 
 def _init(v: ir.Value | None, depth: int = 0) -> ir.Value | None:
@@ -669,15 +695,14 @@ def _module_path(name: str) -> str | None:
 
 
 def _free_path(root: nn.Module, path: str) -> bool:
-    """Whether `path` can hold a new module or tensor: its parents are plain containers or free."""
+    """Whether `path` can hold a new module or tensor: its parents are modules or free (a layer may
+    hold another: nn.MultiheadAttention's out_proj where its in-projection became the Linear)."""
     node = root
     *parents, leaf = path.split(".")
     for p in parents:
         child = node._modules.get(p)
         if child is None:
             return not hasattr(node, p)
-        if type(child) is not nn.Module:
-            return False
         node = child
     return not hasattr(node, leaf)
 

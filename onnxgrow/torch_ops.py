@@ -797,8 +797,9 @@ def op_resize(m, node, x, roi=None, scales=None, sizes=None):
     else:
         coord = a.get("coordinate_transformation_mode", "half_pixel")
         nearest = a.get("nearest_mode", "round_prefer_floor")
-        scales = scales.tolist() if scales is not None and scales.numel() > 0 else None
-        sizes = _ints(sizes) if sizes is not None and sizes.numel() > 0 else None
+        scales = (scales.tolist() if torch.is_tensor(scales) else list(scales)) if scales is not None else None
+        sizes = _ints(sizes) if sizes is not None else None
+        scales, sizes = scales or None, sizes or None  # an empty input means "not given"
     rank = x.dim()
     axes = [_axis(i, rank) for i in a.get("axes", range(rank))]
     shape = [x.shape[i] for i in axes]

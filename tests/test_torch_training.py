@@ -1,0 +1,145 @@
+"""`onnxgrow.to_torch` speaks PyTorch: torch's layers at the user's module paths, LoRA by module
+name, freezing by path, torch.compile over changing batch sizes, outputs as onnxruntime's."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import onnxgrow as og
+from tests import llm_zoo, zoo
+from tests.helpers import run
+
+LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear, nn.Embedding,
+          nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+
+
+def _ids(batch: int, seq: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 50, (batch, seq)))
+
+
+def _matches_ort(model_or_path, module, *inputs, tol=1e-5):
+    model = onnx.load(model_or_path) if isinstance(model_or_path, str) else model_or_path
+    names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    want = run(model, {n: x.numpy() for n, x in zip(names, inputs)})[0]
+    with torch.no_grad():
+        got = module(*inputs)
+    got = (got[0] if isinstance(got, tuple) else got).numpy()
+    assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_every_zoo_layer_is_a_torch_layer_at_its_module_path(exporter, zoo_model):
+    """The torch model's Conv/Linear/Embedding/BatchNorm/LayerNorm modules, by path and type."""
+    missing = []
+    for arch in zoo.ARCHITECTURES:
+        module = og.to_torch(zoo_model(arch, exporter))
+        torch_module, _ = zoo.make(arch)
+        got = dict(module.named_modules())
+        for path, layer in torch_module.named_modules():
+            if isinstance(layer, LAYERS) and not (path in got and isinstance(layer, type(got[path]))
+                                                  and isinstance(got[path], LAYERS)):
+                missing.append(f"{arch}:{path}")
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_decoder_parameters_have_the_checkpoints_names_and_values(family, llm_model):
+    module = og.to_torch(llm_model(family))
+    lm = llm_zoo.make(family)
+    native = dict(lm.named_parameters())
+    params = dict(module.named_parameters())
+    assert set(native) <= set(params)  # every weight under its own name (tied ones once)
+    assert isinstance(module.get_submodule("lm.model.layers.0.self_attn.q_proj"), nn.Linear)
+    assert isinstance(module.get_submodule("lm.model.embed_tokens"), nn.Embedding)
+    for name, p in native.items():
+        torch.testing.assert_close(params[name], p, rtol=0, atol=0)
+
+
+def test_lora_attaches_by_name_starts_unchanged_and_merges_back(llm_model):
+    peft = pytest.importorskip("peft")
+    path = llm_model("llama")
+    module = og.to_torch(path)
+    lora = peft.get_peft_model(module, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    adapted = [n for n, m in lora.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+    assert len(adapted) == 2 * 2  # q_proj and v_proj of both layers
+    ids = _ids(2, 6)
+    _matches_ort(path, lora.eval(), ids)  # LoRA's B starts at zero: the function is unchanged
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    for m in lora.modules():  # a trained adapter: B no longer zero
+        if isinstance(m, peft.tuners.lora.LoraLayer):
+            torch.nn.init.normal_(m.lora_B["default"].weight, std=0.05)
+    with torch.no_grad():
+        adapted_out = lora(ids)
+    grown = og.load_weights(path, lora)  # merged into q_proj/v_proj, written to their initializers
+    grown.ir_version = 10
+    want = run(grown, {"input_ids": ids.numpy()})[0]
+    np.testing.assert_allclose(want, adapted_out.numpy(), rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert np.abs(want - run(path, {"input_ids": ids.numpy()})[0]).max() > 1e-3  # and it changed
+
+
+def test_requires_grad_on_a_module_path_freezes_exactly_that_module(llm_model):
+    module = og.to_torch(llm_model("llama")).train()
+    module.get_submodule("lm.model.layers.0").requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    module(_ids(2, 5)).float().pow(2).mean().backward()
+    opt.step()
+    for name, p in module.named_parameters():
+        frozen = name.startswith("lm.model.layers.0.")
+        assert torch.equal(p, before[name]) == frozen or (not frozen and "inv_freq" in name), name
+
+
+def _train_compiled(module, make_inputs, batches, backend):
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend=backend)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    module.train()
+    for b in batches:
+        out = compiled(*make_inputs(b))
+        (out[0] if isinstance(out, tuple) else out).float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return compiled
+
+
+@pytest.mark.parametrize("case", ["resnet_mini", "yolo_mini", "llama"])
+def test_torch_compile_trains_over_changing_batch_sizes(case, tmp_path, llm_model):
+    """Dynamo captures the whole model without a graph break and recompiles at most once for the
+    dynamic batch (aot_eager: dynamo and autograd's tracing, without inductor's C++ build); the
+    compiled model in eval mode matches onnxruntime after the trained weights are written back."""
+    from torch._dynamo.utils import counters
+
+    if case == "llama":
+        path = llm_model("llama")
+        make_inputs = lambda b: (_ids(b, 5, seed=b),)  # noqa: E731
+    else:
+        path = zoo.build(case, "legacy", path=tmp_path / "m.onnx", dynamic_batch=True)
+        _, example = zoo.make(case)
+        make_inputs = lambda b: (torch.randn(b, *example[0].shape[1:]),)  # noqa: E731
+    module = og.to_torch(path)
+    counters.clear()
+    compiled = _train_compiled(module, make_inputs, (1, 1, 2, 3, 4), "aot_eager")
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] <= 2  # static batch 1, then one dynamic graph
+    trained = og.load_weights(path, module)
+    trained.ir_version = 10
+    compiled.eval()
+    _matches_ort(trained, compiled, *make_inputs(3), tol=1e-4)
+
+
+def test_inductor_compiles_forward_backward_and_step(tmp_path):
+    """torch.compile's default backend (inductor, C++ on the CPU) trains a converted conv net."""
+    from tests.test_torch_export import conv_bn_net
+
+    model = conv_bn_net(np.random.default_rng(0))
+    module = og.to_torch(model)
+    compiled = _train_compiled(module, lambda b: (torch.randn(b, 3, 6, 5),), (2, 2, 3), "inductor")
+    trained = og.load_weights(model, module)
+    trained.ir_version = 10
+    compiled.eval()
+    _matches_ort(trained, compiled, torch.randn(3, 3, 6, 5), tol=1e-4)
