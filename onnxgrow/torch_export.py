@@ -1,33 +1,15 @@
 """ONNX -> trainable torch.nn.Module, and trained weights back into the same ONNX graph.
 
-`to_torch(model)` builds an `OnnxModule` (onnxgrow/torch_ops.py): an interpreter module holding
-the graph's nodes as plain data and running them with torch ops. An interpreter rather than a
-generated torch.fx graph: shapes computed at run time (Shape→Gather→Concat→Reshape) need Python
-values between ops, which fx would have to trace around, and an interpreter pickles as plain data
-(`torch.save` of the whole module works; loading needs torch and onnxgrow, not onnx).
-
-Initializers become state:
-- a **parameter** when it is a finite floating-point tensor that reaches (directly or through
-  Identity/Transpose/Reshape/Squeeze/Unsqueeze/Flatten/Expand/Tile/Cast/Slice) a weight slot:
-  Conv/ConvTranspose/Gemm/MatMul/Einsum operands and biases, the scale and bias of
-  Batch/Layer/Instance/GroupNormalization, PRelu slopes, Gather tables (embeddings), Concat
-  operands (class tokens), or a non-scalar operand of Add/Sub/Mul/Div (positional embeddings,
-  layer scales; scalars such as epsilons or 1/√d stay constants);
-- a **buffer** otherwise: BatchNormalization running statistics, integer shape constants,
-  Reshape targets, scalars. Constant nodes become non-persistent buffers (not written back).
-An initializer shared by several nodes (also through Identity, as the legacy torch exporter
-deduplicates them) is one parameter. BatchNormalization updates its running statistics in place
-in train mode, so a running statistic that is shared with anything else gets a private buffer
-per BatchNormalization input; on write-back a private copy that no longer equals the shared
-initializer becomes a new initializer wired to that input.
-
-State names are the initializer names made valid for torch (every character outside
-[A-Za-z0-9_] becomes '_', clashes get a suffix); `module.onnx_names` maps them back.
+`to_torch(model)` builds a `torch.fx.GraphModule` (onnxgrow/torch_graph.py): torch's own layers
+at the module paths the exporter recorded, the rest of the graph as readable fx code. Its
+`onnx_names` / `onnx_layouts` / `onnx_rewire` say which initializer each state entry came from,
+transposed or not, and which BatchNormalization statistics are private copies of shared ones;
+`load_weights` and `import-weights` write a trained state (DDP, FSDP, torch.compile's wrapper and
+PEFT LoRA adapters, merged, included) back through them.
 """
 
 from __future__ import annotations
 
-import re
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -37,18 +19,6 @@ import onnx_ir as ir
 
 from . import files, graph, ops
 from .errors import GrowError
-
-# Ops through which a constant keeps its role: a Transpose of a weight is still a weight.
-PASS_THROUGH = ops.RELAYOUT | {"Tile", "Slice"}
-WEIGHT_SLOTS = {
-    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
-    "BatchNormalization": (1, 2), "LayerNormalization": (1, 2),
-    "InstanceNormalization": (1, 2), "GroupNormalization": (1, 2), "PRelu": (1,), "Gather": (0,),
-}
-ANY_SLOT = {"Einsum", "Concat"}
-ARITHMETIC = {"Add", "Sub", "Mul", "Div"}
-RUNNING_STATS = (3, 4)  # BatchNormalization input_mean, input_var
-
 
 # ----------------------------------------------------------------------------- to_torch
 
@@ -91,18 +61,6 @@ def require_torch(what: str = "the export to PyTorch"):
             "`pip install 'onnxgrow[torch]'` (on a CPU-only machine install torch's CPU build first)."
         ) from None
     return torch
-
-
-def _free_lists(node_inputs, node_outputs, keep) -> list[tuple]:
-    """Per node, the values to drop from the interpreter's environment once it has run."""
-    last_use = {n: i for i, names in enumerate(node_inputs) for n in names if n}
-    free = [[] for _ in node_inputs]
-    for name, i in last_use.items():
-        if name not in keep:
-            free[i].append(name)
-    for i, names in enumerate(node_outputs):
-        free[i] += [n for n in names if n and n not in last_use and n not in keep]
-    return [tuple(dict.fromkeys(f)) for f in free]
 
 
 def _check_supported(g: ir.Graph) -> None:
@@ -166,105 +124,6 @@ def _unsupported_usage(node: ir.Node, dtypes) -> str | None:
         if a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
             return "subgraphs"
     return None
-
-
-def _uses(value: ir.Value, depth: int = 0):
-    """(node, input slot) pairs where `value` is consumed, looking through PASS_THROUGH ops."""
-    for use in value.uses():
-        node, slot = use.node, use.idx
-        if node.op_type in PASS_THROUGH and slot == 0 and len(node.outputs) == 1 and depth < 16:
-            yield from _uses(node.outputs[0], depth + 1)
-        else:
-            yield node, slot
-
-
-def _is_trainable(value: ir.Value) -> bool:
-    tensor = value.const_value
-    if tensor is None or not tensor.dtype.is_floating_point():
-        return False
-    array = tensor.numpy()
-    if not np.all(np.isfinite(array.astype(np.float32))):
-        return False
-    for node, slot in _uses(value):
-        op = node.op_type
-        if slot in WEIGHT_SLOTS.get(op, ()) or op in ANY_SLOT:
-            return True
-        if op in ARITHMETIC and array.size > 1:
-            return True
-    return False
-
-
-def _private_running_stats(g: ir.Graph) -> dict:
-    """(id(bn node), slot) -> (initializer, bn output, slot, private value key) for shared stats."""
-    rewire = {}
-    for name, value in g.initializers.items():
-        uses = list(_uses(value))
-        stats = [(n, s) for n, s in uses if n.op_type == "BatchNormalization" and s in RUNNING_STATS]
-        if not stats or len(uses) == 1:
-            continue
-        for node, slot in stats:
-            bn_out = node.outputs[0].name
-            rewire[(id(node), slot)] = (name, bn_out, slot, f"{name}::{bn_out}::{slot}")
-    return rewire
-
-
-class _Namer:
-    """Valid, unique torch attribute names from ONNX names."""
-
-    def __init__(self, module):
-        self.taken = set(dir(module)) | set(vars(module))
-
-    def __call__(self, onnx_name: str) -> str:
-        base = re.sub(r"[^0-9A-Za-z_]", "_", onnx_name) or "t"
-        if base[0].isdigit():
-            base = "t_" + base
-        name, i = base, 1
-        while name in self.taken:
-            name, i = f"{base}_{i}", i + 1
-        self.taken.add(name)
-        return name
-
-
-def _register(module, name: str, tensor, trainable: bool) -> None:
-    import torch
-
-    if trainable:
-        module.register_parameter(name, torch.nn.Parameter(tensor))
-    else:
-        module.register_buffer(name, tensor)
-
-
-def _tensor(tensor):
-    """An ir/onnx tensor (or numpy array) as a fresh CPU torch tensor."""
-    import torch
-
-    array = tensor if isinstance(tensor, np.ndarray) else tensor.numpy()
-    if array.dtype.name == "bfloat16":
-        return torch.from_numpy(array.view(np.uint16).astype(np.int16)).view(torch.bfloat16).clone()
-    try:
-        return torch.from_numpy(np.array(array, copy=True))
-    except TypeError:
-        raise GrowError(
-            f"cannot convert a tensor of type {array.dtype} to PyTorch; only numeric and boolean "
-            "tensors are supported."
-        ) from None
-
-
-def _constant_value(node: ir.Node) -> np.ndarray:
-    value = graph.constant(node.outputs[0])
-    if value is None:
-        raise GrowError(f"Constant node {node.name!r} holds no numeric value onnxgrow can read.")
-    return np.asarray(value)
-
-
-def _attr_value(a: ir.Attr):
-    if a.type == ir.AttributeType.TENSOR:
-        return _tensor(a.value)
-    if a.type == ir.AttributeType.TENSORS:
-        return [_tensor(t) for t in a.value]
-    if isinstance(a.value, (list, tuple)):
-        return tuple(a.value)
-    return a.value
 
 
 # ----------------------------------------------------------------------------- export file

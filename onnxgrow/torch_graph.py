@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import operator
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +35,7 @@ from torch import fx, nn
 
 from . import graph, names, ops, torch_sizes
 from .errors import GrowError
-from .torch_ops import DTYPES, OPS, OnnxOp, onnx_op
+from .torch_ops import DTYPES, OnnxOp, onnx_op
 
 # Ops through which a constant keeps its role: a Transpose of a weight is still a weight.
 PASS_THROUGH = ops.RELAYOUT | {"Tile", "Slice"}

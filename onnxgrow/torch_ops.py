@@ -1,10 +1,5 @@
-"""ONNX operators as torch functions, and `OnnxModule`, the nn.Module that runs an ONNX graph.
-
-The module is an interpreter: it holds the graph's nodes (topologically ordered) as plain Python
-data — op type, value names, attributes — and `forward` walks them, looking each op type up in
-`OPS`. Initializers live on the module as parameters or buffers, so autograd, `.to(device)`,
-`state_dict`, DDP and `torch.save` all see an ordinary module. A saved module needs torch and
-onnxgrow to load, not onnx.
+"""ONNX operators as torch functions: `OPS`, and `onnx_op` / `OnnxOp`, through which the code
+that onnxgrow/torch_graph.py generates runs the ops no torch layer or function covers exactly.
 
 Semantics follow the ONNX operator specification (opset differences noted per op) so that eval
 outputs match onnxruntime to float rounding, with two deliberate train-mode behaviours:
@@ -31,71 +26,13 @@ from torch import nn
 
 
 class Node(NamedTuple):
-    """One ONNX node, as plain picklable data. `free` lists values whose last use is this node."""
+    """One ONNX node as the op implementations read it: op type, attributes, which outputs are used."""
 
     op: str
     name: str
     inputs: tuple  # value names; "" for an omitted optional input
     outputs: tuple
     attrs: dict  # Python values; tensor attributes as CPU torch tensors
-    free: tuple = ()
-
-
-class OnnxModule(nn.Module):
-    """An ONNX graph run with torch ops. Build it with `onnxgrow.to_torch`.
-
-    Inputs are positional in graph-input order; the result is one tensor for a graph with one
-    output, else a tuple. `onnx_names` maps each state_dict entry to the ONNX initializer it came
-    from (parameter names are sanitised: '.' and other characters are not allowed in them);
-    `onnx_rewire` lists the private copies of shared BatchNormalization running statistics, as
-    `state name -> (output name of the BatchNormalization node, input slot)`.
-    """
-
-    def __init__(self, nodes, input_names, output_names, opset, state_values, onnx_names,
-                 onnx_rewire):
-        super().__init__()
-        self.nodes = list(nodes)
-        self.input_names = tuple(input_names)
-        self.output_names = tuple(output_names)
-        self.opset = int(opset)
-        self.state_values = dict(state_values)  # ONNX value name -> parameter/buffer name
-        self.onnx_names = dict(onnx_names)
-        self.onnx_rewire = dict(onnx_rewire)
-
-    def forward(self, *args):
-        if len(args) != len(self.input_names):
-            raise TypeError(
-                f"this model takes {len(self.input_names)} input(s) "
-                f"({', '.join(self.input_names)}), got {len(args)}"
-            )
-        env = {value: getattr(self, attr) for value, attr in self.state_values.items()}
-        env.update(zip(self.input_names, args))
-        for node in self.nodes:
-            inputs = [env[n] if n else None for n in node.inputs]
-            try:
-                result = OPS[node.op](self, node, *inputs)
-            except Exception as exc:
-                shapes = [tuple(t.shape) if torch.is_tensor(t) else None for t in inputs]
-                raise RuntimeError(
-                    f"ONNX node {node.name or node.outputs[0]!r} ({node.op}) failed on inputs of "
-                    f"shapes {shapes}: {exc}"
-                ) from exc
-            if len(node.outputs) == 1:
-                single = isinstance(result, (tuple, list)) and not isinstance(result, Sequence)
-                env[node.outputs[0]] = result[0] if single else result
-            else:
-                for name, value in zip(node.outputs, result):
-                    if name:
-                        env[name] = value
-            for name in node.free:
-                del env[name]
-        outputs = tuple(env[n] for n in self.output_names)
-        return outputs[0] if len(outputs) == 1 else outputs
-
-    def extra_repr(self) -> str:
-        ops = sorted({n.op for n in self.nodes})
-        return (f"inputs={list(self.input_names)}, outputs={list(self.output_names)}, "
-                f"opset={self.opset}, nodes={len(self.nodes)}, ops={ops}")
 
 
 # ----------------------------------------------------------------------------- helpers
