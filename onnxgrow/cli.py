@@ -35,10 +35,28 @@ def _exit_at_once(signum, frame) -> None:
     os._exit(128 + signum)
 
 
+_held: dict = {}  # the handlers _raise_signalled set aside while the command unwinds
+
+
 def _raise_signalled(signum, frame) -> None:
     for sig in _SIGNAL_WORDS:  # a second signal must not interrupt the cleanup of the first
-        signal.signal(sig, signal.SIG_IGN)
+        _held[sig] = signal.signal(sig, signal.SIG_IGN)
     raise Signalled(signum)
+
+
+def _deliver_again(unraisable) -> None:
+    """sys.unraisablehook while a command runs. A handler that runs inside a callback Python
+    cannot raise from (a weakref callback such as importlib's module-lock clean-up, a __del__)
+    has its Signalled swallowed there, and the run would go on with both signals ignored: put
+    the handlers back and send the signal again, a moment later, from outside the callback."""
+    if not isinstance(unraisable.exc_value, Signalled):
+        sys.__unraisablehook__(unraisable)
+        return
+    for sig, handler in _held.items():
+        signal.signal(sig, handler)
+    import threading
+
+    threading.Timer(0.001, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
 
 
 def _install(handler) -> None:
@@ -91,16 +109,19 @@ def main(argv=None) -> None:
     with one line; the previous handlers are restored on the way out.
     """
     previous = {sig: signal.getsignal(sig) for sig in _SIGNAL_WORDS}
-    _install(_raise_signalled)
+    previous_hook = sys.unraisablehook
     try:
         _run_cli(argv)
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _run_cli(argv) -> None:
     try:
+        sys.unraisablehook = _deliver_again
+        _install(_raise_signalled)  # inside the try: a signal from here on is reported as one line
         cli.main(args=argv, prog_name="onnxgrow", standalone_mode=False)
     except Signalled as exc:
         name = signal.Signals(exc.signum).name
