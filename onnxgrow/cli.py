@@ -35,28 +35,35 @@ def _exit_at_once(signum, frame) -> None:
     os._exit(128 + signum)
 
 
-_held: dict = {}  # the handlers _raise_signalled set aside while the command unwinds
-
-
 def _raise_signalled(signum, frame) -> None:
     for sig in _SIGNAL_WORDS:  # a second signal must not interrupt the cleanup of the first
-        _held[sig] = signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, signal.SIG_IGN)
     raise Signalled(signum)
+
+
+_swallowed: list = []  # a signal whose Signalled a callback swallowed, to be raised again
 
 
 def _deliver_again(unraisable) -> None:
     """sys.unraisablehook while a command runs. A handler that runs inside a callback Python
     cannot raise from (a weakref callback such as importlib's module-lock clean-up, a __del__)
-    has its Signalled swallowed there, and the run would go on with both signals ignored: put
-    the handlers back and send the signal again, a moment later, from outside the callback."""
+    has its Signalled swallowed there, and the run would go on with the signals ignored: raise
+    it again a moment later (SIGALRM), from outside the callback."""
     if not isinstance(unraisable.exc_value, Signalled):
         sys.__unraisablehook__(unraisable)
         return
-    for sig, handler in _held.items():
-        signal.signal(sig, handler)
-    import threading
+    _swallowed.append(unraisable.exc_value.signum)
+    signal.signal(signal.SIGALRM, _raise_swallowed)
+    signal.setitimer(signal.ITIMER_REAL, 0.001)
 
-    threading.Timer(0.001, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+
+def _raise_swallowed(signum, frame) -> None:
+    while frame is not None:
+        if frame.f_code is _deliver_again.__code__:  # still inside the hook: raising here is lost
+            signal.setitimer(signal.ITIMER_REAL, 0.001)
+            return
+        frame = frame.f_back
+    raise Signalled(_swallowed.pop())
 
 
 def _install(handler) -> None:
@@ -108,7 +115,7 @@ def main(argv=None) -> None:
     SIGINT and SIGTERM unwind the command (its temporary files are removed) and exit 130 / 143
     with one line; the previous handlers are restored on the way out.
     """
-    previous = {sig: signal.getsignal(sig) for sig in _SIGNAL_WORDS}
+    previous = {sig: signal.getsignal(sig) for sig in (*_SIGNAL_WORDS, signal.SIGALRM)}
     previous_hook = sys.unraisablehook
     try:
         _run_cli(argv)
