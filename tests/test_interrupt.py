@@ -80,10 +80,17 @@ def start(model: Path, out: Path, frozen_at: str | None = None, **popen) -> subp
     else:
         event, words = STAGES[frozen_at]
         argv = [sys.executable, "-c", FREEZE_AT, event, "|".join(words), *args]
+    popen.setdefault("preexec_fn", as_from_a_terminal)
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     if frozen_at is not None:
         wait_until_stopped(proc, frozen_at)
     return proc
+
+
+def as_from_a_terminal() -> None:
+    """Ctrl-C delivered as in a terminal, also where this test runs as a background job (which
+    ignores SIGINT, and so would onnxgrow: see the last test)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until_stopped(proc: subprocess.Popen, stage: str, timeout: float = 300) -> None:
@@ -161,7 +168,7 @@ def test_a_live_runs_temporary_folder_is_never_removed(big_model, reference, tmp
 
 @pytest.mark.parametrize("stage", ["writing", "renaming"])
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
-def test_sigterm_and_ctrl_c_during_the_write_clean_up(big_model, tmp_path, sig, code, word, stage):
+def test_sigterm_and_ctrl_c_during_the_write_clean_up(big_model, reference, tmp_path, sig, code, word, stage):
     out = tmp_path / "student.onnx"
     proc = start(big_model, out, frozen_at=stage)
     assert len(temp_folders(tmp_path)) == 1
@@ -170,7 +177,9 @@ def test_sigterm_and_ctrl_c_during_the_write_clean_up(big_model, tmp_path, sig, 
     assert proc.returncode == code, err
     assert err.strip().splitlines() == [err.strip()] and err.startswith(word), err
     assert "Traceback" not in stdout + err
-    assert not out.exists() and temp_folders(tmp_path) == []
+    assert temp_folders(tmp_path) == []
+    if out.exists():  # frozen in the rename's audit hook, the signal may be handled just after it
+        assert stage == "renaming" and digest(out) == reference, "a partial output"
 
 
 @pytest.mark.parametrize("stage", ["start-up", "importing numpy", "importing onnx-ir"])
@@ -207,7 +216,7 @@ def test_a_signal_swallowed_by_a_callback_still_interrupts():
     """Ctrl-C handled inside a __del__ or weakref callback (importlib's module-lock clean-up is
     one) cannot raise there: the run must still stop, not go on with the signal lost."""
     proc = subprocess.run([sys.executable, "-c", SWALLOWING_COMMAND], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, preexec_fn=as_from_a_terminal)
     assert (proc.returncode, proc.stdout) == (130, ""), proc.stderr
     assert proc.stderr == "interrupted by SIGINT; temporary files removed.\n"
 
