@@ -41,6 +41,31 @@ def _raise_signalled(signum, frame) -> None:
     raise Signalled(signum)
 
 
+_swallowed: list = []  # a signal whose Signalled a callback swallowed, to be raised again
+
+
+def _deliver_again(unraisable) -> None:
+    """sys.unraisablehook while a command runs. A handler that runs inside a callback Python
+    cannot raise from (a weakref callback such as importlib's module-lock clean-up, a __del__)
+    has its Signalled swallowed there, and the run would go on with the signals ignored: raise
+    it again a moment later (SIGALRM), from outside the callback."""
+    if not isinstance(unraisable.exc_value, Signalled):
+        sys.__unraisablehook__(unraisable)
+        return
+    _swallowed.append(unraisable.exc_value.signum)
+    signal.signal(signal.SIGALRM, _raise_swallowed)
+    signal.setitimer(signal.ITIMER_REAL, 0.001)
+
+
+def _raise_swallowed(signum, frame) -> None:
+    while frame is not None:
+        if frame.f_code is _deliver_again.__code__:  # still inside the hook: raising here is lost
+            signal.setitimer(signal.ITIMER_REAL, 0.001)
+            return
+        frame = frame.f_back
+    raise Signalled(_swallowed.pop())
+
+
 def _install(handler) -> None:
     """Handle SIGINT and SIGTERM with `handler`, except one the parent set to be ignored (a
     background job or `nohup` ignores Ctrl-C, and so does onnxgrow there)."""
@@ -90,17 +115,20 @@ def main(argv=None) -> None:
     SIGINT and SIGTERM unwind the command (its temporary files are removed) and exit 130 / 143
     with one line; the previous handlers are restored on the way out.
     """
-    previous = {sig: signal.getsignal(sig) for sig in _SIGNAL_WORDS}
-    _install(_raise_signalled)
+    previous = {sig: signal.getsignal(sig) for sig in (*_SIGNAL_WORDS, signal.SIGALRM)}
+    previous_hook = sys.unraisablehook
     try:
         _run_cli(argv)
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _run_cli(argv) -> None:
     try:
+        sys.unraisablehook = _deliver_again
+        _install(_raise_signalled)  # inside the try: a signal from here on is reported as one line
         cli.main(args=argv, prog_name="onnxgrow", standalone_mode=False)
     except Signalled as exc:
         name = signal.Signals(exc.signum).name

@@ -46,6 +46,9 @@ def check_output(out, reads=()) -> Path:
     if str(out) == "":
         raise GrowError("the output path is empty: name a file with -o, e.g. -o student.onnx.")
     _check_name_length(dest)
+    if dest.name in ("", ".", "..") or dest.is_dir():  # before `dest.name + ".data"` below
+        raise GrowError(f"the output {str(dest)!r} is a folder; name a file inside it, e.g. "
+                        f"-o {str(dest / 'student.onnx')!r}.")
     data = dest.with_name(dest.name + ".data")  # written beside a model over 2 GB
     for source in reads:
         if source is None or not isinstance(source, (str, os.PathLike)):
@@ -55,9 +58,6 @@ def check_output(out, reads=()) -> Path:
                 f"refusing to write over {str(source)!r} (with -o {str(dest)!r}): the command "
                 "reads it, and onnxgrow never modifies its input. Choose another output path with -o."
             )
-    if dest.is_dir():
-        raise GrowError(f"the output {str(dest)!r} is a folder; name a file inside it, e.g. "
-                        f"-o {str(dest / 'student.onnx')!r}.")
     folder = dest.parent
     if not folder.is_dir():
         raise GrowError(f"cannot write {str(dest)!r}: the folder {str(folder)!r} does not exist.")

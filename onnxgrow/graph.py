@@ -92,12 +92,43 @@ def from_proto(proto: onnx.ModelProto, what: str, base_dir: Path | None = None,
     onnx-ir."""
     if not checked:
         check_proto(proto, what, base_dir)
+    densify_sparse_initializers(proto, what)
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
         raise GrowError(f"the {what} is not a valid ONNX model ({short_message(exc)}).") from None
     model.graph.meta["onnxgrow.source"] = (proto, len(proto.graph.node))  # read while the graph is unedited
     return model
+
+
+def densify_sparse_initializers(proto: onnx.ModelProto, what: str) -> None:
+    """Replace each sparse initializer of the main graph by the dense one it stands for: onnx-ir
+    reads only dense initializers, and a stored zero is a weight like any other (a grown or
+    exported model holds it densely)."""
+    g = proto.graph
+    for sparse in g.sparse_initializer:
+        g.initializer.append(onnx.numpy_helper.from_array(sparse_to_dense(sparse, what), sparse.values.name))
+    del g.sparse_initializer[:]
+
+
+def sparse_to_dense(sparse: onnx.SparseTensorProto, what: str = "the model") -> np.ndarray:
+    """The dense array of a SparseTensorProto: `values` at `indices`, either [NNZ] positions in
+    the flattened tensor or [NNZ, rank] coordinates; zero elsewhere."""
+    name, shape = sparse.values.name, tuple(sparse.dims)
+    try:
+        values = onnx.numpy_helper.to_array(sparse.values).reshape(-1)
+        indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+        if indices.ndim == 2 and indices.shape[1] == len(shape):
+            indices = np.ravel_multi_index(tuple(indices.T), shape)
+        if indices.shape != values.shape or np.any(indices < 0) or np.any(indices >= math.prod(shape)):
+            raise ValueError(f"{values.size} values at indices of shape {list(indices.shape)} "
+                             f"in a tensor of dims {list(shape)}")
+    except Exception as exc:  # a malformed sparse tensor fails in numpy in several ways
+        raise GrowError(f"the sparse initializer {name!r} in {what} is malformed ({short_message(exc)}). "
+                        "Re-export the model.") from None
+    dense = np.zeros(math.prod(shape), values.dtype)
+    dense[indices] = values
+    return dense.reshape(shape)
 
 
 def _check_not_empty(proto: onnx.ModelProto, where: str) -> None:

@@ -164,6 +164,8 @@ def op_conv_transpose(m, node, x, w, b=None):
 
 
 def op_gemm(m, node, a_, b_, c=None):
+    if a_.dim() != 2 or b_.dim() != 2:  # matmul would broadcast: another computation
+        raise ValueError(f"Gemm multiplies 2-D matrices, got A {a_.dim()}-D and B {b_.dim()}-D")
     a = node.attrs
     alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
     if a.get("transA", 0):

@@ -14,6 +14,10 @@ onnxruntime or onnxgrow could not use it faithfully:
   link), has several hard links (as onnx-ir refuses), or is shorter than offset + prod(dims)·itemsize);
 - a weight (input 1 of Conv/ConvTranspose/Gemm/MatMul) has a zero-size dimension. (A graph input
   declaring 0, or -1, is not refused: old exporters write them for "any size", see graph.dim.)
+- a name (of a node, an op, a value) is not valid UTF-8 (protobuf hands such a field over as bytes);
+- a layer no runtime can run: a Conv or ConvTranspose with group < 1, or whose weight is not at
+  least 3-D or has output channels not divisible by its groups; a Gemm whose constant A or B is
+  not 2-D.
 
 `check_finite` refuses weights holding NaN or ±Inf before a transform: the teacher's outputs
 would be non-finite, and comparing NaN with NaN proves nothing.
@@ -60,6 +64,7 @@ def check_model_proto(proto: onnx.ModelProto, where: str, base_dir: Path | None 
     _check_graph(g, where, outer=set(), index=index)
     _check_initializers(g, where, base_dir)
     _check_zero_sizes(g, where)
+    _check_layers(g, where)
 
 
 def _check_versions(proto: onnx.ModelProto, where: str) -> None:
@@ -94,6 +99,8 @@ def _check_graph(g: onnx.GraphProto, where: str, outer: set, index: GraphIndex |
     producer = index.producer if index is not None else {}
     readers = index.consumers if index is not None else None
     inputs = [i.name for i in g.input]
+    _check_utf8((*inputs, *(o.name for o in g.output), *(t.name for t in g.initializer),
+                 *(v.name for v in g.value_info)), "a value of the graph", where)
     if len(set(inputs)) != len(inputs):
         twice = sorted({n for n in inputs if inputs.count(n) > 1})
         raise GrowError(f"{where} declares the graph input {twice[0]!r} twice; rename one of them.")
@@ -102,6 +109,8 @@ def _check_graph(g: onnx.GraphProto, where: str, outer: set, index: GraphIndex |
     defined.update(s.values.name for s in g.sparse_initializer)
     subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     for position, node in enumerate(g.node):
+        _check_utf8((node.name, node.op_type, node.domain, *node.input, *node.output,
+                     *(a.name for a in node.attribute)), f"node #{position}", where)
         for name in node.input:
             if name and name not in defined and name not in outer:
                 _undefined_input(g, position, name, where)
@@ -128,6 +137,17 @@ def _check_graph(g: onnx.GraphProto, where: str, outer: set, index: GraphIndex |
             raise GrowError(
                 f"{where} is not a valid graph: its output {out.name!r} is not produced by any node, "
                 "graph input or initializer. Re-export the model, or remove that output."
+            )
+
+
+def _check_utf8(texts, what: str, where: str) -> None:
+    """protobuf hands a string field that is not valid UTF-8 over as bytes."""
+    for text in texts:
+        if isinstance(text, bytes):
+            raise GrowError(
+                f"{what} in {where} has a name that is not valid UTF-8 text ({text!r}): ONNX names "
+                "are UTF-8 strings. The file is corrupt, or was written by a tool that does not "
+                "encode names; re-export the model with valid names."
             )
 
 
@@ -247,6 +267,40 @@ def _check_zero_sizes(g: onnx.GraphProto, where: str) -> None:
                 f"dimension {list(t.dims)}: the layer has no units to grow or copy. Re-export the "
                 "model with the layer's real size."
             )
+
+
+def _check_layers(g: onnx.GraphProto, where: str) -> None:
+    """Layers that no runtime can run (onnxruntime refuses them too): refused by name, rather than
+    failing inside a transform or converting to a module that computes something else."""
+    constants = {t.name: t for t in g.initializer}
+    for position, node in enumerate(g.node):
+        if node.domain not in ops.ONNX_DOMAINS or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+            continue
+        label = f"{node.op_type} {_label(node, position)} in {where}"
+        if node.op_type == "Gemm":
+            for slot, operand in ((0, "A"), (1, "B")):
+                t = constants.get(node.input[slot]) if len(node.input) > slot else None
+                if t is not None and len(t.dims) != 2:
+                    raise GrowError(f"{label} has a {len(t.dims)}-D {operand} ({t.name!r}, dims "
+                                    f"{list(t.dims)}); Gemm multiplies 2-D matrices. Re-export the "
+                                    "model (a MatMul takes higher ranks).")
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if group < 1:
+            raise GrowError(f"{label} has group={group}; the number of groups is a positive integer "
+                            "(1 for an ordinary convolution). The file is corrupt or was edited: "
+                            "re-export the model.")
+        w = constants.get(node.input[1]) if len(node.input) > 1 else None
+        if w is None:
+            continue
+        if len(w.dims) < 3:
+            raise GrowError(f"{label} has a {len(w.dims)}-D weight {w.name!r} (dims {list(w.dims)}); "
+                            "a convolution's weight has at least 3 dimensions (channels, channels "
+                            "per group, kernel). Re-export the model.")
+        if w.dims[0] % group:
+            raise GrowError(f"{label} has group={group}, which does not divide the {w.dims[0]} "
+                            f"channels of dimension 0 of its weight {w.name!r}. The file is "
+                            "corrupt or was edited: re-export the model.")
 
 
 # ----------------------------------------------------------------------------- weights

@@ -210,6 +210,58 @@ def case_zero_size_weight(d):
     return widen(edited(d, edit), d)
 
 
+def set_group(m: onnx.ModelProto, group: int) -> None:
+    m.graph.node[0].attribute.append(helper.make_attribute("group", group))
+
+
+@case("group=0")
+def case_conv_group_zero(d):
+    return widen(edited(d, lambda m: set_group(m, 0)), d)
+
+
+@case("group=0")
+def case_export_conv_group_zero(d):
+    return ["export", str(edited(d, lambda m: set_group(m, 0))), "-o", str(d / "m.pt")]
+
+
+@case("does not divide")
+def case_conv_group_not_dividing_channels(d):
+    return ["inspect", str(edited(d, lambda m: set_group(m, 3)))]
+
+
+@case("not valid UTF-8")
+def case_node_name_not_utf8(d):
+    data = conv_model().SerializeToString()
+    assert data.count(b"relu1") == 1
+    (d / "m.onnx").write_bytes(data.replace(b"relu1", b"relu\xff"))  # same length: still parses
+    return widen(d / "m.onnx", d)
+
+
+def gemm_model(weight: np.ndarray) -> onnx.ModelProto:
+    """x[2, 4] -> fc (Gemm with `weight` as B) -> y."""
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@case("3-D B")
+def case_export_gemm_3d_weight(d):
+    model = save(gemm_model(np.ones((3, 4, 5), np.float32)), d / "m.onnx")
+    return ["export", str(model), "-o", str(d / "m.pt")]
+
+
+@case("sparse initializer 'w'")
+def case_export_sparse_initializer_out_of_range(d):
+    model = gemm_model(np.ones((4, 3), np.float32))
+    del model.graph.initializer[:]
+    values = numpy_helper.from_array(np.array([1.5, 2.0], np.float32), "w")
+    model.graph.sparse_initializer.append(
+        helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0, 12], np.int64), "i"), [4, 3]))
+    return ["export", str(save(model, d / "m.onnx")), "-o", str(d / "m.pt")]
+
+
 def external(d: Path, location: str | None = None) -> Path:
     """conv_model with every weight in one external file, `m.onnx.data` (or `location`)."""
     model = conv_model()
@@ -353,6 +405,11 @@ def case_dim_expression(d):
 def case_output_is_folder(d):
     (d / "o").mkdir()
     return widen(good(d), d, out=d / "o")
+
+
+@case("is a folder")
+def case_output_is_the_current_folder(d):
+    return widen(good(d), d, out=Path("."))  # run in `d`
 
 
 @case("too long")

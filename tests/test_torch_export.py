@@ -20,7 +20,7 @@ import onnxgrow as og
 from onnxgrow import torch_export
 from onnxgrow.errors import GrowError
 
-from .helpers import random_feeds, run
+from .helpers import assert_equivalent, random_feeds, run
 
 TOL = 1e-5  # max |torch - onnxruntime| / max |onnxruntime|: float32 rounding only
 
@@ -666,3 +666,35 @@ def test_grown_model_converts_trains_and_writes_back(tmp_path):
     feeds = random_feeds(model, seed=9, batch=4)
     sgd_steps(module, [torch.from_numpy(feeds[n]) for n in module.input_names], steps=2, lr=0.01)
     assert_matches_ort(onnx_from(og.load_weights(model, module)), module, batches=(2,))
+
+
+def sparse_mlp(rng) -> onnx.ModelProto:
+    """x[2, 6] -> fc1 (MatMul, sparse weight in [NNZ, 2] coordinates) -> relu -> fc2 (MatMul, sparse
+    weight in flat positions) -> y: both weights sparse initializers, as valid ONNX allows."""
+    model = make_model([oh.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+                        oh.make_node("Relu", ["h"], ["r"], name="relu"),
+                        oh.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")], {"x": [2, 6]}, ["y"])
+    w1 = rand(rng, 6, 5) * (rng.random((6, 5)) < 0.5)
+    w2 = rand(rng, 5, 3) * (rng.random((5, 3)) < 0.5)
+    coords = np.argwhere(w1).astype(np.int64)
+    flat = np.flatnonzero(w2).astype(np.int64)
+    model.graph.sparse_initializer.extend([
+        oh.make_sparse_tensor(nh.from_array(w1[w1 != 0], "w1"), nh.from_array(coords, "w1_at"), [6, 5]),
+        oh.make_sparse_tensor(nh.from_array(w2.reshape(-1)[flat], "w2"), nh.from_array(flat, "w2_at"), [5, 3])])
+    return model
+
+
+def test_sparse_initializers_convert_and_grow_as_their_dense_weights():
+    model = sparse_mlp(np.random.default_rng(3))
+    assert_matches_ort(model)
+    student = og.widen(model, layer="fc1", width=9, seed=0)
+    assert not student.graph.sparse_initializer
+    assert [tuple(t.dims) for t in student.graph.initializer] == [(6, 9), (9, 3)]
+    assert_equivalent(model, student)
+
+
+def test_gemm_module_refuses_operands_that_are_not_matrices():
+    model = make_model([oh.make_node("Gemm", ["x", "w"], ["y"], name="fc")], {"x": [2, 4], "w": [4, 3]}, ["y"])
+    module = og.to_torch(model)  # B is a graph input: only its value can tell
+    with pytest.raises(RuntimeError, match="Gemm multiplies 2-D matrices"):
+        module(torch.ones(2, 4), torch.ones(3, 4, 5))
