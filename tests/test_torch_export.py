@@ -696,5 +696,5 @@ def test_sparse_initializers_convert_and_grow_as_their_dense_weights():
 def test_gemm_module_refuses_operands_that_are_not_matrices():
     model = make_model([oh.make_node("Gemm", ["x", "w"], ["y"], name="fc")], {"x": [2, 4], "w": [4, 3]}, ["y"])
     module = og.to_torch(model)  # B is a graph input: only its value can tell
-    with pytest.raises(RuntimeError, match="Gemm multiplies 2-D matrices"):
+    with pytest.raises(ValueError, match="Gemm multiplies 2-D matrices"):
         module(torch.ones(2, 4), torch.ones(3, 4, 5))
