@@ -108,6 +108,12 @@ def _onnx_names(module) -> dict[str, str]:
     return {p: (names.get(p, p) if names else p) for p, _ in module.named_parameters()}
 
 
+def _transposed(module) -> set[str]:
+    """Parameters a to_torch module keeps transposed from their initializer (nn.Linear weights of
+    MatMul / Gemm(transB=0)): the mappings and the state here are in the initializer's layout."""
+    return {p for p, layout in (getattr(module, "onnx_layouts", None) or {}).items() if layout == "T"}
+
+
 def _step_of(state: dict) -> float:
     step = state.get("step", 0)
     return float(step.item() if hasattr(step, "item") else step)
@@ -144,14 +150,16 @@ def adamw_state(module, optimizer, like=None) -> dict[str, dict]:
         if st and all(k in st for k in MOMENTS):
             by_param[pname] = dict(step=_step_of(st), **{k: st[k].detach().cpu().numpy().copy() for k in MOMENTS})
     if like is None:
-        names = _onnx_names(module)
-        return {names[p]: s for p, s in by_param.items()}
-    like_names = _onnx_names(like)
+        names, flip = _onnx_names(module), _transposed(module)
+        return {names[p]: dict(step=s["step"], **{k: s[k].T.copy() if p in flip else s[k] for k in MOMENTS})
+                for p, s in by_param.items()}
+    like_names, like_flip = _onnx_names(like), _transposed(like)
     out = {}
     for pname, (source, transposed) in match_parameters(module, like).items():
         if source in by_param:
             st = by_param[source]
-            out[like_names[pname]] = dict(step=st["step"], **{k: st[k].T.copy() if transposed else st[k] for k in MOMENTS})
+            flip = transposed != (pname in like_flip)
+            out[like_names[pname]] = dict(step=st["step"], **{k: st[k].T.copy() if flip else st[k] for k in MOMENTS})
     return out
 
 
@@ -190,6 +198,7 @@ def carry_adamw_state(teacher_state: dict[str, dict], module, optimizer, mapping
             raise GrowError("carry_adamw_state does not carry amsgrad's max_exp_avg_sq; use amsgrad=False.")
     grown = grown_state(teacher_state, mappings, asymmetric)
     params = dict(module.named_parameters())
+    flip = _transposed(module)
     carried, fresh = [], []
     for pname, name in _onnx_names(module).items():
         param = params[pname]
@@ -198,6 +207,8 @@ def carry_adamw_state(teacher_state: dict[str, dict], module, optimizer, mapping
         if state is None:
             fresh.append(name)
             continue
+        if pname in flip:
+            state = dict(step=state["step"], **{k: state[k].T for k in MOMENTS})
         if tuple(state["exp_avg"].shape) != shape:
             how = "the mappings make" if name in grown else "no mapping says how it grew from"
             raise GrowError(f"{name!r} has shape {list(shape)} but {how} {list(state['exp_avg'].shape)}; "
@@ -340,16 +351,18 @@ def after_growth(module, optimizer, mappings: list[dict], teacher_state: dict[st
     report = {"perturbed": [names], "carried": [...], "fresh": [...]}."""
     import torch
 
-    names = _onnx_names(module)
+    names, flip = _onnx_names(module), _transposed(module)
     params = dict(module.named_parameters())
     perturbed = {}
     if recipe.noise:
-        current = {names[p]: t.detach().cpu().numpy() for p, t in params.items()}
+        current = {names[p]: (t.detach().cpu().numpy().T if p in flip else t.detach().cpu().numpy())
+                   for p, t in params.items()}
         perturbed = break_symmetry(current, mappings, recipe.noise, seed)
         with torch.no_grad():
             for p, t in params.items():
                 if names[p] in perturbed:
-                    t.copy_(torch.as_tensor(perturbed[names[p]], dtype=t.dtype))
+                    value = perturbed[names[p]]
+                    t.copy_(torch.as_tensor(value.T.copy() if p in flip else value, dtype=t.dtype))
     state = dict(carried=[], fresh=list(names.values()))
     if recipe.state != "reset" and teacher_state is not None:
         state = carry_adamw_state(teacher_state, module, optimizer, mappings, recipe.state == "asymmetric")
