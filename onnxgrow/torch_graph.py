@@ -35,7 +35,7 @@ from torch import fx, nn
 
 from . import graph, names, ops, torch_sizes
 from .errors import GrowError
-from .torch_ops import DTYPES, OnnxOp, onnx_op
+from .torch_ops import DTYPES, OnnxOp, torch_pad, onnx_op
 
 # Ops through which a constant keeps its role: a Transpose of a weight is still a weight.
 PASS_THROUGH = ops.RELAYOUT | {"Tile", "Slice"}
@@ -46,7 +46,6 @@ WEIGHT_SLOTS = {
 }
 ANY_SLOT = {"Einsum", "Concat"}
 ARITHMETIC = {"Add", "Sub", "Mul", "Div"}
-RUNNING_STATS = (3, 4)  # BatchNormalization input_mean, input_var
 TRAIN_DEPENDENT = {"BatchNormalization", "Dropout"}  # functional forms that read module.training
 
 # Inputs that take sizes (a Python int or list) as well as tensors.
@@ -56,6 +55,10 @@ SIZE_SLOTS = {
     "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1}, "ReduceL2": {1}, "CumSum": {1},
     "Trilu": {1}, "SequenceAt": {1}, "SplitToSequence": {1}, "Resize": {1, 2, 3}, "Upsample": {1},
 }
+OPSET_DEPENDENT = {  # ops whose torch_ops implementation reads the opset
+    "Clip", "Softmax", "LogSoftmax", "Hardmax", "Slice", "Pad", "Resize", "Upsample",
+    "Dropout", "Split", "Squeeze", "Unsqueeze", "ReduceSum", "ReduceMean", "ReduceMax",
+    "ReduceMin", "ReduceProd", "ReduceL2"}
 SMALL_CONSTANT = 64  # integer constants up to this size are written into the code as literals
 DIRECT = {  # ONNX op -> torch function computing exactly the same (float inputs for Div)
     "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
@@ -172,28 +175,16 @@ class _Builder:
         return layers
 
     def _layer(self, node: ir.Node) -> _Layer | None:
-        op = node.op_type
-        if any(o is not None and o.is_graph_output() and o is not node.outputs[0] for o in node.outputs[1:]):
+        """The torch layer computing `node` exactly, or None (it stays functional)."""
+        if any(o is not None and o.is_graph_output() for o in node.outputs[1:]):
             return None
-        if op == "Conv":
-            return self._conv(node, transposed=False)
-        if op == "ConvTranspose":
-            return self._conv(node, transposed=True)
-        if op == "Gemm":
-            return self._gemm(node)
-        if op == "MatMul":
-            return self._matmul(node)
-        if op == "Gather":
-            return self._embedding(node)
-        if op == "BatchNormalization":
-            return self._batch_norm(node)
-        if op == "LayerNormalization":
-            return self._layer_norm(node)
-        if op == "Dropout":
-            return self._dropout(node)
-        return None
+        build = {"Conv": self._conv, "ConvTranspose": self._conv, "Gemm": self._gemm, "MatMul": self._matmul,
+                 "Gather": self._embedding, "BatchNormalization": self._batch_norm,
+                 "LayerNormalization": self._layer_norm, "Dropout": self._dropout}.get(node.op_type)
+        return build(node) if build else None
 
-    def _conv(self, node, transposed):
+    def _conv(self, node):
+        transposed = node.op_type == "ConvTranspose"
         x, w, b = (list(node.inputs) + [None])[:3]
         w_init, b_init = _init(w), _init(b)
         if w_init is None or (b is not None and b_init is None) or _init(x) is not None:
@@ -223,7 +214,7 @@ class _Builder:
         if begin != end:
             if transposed:
                 return None
-            pre_pad, begin = _torch_pad(begin, end), [0] * n
+            pre_pad, begin = torch_pad(begin, end), [0] * n
         if transposed:
             if graph.attr(node, "output_shape", None) is not None:
                 return None
@@ -422,7 +413,7 @@ class _Builder:
             attrs = {k: self._attr(a) for k, a in node.attributes.items()}
             args = [op, *args]
             kwargs = {"attrs": attrs} if attrs else {}
-            if op in _OPSET_DEPENDENT:
+            if op in OPSET_DEPENDENT:
                 kwargs["opset"] = self.opset
             if len(outputs) > 1:
                 kwargs["outputs"] = outputs
@@ -580,11 +571,6 @@ class _Builder:
         return _unique_attr(self.root, _identifier(name))
 
 
-_OPSET_DEPENDENT = {"Clip", "Softmax", "LogSoftmax", "Hardmax", "Slice", "Pad", "Resize", "Upsample",
-                    "Dropout", "Split", "Squeeze", "Unsqueeze", "ReduceSum", "ReduceMean", "ReduceMax",
-                    "ReduceMin", "ReduceProd", "ReduceL2"}
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -668,14 +654,6 @@ def _torch(array: np.ndarray):
             f"cannot convert a tensor of type {array.dtype} to PyTorch; only numeric and boolean "
             "tensors are supported."
         ) from None
-
-
-def _torch_pad(begin, end) -> list:
-    """ONNX pads (begin per axis, end per axis) -> F.pad's list, last axis first."""
-    out = []
-    for b, e in zip(reversed(begin), reversed(end)):
-        out += [b, e]
-    return out
 
 
 def _identifier(name: str) -> str:

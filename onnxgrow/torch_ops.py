@@ -62,7 +62,7 @@ def _axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _torch_pad(begin, end) -> list:
+def torch_pad(begin, end) -> list:
     """ONNX pads (begin per axis, end per axis) -> F.pad's list, last axis first."""
     out = []
     for b, e in zip(reversed(begin), reversed(end)):
@@ -115,7 +115,7 @@ def op_conv(m, node, x, w, b=None):
     conv = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
     group = node.attrs.get("group", 1)
     if begin != end:
-        x = F.pad(x, _torch_pad(begin, end))
+        x = F.pad(x, torch_pad(begin, end))
         begin = [0] * len(kernel)
     return conv(x, w, b, strides, begin, dilations, group)
 
@@ -356,7 +356,7 @@ def op_max_pool(m, node, x):
     pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[len(kernel) - 1]
     ceil = bool(node.attrs.get("ceil_mode", 0))
     if begin != end or any(2 * p > k for p, k in zip(begin, kernel)):
-        x = F.pad(x, _torch_pad(begin, end), value=float("-inf"))
+        x = F.pad(x, torch_pad(begin, end), value=float("-inf"))
         begin = [0] * len(kernel)
     return pool(x, kernel, strides, begin, dilations, ceil)
 
@@ -368,7 +368,7 @@ def op_average_pool(m, node, x):
     include = bool(node.attrs.get("count_include_pad", 0))
     if begin == end and all(2 * p <= k for p, k in zip(begin, kernel)):
         return pool(x, kernel, strides, begin, ceil, include)
-    pads = _torch_pad(begin, end)
+    pads = torch_pad(begin, end)
     y = pool(F.pad(x, pads), kernel, strides, 0, ceil, True)
     if include:
         return y
@@ -689,7 +689,7 @@ def op_pad(m, node, x, pads=None, value=None, axes=None):
     first = next((i for i in range(rank) if begin[i] or end[i]), rank)
     if first == rank:
         return x
-    torch_pads = _torch_pad(begin[first:], end[first:])
+    torch_pads = torch_pad(begin[first:], end[first:])
     if mode == "constant":
         return F.pad(x, torch_pads, value=value)
     return F.pad(x, torch_pads, mode=mode)

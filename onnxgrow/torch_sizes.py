@@ -74,13 +74,17 @@ ELEMENTWISE = {
 }
 
 
+def _broadcast(*values) -> list[list]:
+    """1-D size lists (and ints, as one-element lists) broadcast to one length, as ONNX does."""
+    lists = [v if isinstance(v, list) else [v] for v in values]
+    n = max(len(v) for v in lists)
+    return [v * n if len(v) == 1 else v for v in lists]
+
+
 def elementwise(op: str, a, b):
     fn = ELEMENTWISE[op]
     if isinstance(a, list) or isinstance(b, list):
-        a_, b_ = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
-        n = max(len(a_), len(b_))
-        a_, b_ = (a_ * n if len(a_) == 1 else a_), (b_ * n if len(b_) == 1 else b_)
-        return [fn(x, y) for x, y in zip(a_, b_)]
+        return [fn(x, y) for x, y in zip(*_broadcast(a, b))]
     return fn(a, b)
 
 
@@ -89,11 +93,8 @@ def neg(v):
 
 
 def where(cond, a, b):
-    if isinstance(cond, list):
-        n = len(cond)
-        a_ = a if isinstance(a, list) else [a] * n
-        b_ = b if isinstance(b, list) else [b] * n
-        return [x if c else y for c, x, y in zip(cond, a_ if len(a_) == n else a_ * n, b_ if len(b_) == n else b_ * n)]
+    if isinstance(cond, list) or isinstance(a, list) or isinstance(b, list):
+        return [x if c else y for c, x, y in zip(*_broadcast(cond, a, b))]
     return a if cond else b
 
 
