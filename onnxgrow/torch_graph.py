@@ -6,15 +6,18 @@
   ConvTranspose → `nn.ConvTranspose*`, Gemm and MatMul by a constant matrix (with the bias Add
   that follows it, and the Transpose the weight sits behind) → `nn.Linear`, Gather from a
   constant table → `nn.Embedding`, BatchNormalization → `nn.BatchNorm*`, LayerNormalization over
-  the last axis → `nn.LayerNorm`, Dropout → `nn.Dropout`. A layer whose ONNX form has no exact
+  the last axis → `nn.LayerNorm`, RMSNorm as exporters decompose it (Pow, ReduceMean, Add, Sqrt,
+  Reciprocal, Mul, Mul by the gain) → `nn.RMSNorm`, Dropout → `nn.Dropout`. A layer whose ONNX form has no exact
   module (padding that depends on the input size, a Gemm with alpha ≠ 1, ...) stays functional.
 - **Other weights** (RMSNorm gains, positional embeddings, class tokens) are parameters at their
   state-dict path when they have one (`model.norm.weight`), else at a name made from the
   initializer's; constants are buffers.
 - **Sizes**: Shape, and the integer arithmetic over it, run as Python arithmetic on sizes
   (onnxgrow/torch_sizes.py), so tracing and torch.compile keep them symbolic.
-- **Everything else** runs the op's implementation in onnxgrow/torch_ops.py (`onnx_op(...)`),
-  or a torch function where the two agree exactly (`torch.relu`, `operator.add`).
+- **Torch calls** where the two agree exactly: `torch.relu`, `operator.add`, `F.silu` for
+  `x * sigmoid(x)`, `torch.permute`, `torch.cat`, `torch.softmax`, `torch.reshape`, `x[..., a:b]`
+  for constant Slices: the code reads as a user's and runs without per-op dispatch.
+- **Everything else** runs the op's implementation in onnxgrow/torch_ops.py (`onnx_op(...)`).
 
 The module carries what write-back needs: `onnx_names` (state name → initializer),
 `onnx_layouts` (state names stored transposed: Linear weights of MatMul/Gemm(transB=0)) and
@@ -180,7 +183,8 @@ class _Builder:
             return None
         build = {"Conv": self._conv, "ConvTranspose": self._conv, "Gemm": self._gemm, "MatMul": self._matmul,
                  "Gather": self._embedding, "BatchNormalization": self._batch_norm,
-                 "LayerNormalization": self._layer_norm, "Dropout": self._dropout}.get(node.op_type)
+                 "LayerNormalization": self._layer_norm, "Dropout": self._dropout,
+                 "Mul": self._rms_norm}.get(node.op_type)
         return build(node) if build else None
 
     def _conv(self, node):
@@ -316,6 +320,16 @@ class _Builder:
             params["bias"] = (b, None)
         return _Layer(node, module, x, node.outputs[0], params)
 
+    def _rms_norm(self, node):
+        """RMSNorm as exporters decompose it: `w * (x * 1/sqrt(mean(x², -1) + eps))`, the
+        reciprocal written Reciprocal or Div(1, ·) → `nn.RMSNorm`."""
+        match = _rms_norm_pattern(node)
+        if match is None:
+            return None
+        x, w, eps, absorbed = match
+        module = nn.RMSNorm(w.const_value.shape[0], eps, device="meta")
+        return _Layer(node, module, x, node.outputs[0], {"weight": (w, None)}, absorbed)
+
     def _dropout(self, node):
         if len(node.outputs) > 1 and node.outputs[1] is not None and (node.outputs[1].uses() or node.outputs[1].is_graph_output()):
             return None
@@ -390,7 +404,7 @@ class _Builder:
 
     def _emit(self, node: ir.Node) -> None:
         op = node.op_type if ops.is_onnx(node) else f"{node.domain}::{node.op_type}"
-        if self._emit_size(node, op) or self._emit_from_sizes(node, op):
+        if self._emit_size(node, op) or self._emit_from_sizes(node, op) or self._emit_torch(node, op):
             return
         slots = SIZE_SLOTS.get(op, set())
         args = [None if v is None or not v.name
@@ -424,6 +438,63 @@ class _Builder:
             for i, v in enumerate(node.outputs):
                 if v is not None and outputs[i]:
                     self.tensor[v.name] = self.fx.call_function(operator.getitem, (result, i))
+
+    def _emit_torch(self, node: ir.Node, op: str) -> bool:
+        """Ops written as the torch call a user would write: SiLU (`x * sigmoid(x)`), Pow by a
+        constant exponent, Transpose, Softmax and Concat. False when `node` is none of them."""
+        ins, out = node.inputs, node.outputs[0] if len(node.outputs) == 1 else None
+        if out is None or any(v is None for v in ins):
+            return False
+        at = lambda name, default=None: graph.attr(node, name, default)  # noqa: E731
+        if op == "Mul" and _is_float(out) and (x := _silu_input(node)) is not None:
+            fn, args = torch.nn.functional.silu, (self._tensor_of(x),)
+        elif (op == "Pow" and _is_float(out) and isinstance(self.literal.get(ins[1].name), float)
+              and _is_float(ins[0])):
+            fn, args = torch.pow, (self._tensor_of(ins[0]), self.literal[ins[1].name])
+        elif op == "Transpose" and at("perm") is not None:
+            fn, args = torch.permute, (self._tensor_of(ins[0]), tuple(at("perm")))
+        elif op == "Softmax" and self.opset >= 13:
+            fn, args = torch.softmax, (self._tensor_of(ins[0]), at("axis", -1))
+        elif op == "Concat" and ins:
+            fn, args = torch.cat, ([self._tensor_of(v) for v in ins], at("axis"))
+        elif op == "Reshape" and ins[1].name in self.size and (
+                at("allowzero", 0) or 0 not in (self._literal_ints(ins, 1) or [0])):
+            fn, args = torch.reshape, (self._tensor_of(ins[0]), self.size[ins[1].name])
+        elif op == "Unsqueeze" and self.opset >= 13 and (
+                axes := _ascending(self._literal_ints(ins, 1), _rank(ins[0]))):
+            value = self._tensor_of(ins[0])
+            for axis in axes:  # ascending output positions: each insert leaves the earlier ones in place
+                value = self.fx.call_function(torch.unsqueeze, (value, axis))
+            self.tensor[out.name] = value
+            return True
+        elif op == "Slice" and self.opset >= 10 and (index := self._slice_index(ins)) is not None:
+            fn, args = operator.getitem, (self._tensor_of(ins[0]), index)
+        else:
+            return False
+        self.tensor[out.name] = self.fx.create_node("call_function", fn, args, name=_identifier(out.name))
+        return True
+
+    def _literal_ints(self, ins, i: int):
+        """Input `i` as a list of ints written into the code, else None."""
+        value = self.size.get(ins[i].name) if i < len(ins) and ins[i] is not None else None
+        if isinstance(value, int):
+            return [value]
+        return value if isinstance(value, list) and all(isinstance(v, int) for v in value) else None
+
+    def _slice_index(self, ins):
+        """`x[..., a:b]`-style index of a Slice with literal starts/ends/axes and positive steps
+        (Python slicing clamps out-of-range bounds as ONNX does), else None."""
+        starts, ends = self._literal_ints(ins, 1), self._literal_ints(ins, 2)
+        axes = self._literal_ints(ins, 3) if len(ins) > 3 and ins[3] is not None else list(range(len(starts or [])))
+        steps = self._literal_ints(ins, 4) if len(ins) > 4 and ins[4] is not None else [1] * len(axes or [])
+        if None in (starts, ends, axes, steps) or not len(starts) == len(ends) == len(axes) == len(steps) == 1:
+            return None
+        (start,), (end,), (axis,), (step,) = starts, ends, axes, steps
+        if step < 1:
+            return None
+        start, end = (max(-2**62, min(v, 2**62)) for v in (start, end))  # INT64 bounds: torch warns on them
+        cut = slice(start or None, None if end == 2**62 else end, None if step == 1 else step)
+        return (slice(None),) * axis + (cut,) if axis >= 0 else (Ellipsis, cut) + (slice(None),) * (-axis - 1)
 
     def _emit_from_sizes(self, node: ir.Node, op: str) -> bool:
         """ConstantOfShape and Range over sizes: tensors made straight from (symbolic) sizes."""
@@ -580,6 +651,97 @@ def _named_otherwise(layer: _Layer) -> bool:
     weight = layer.params.get("weight", (None, None))[0]
     name = weight.name if weight is not None else ""
     return "." in name and not name.endswith(".weight") and _module_path(name) == name
+
+
+def _producer(v: ir.Value | None, op: str, private: bool = True) -> ir.Node | None:
+    """The `op` node computing `v`; with `private`, only when nothing else reads `v`."""
+    node = v.producer() if v is not None else None
+    if node is None or node.op_type != op or not ops.is_onnx(node):
+        return None
+    if private and (len(v.uses()) != 1 or v.is_graph_output()):
+        return None
+    return node
+
+
+def _silu_input(mul: ir.Node) -> ir.Value | None:
+    """x when `mul` computes x * sigmoid(x) (either order), else None."""
+    for i in (0, 1):
+        sigmoid = _producer(mul.inputs[i], "Sigmoid", private=False)
+        if sigmoid is not None and sigmoid.inputs[0] is mul.inputs[1 - i]:
+            return sigmoid.inputs[0]
+    return None
+
+
+def _rms_norm_pattern(mul: ir.Node):
+    """(x, weight, eps, the nodes before `mul`) when `mul` is w * (x * 1/sqrt(mean(x², -1) + eps))
+    with a 1-D float weight as long as x's last axis; else None."""
+    for i in (0, 1):
+        w, normed = _init(mul.inputs[i]), mul.inputs[1 - i]
+        scale = _producer(normed, "Mul")
+        if w is None or scale is None or not _float(w) or len(w.const_value.shape) != 1:
+            continue
+        for j in (0, 1):
+            x, inverse = scale.inputs[j], scale.inputs[1 - j]
+            match = _inverse_rms(x, inverse)
+            if match is None:
+                continue
+            eps, nodes = match
+            d = w.const_value.shape[0]
+            last = x.shape[-1] if x.shape is not None and len(x.shape) else None
+            if d < 2 or (isinstance(last, int) and last != d):
+                continue
+            return x, w, eps, [*nodes, scale]
+    return None
+
+
+def _inverse_rms(x: ir.Value, inverse: ir.Value):
+    """(eps, nodes) when `inverse` is 1/sqrt(mean(x², -1, keepdims) + eps), else None."""
+    reciprocal = _producer(inverse, "Reciprocal")
+    sqrt_in = None
+    if reciprocal is not None:
+        sqrt_in = reciprocal.inputs[0]
+    elif (div := _producer(inverse, "Div")) is not None and _scalar(div.inputs[0]) == 1.0:
+        reciprocal, sqrt_in = div, div.inputs[1]
+    sqrt = _producer(sqrt_in, "Sqrt")
+    add = _producer(sqrt.inputs[0], "Add") if sqrt is not None else None
+    if add is None:
+        return None
+    for k in (0, 1):
+        eps, mean_out = _scalar(add.inputs[k]), add.inputs[1 - k]
+        mean = _producer(mean_out, "ReduceMean")
+        if eps is None or mean is None or not graph.attr(mean, "keepdims", 1):
+            continue
+        axes = graph.attr(mean, "axes", None)
+        if axes is None and len(mean.inputs) > 1:
+            axes = graph.constant(mean.inputs[1])
+        rank = _rank(x)
+        if axes is None or [int(a) for a in np.reshape(axes, -1)] not in ([-1], [rank - 1] if rank else [-1]):
+            continue
+        square = _producer(mean.inputs[0], "Pow")
+        if square is None or square.inputs[0] is not x or _scalar(square.inputs[1]) != 2.0:
+            continue
+        return eps, [square, mean, add, sqrt, reciprocal]
+    return None
+
+
+def _scalar(v: ir.Value | None) -> float | None:
+    """The value of a one-element float constant, else None."""
+    array = graph.constant(v) if v is not None else None
+    if array is None or array.size != 1 or array.dtype.kind != "f":
+        return None
+    return float(array.reshape(-1)[0])
+
+
+def _ascending(axes: list[int] | None, rank: int | None) -> list[int] | None:
+    """Unsqueeze's axes as distinct non-negative output positions, sorted; None when they are not
+    (or are negative and the input's rank is unknown)."""
+    if not axes:
+        return None
+    if min(axes) < 0:
+        if rank is None:
+            return None
+        axes = [a + rank + len(axes) if a < 0 else a for a in axes]
+    return sorted(axes) if min(axes) >= 0 and len(set(axes)) == len(axes) else None
 
 
 def _init(v: ir.Value | None, depth: int = 0) -> ir.Value | None:

@@ -274,6 +274,33 @@ OP_CASES = {
          _node("Softsign", ["x"], ["g"])],
         X4, ["a", "b", "c", "d", "e", "f", "g"], {"k": np.array(1, np.int64), "ax": np.array(2, np.int64),
                                                   "ratio": np.float32(0.3)}),
+    "slices_as_python_indexing": lambda: make_model(
+        [_node("Slice", ["x", "a0", "a1", "ax_last"], ["a"]), _node("Slice", ["x", "b0", "big", "ax2", "two"], ["b"]),
+         _node("Slice", ["x", "c0", "small", "ax1"], ["c"]), _node("Slice", ["x", "d0", "d1", "ax_m2"], ["d"]),
+         _node("Slice", ["x", "d1", "a0", "ax1"], ["e"])],
+        X4, ["a", "b", "c", "d", "e"],
+        {"a0": _i64(-3), "a1": _i64(100), "ax_last": _i64(-1), "b0": _i64(1), "big": _i64(2**63 - 1),
+         "ax2": _i64(2), "two": _i64(2), "c0": _i64(-100), "small": _i64(-2**63), "ax1": _i64(1),
+         "d0": _i64(2), "d1": _i64(-1), "ax_m2": _i64(-2)}, opset=13),
+    "unsqueeze_reshape_concat_softmax": lambda: make_model(
+        [_node("Unsqueeze", ["x", "ax"], ["u"]), _node("Reshape", ["u", "shp"], ["r"]),
+         _node("Reshape", ["x", "shp0"], ["r0"]), _node("Concat", ["r0", "r0"], ["c"], axis=-1),
+         _node("Softmax", ["c"], ["s"], axis=1), _node("Transpose", ["s"], ["y"], perm=[2, 0, 1])],
+        X4, ["r", "y"], {"ax": _i64(-1, 1, 0), "shp": _i64(-1, 9, 8), "shp0": _i64(0, 3, -1)}, opset=13),
+    "rms_norms_and_silu": lambda: make_model(
+        [_node("Pow", ["x", "two"], ["p"]), _node("ReduceMean", ["p", "last"], ["m"]),
+         _node("Add", ["m", "eps"], ["a"]), _node("Sqrt", ["a"], ["q"]), _node("Reciprocal", ["q"], ["r"]),
+         _node("Mul", ["x", "r"], ["n"]), _node("Mul", ["n", "w"], ["y1"]),
+         _node("Pow", ["y1", "two"], ["p2"]), _node("ReduceMean", ["p2", "last"], ["m2"]),
+         _node("Add", ["eps", "m2"], ["a2"]), _node("Sqrt", ["a2"], ["q2"]), _node("Div", ["one", "q2"], ["r2"]),
+         _node("Mul", ["r2", "y1"], ["n2"]), _node("Mul", ["w2", "n2"], ["y2"]),
+         _node("Sigmoid", ["y2"], ["sg"]), _node("Mul", ["sg", "y2"], ["y3"]), _node("Mul", ["y2", "sg"], ["y4"]),
+         _node("Pow", ["x", "two"], ["p3"]), _node("ReduceMean", ["p3", "ax2"], ["m3"]),  # not the last axis
+         _node("Add", ["m3", "eps"], ["a3"]), _node("Sqrt", ["a3"], ["q3"]), _node("Reciprocal", ["q3"], ["r3"]),
+         _node("Mul", ["x", "r3"], ["n3"]), _node("Mul", ["n3", "w"], ["y5"])],
+        X4, ["y3", "y4", "sg", "y5"],
+        {"two": np.float32(2), "last": _i64(-1), "eps": np.float32(1e-3), "w": rand(R, 8), "one": np.float32(1),
+         "w2": rand(R, 8), "ax2": _i64(2)}),
 }
 
 
@@ -283,6 +310,19 @@ def test_op_matches_onnxruntime(case):
     model = OP_CASES[case]()
     batches = (2, 3) if any(d.dim_param for i in model.graph.input for d in i.type.tensor_type.shape.dim) else (1,)
     assert_matches_ort(model, batches=batches)
+
+
+def test_exporter_decompositions_read_as_torch_code():
+    """RMSNorm becomes nn.RMSNorm at its path, x * sigmoid(x) F.silu, shape ops torch calls; a near miss
+    (the mean over another axis) stays as written."""
+    module = og.to_torch(OP_CASES["rms_norms_and_silu"]())
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.RMSNorm)]
+    assert len(norms) == 2 and all(n.eps == pytest.approx(1e-3) for n in norms)
+    code = module.code
+    assert code.count("torch.nn.functional.silu") == 2 and "torch.sigmoid" in code  # sg is an output too
+    assert "onnx_op('Pow'" not in code and "torch.pow" in code
+    shapes = og.to_torch(OP_CASES["unsqueeze_reshape_concat_softmax"]()).code
+    assert "onnx_op" not in shapes.replace("onnx_op('Reshape', x, [0, 3, -1]", ""), shapes  # 0 copies a dim
 
 
 # ----------------------------------------------------------------------------- small trainable nets

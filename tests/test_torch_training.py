@@ -55,6 +55,8 @@ def test_decoder_parameters_have_the_checkpoints_names_and_values(family, llm_mo
     assert set(native) <= set(params)  # every weight under its own name (tied ones once)
     assert isinstance(module.get_submodule("lm.model.layers.0.self_attn.q_proj"), nn.Linear)
     assert isinstance(module.get_submodule("lm.model.embed_tokens"), nn.Embedding)
+    assert isinstance(module.get_submodule("lm.model.layers.1.post_attention_layernorm"), nn.RMSNorm)
+    assert isinstance(module.get_submodule("lm.model.norm"), nn.RMSNorm)
     for name, p in native.items():
         torch.testing.assert_close(params[name], p, rtol=0, atol=0)
 

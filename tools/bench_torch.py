@@ -94,6 +94,10 @@ def build(name: str, quick: bool, folder: Path):
                                 num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=2,
                                 max_position_embeddings=256, attn_implementation="eager")
         module = LogitsOnly(tf.LlamaForCausalLM(config)).eval()
+        with torch.no_grad():  # trained-like norm gains: all-ones ones would be deduplicated in the export
+            for name, p in module.named_parameters():
+                if "norm" in name:
+                    p.add_(0.1 * torch.randn_like(p))
         x = (torch.randint(0, 512, (8, 64)),)
         path = folder / "llama.onnx"
         dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
