@@ -9,6 +9,9 @@
   the last axis → `nn.LayerNorm`, RMSNorm as exporters decompose it (Pow, ReduceMean, Add, Sqrt,
   Reciprocal, Mul, Mul by the gain) → `nn.RMSNorm`, Dropout → `nn.Dropout`. A layer whose ONNX form has no exact
   module (padding that depends on the input size, a Gemm with alpha ≠ 1, ...) stays functional.
+  A 1x1 Conv with stride s becomes `x[:, :, ::s, ::s]` and a stride-1 `nn.Conv2d` (the same sums):
+  torch 2.13's CPU backward of a strided 1x1 conv in channels_last, the layout inductor gives
+  convs, segfaults on odd batch sizes (a hand-written ResNet's downsample crashes the same way).
 - **Other weights** (RMSNorm gains, positional embeddings, class tokens) are parameters at their
   state-dict path when they have one (`model.norm.weight`), else at a name made from the
   initializer's; constants are buffers.
@@ -98,6 +101,7 @@ class _Layer:
     params: dict  # module attribute -> (initializer value, layout: None or "T")
     absorbed: list = field(default_factory=list)  # nodes the module computes too
     pre_pad: list | None = None  # F.pad before the module (asymmetric Conv padding)
+    pre_stride: tuple | None = None  # x[:, :, ::s, ::s] before a 1x1 conv given stride 1 instead
     path: str = ""
 
 
@@ -219,6 +223,13 @@ class _Builder:
             if transposed:
                 return None
             pre_pad, begin = torch_pad(begin, end), [0] * n
+        pre_stride = None
+        if not transposed and all(kk == 1 for kk in k) and any(st > 1 for st in strides) and not any(begin + end):
+            # A strided 1x1 conv reads every s-th pixel: torch 2.13's CPU backward of a channels_last
+            # strided 1x1 conv segfaults on odd batch sizes (inductor picks channels_last for convs).
+            pre_stride = (slice(None), slice(None)) + tuple(slice(None, None, st) if st > 1 else slice(None)
+                                                            for st in strides)
+            strides = (1,) * n
         if transposed:
             if graph.attr(node, "output_shape", None) is not None:
                 return None
@@ -232,7 +243,7 @@ class _Builder:
         params = {"weight": (w_init, None)}
         if b is not None:
             params["bias"] = (b_init, None)
-        return _Layer(node, module, x, node.outputs[0], params, pre_pad=pre_pad)
+        return _Layer(node, module, x, node.outputs[0], params, pre_pad=pre_pad, pre_stride=pre_stride)
 
     def _gemm(self, node):
         a, b, c = (list(node.inputs) + [None])[:3]
@@ -380,6 +391,8 @@ class _Builder:
         x = self._tensor_of(layer.x)
         if layer.pre_pad is not None:
             x = self.fx.call_function(torch.nn.functional.pad, (x, layer.pre_pad))
+        if layer.pre_stride is not None:
+            x = self.fx.call_function(operator.getitem, (x, layer.pre_stride))
         out = self.fx.create_node("call_module", path, (x,), name=_identifier(path.replace(".", "_")))
         self.tensor[layer.out.name] = out
 

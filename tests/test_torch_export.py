@@ -111,6 +111,8 @@ OP_CASES = {
     "conv_depthwise_same_upper": lambda: _single(
         "Conv", inputs={"x": ["N", 4, 9, 8]}, inits={"w": _conv_w(4, 1, 4, 3)}, group=4,
         auto_pad="SAME_UPPER", strides=[2, 2]),
+    "conv_1x1_strided_odd_sizes": lambda: _single("Conv", inputs={"x": ["N", 3, 9, 7]}, inits={"w": _conv_w(4, 3, 1, 1)},
+                                                  strides=[2, 3]),
     "conv_same_lower": lambda: _single("Conv", inits={"w": _conv_w(2, 3, 2, 2)}, auto_pad="SAME_LOWER"),
     "conv_valid": lambda: _single("Conv", inits={"w": _conv_w(2, 3, 3, 3)}, auto_pad="VALID"),
     "conv1d": lambda: _single("Conv", inputs={"x": ["N", 3, 12]}, inits={"w": _conv_w(5, 3, 3), "b": rand(R, 5)},
