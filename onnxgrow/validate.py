@@ -20,7 +20,9 @@ onnxruntime or onnxgrow could not use it faithfully:
   not 2-D.
 
 `check_finite` refuses weights holding NaN or ±Inf before a transform: the teacher's outputs
-would be non-finite, and comparing NaN with NaN proves nothing.
+would be non-finite, and comparing NaN with NaN proves nothing. A single-element ±Inf is a bound,
+not a weight, and is kept: torch writes `clamp(min=…)` as Clip with max = +Inf (openWakeWord's
+mel front end), tf2onnx a floor as Max(−Inf, x) (Magika).
 
 `check_growth_memory` refuses a width or kernel whose new weights cannot fit in the available
 memory: a lower bound on the new bytes (one output unit's share of the layer's weight times the
@@ -329,6 +331,8 @@ def check_finite_tensors(tensors, where: str = "the model") -> None:
 
 
 def _count_non_finite(name: str, array: np.ndarray, bad: list) -> None:
+    if array.size == 1 and np.isinf(array).all():
+        return  # a bound (Clip's max = +Inf, Max(−Inf, x)), not a diverged weight
     count = int(array.size - np.count_nonzero(np.isfinite(array)))
     if count:
         bad.append(f"{name!r} ({count} of {array.size})")

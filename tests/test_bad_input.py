@@ -649,3 +649,32 @@ def test_shell_metacharacters_and_unicode_names_work(tmp_path):
     assert not any(p.name == "PWNED" for p in tmp_path.rglob("*"))
     grown = onnx.load(out)
     assert numpy_helper.to_array(next(t for t in grown.graph.initializer if "w1" in t.name)).shape[0] == 6
+
+
+# ----------------------------------------------------------------------------- infinite bounds
+
+
+def test_infinite_bounds_are_not_bad_weights(tmp_path):
+    """A single ±Inf is a bound, not a diverged weight: torch's clamp(min=…) is Clip with max = +Inf
+    (openWakeWord's mel front end), tf2onnx's floor is Max(−Inf, x) (Magika). Both grow; a NaN bound
+    and an Inf inside a real weight are still refused (the cases above)."""
+    model = conv_model()
+    clip, floor = next(n for n in model.graph.node if n.op_type == "Relu"), "floor"
+    clip.op_type, clip.input[:] = "Clip", ["h", "lo", "hi"]
+    clip.output[:] = ["c"]
+    model.graph.node.insert(2, helper.make_node("Max", ["c", floor], ["r"], name="max1"))
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(0, np.float32), "lo"),
+                                    numpy_helper.from_array(np.array(np.inf, np.float32), "hi"),
+                                    numpy_helper.from_array(np.array([-np.inf], np.float32), floor)])
+    src = save(model, tmp_path / "m.onnx")
+    for argv in (["widen", src, "--layer", "conv1", "--width", "8", "-o", tmp_path / "w.onnx"],
+                 ["deepen", src, "--after", "conv1", "--method", "r2r", "-o", tmp_path / "d.onnx"]):
+        done = subprocess.run([sys.executable, "-m", "onnxgrow.cli", *map(str, argv)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "match" in done.stdout
+    model.graph.initializer[-1].CopyFrom(numpy_helper.from_array(np.array([np.nan], np.float32), floor))
+    argv = ["widen", save(model, tmp_path / "nan.onnx"), "--layer", "conv1", "--width", "8", "-o", tmp_path / "n.onnx"]
+    done = subprocess.run([sys.executable, "-m", "onnxgrow.cli", *map(str, argv)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "NaN or infinite" in done.stderr, done.stderr
