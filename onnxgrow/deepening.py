@@ -27,7 +27,8 @@ Let t have C channels (axis 1 for Conv/ConvTranspose outputs, the last axis for 
   sum is zero up to rounding of the accumulation order (measured ≈1e-7 of |t|).
 - zero: the same block with L2 = 0 (B(t) = 0 exactly; L1 gets no gradient until L2 moves).
 φ inside the blocks is a copy of the network's own activation (the last non-affine step of the walk)
-when it uses only scalar constants, else Relu. The new Conv copies X's group count (depthwise
+when it uses only scalar constants and is finite for every input (not Log, Sqrt, Reciprocal, a
+fractional Pow: the block's hidden units take any sign), else Relu. The new Conv copies X's group count (depthwise
 stays depthwise) and X's kernel when it is odd (else 3); --kernel overrides.
 
 Kernel growth: a Conv (or ConvTranspose) kernel k grows to k' (k' > k, k' − k even) by zero-padding
@@ -114,6 +115,24 @@ def grow_kernel(w: np.ndarray, new_kernel: tuple[int, ...]) -> np.ndarray:
 # ----------------------------------------------------------------------------- the walk
 
 
+PARTIAL = frozenset({"Log", "Sqrt", "Reciprocal", "Acos", "Asin", "Acosh", "Atanh"})  # not finite on all reals
+
+
+def _finite_everywhere(step: "_Step") -> bool:
+    """Whether every node of `step` gives a finite value for every finite input (Pow only by an
+    integer constant, Div only by a constant)."""
+    for n in step.nodes:
+        if n.op_type in PARTIAL:
+            return False
+        if n.op_type == "Pow":
+            exponent = G.constant(n.inputs[1])
+            if exponent is None or not np.all(np.equal(np.mod(exponent, 1), 0)) or np.any(exponent < 0):
+                return False
+        if n.op_type == "Div" and G.constant(n.inputs[1]) is None:
+            return False
+    return True
+
+
 @dataclass
 class _Step:
     """A region of elementwise nodes mapping tensor `start` to tensor `end`."""
@@ -189,10 +208,12 @@ class _Plan:
         return [s.describe() for s in self.steps]
 
     def last_activation(self) -> _Step | None:
-        """The step cloned as φ inside r2r/zero blocks: last non-affine step with scalar constants."""
+        """The step cloned as φ inside r2r/zero blocks: the last non-affine step, when it reads only
+        scalar constants and is finite for every input (a block's hidden units take any sign: a
+        copy of Log would make NaN there, and NaN · 0 is not 0)."""
         for step in reversed(self.steps):
             if step.kind != "affine":
-                if all(c.size == 1 for c in step.const_inputs):
+                if all(c.size == 1 for c in step.const_inputs) and _finite_everywhere(step):
                     return step
                 return None
         return None

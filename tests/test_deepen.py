@@ -258,6 +258,21 @@ def test_net2net_refuses_non_idempotent_activations(act):
     assert "net2net" not in D.deepen_options(node_by_name(teacher, "conv0"))["methods"]
 
 
+@pytest.mark.parametrize("method", ["r2r", "zero"])
+def test_block_after_a_partial_function_uses_relu(method):
+    """A mel front end's MatMul → Clip(min) → Log: a copy of Log inside the block would be NaN on its
+    negative hidden units (NaN · 0 is not 0), so the block's φ is Relu."""
+    net = Net(7)
+    h = net.gemm("x", 6, 5, name="fc0")
+    h = net.op("Clip", [h, net.const(np.float32(1e-3)), ""])
+    h = net.op("Log", [h])
+    net.gemm(h, 5, 3, name="fc1")
+    teacher = net.model([("x", [2, 6])], [net.nodes[-1].output[0]])
+    student, summary = deepen_ir(teacher, after="fc0", method=method)
+    assert "Relu" in {n.op_type for n in student.graph.node if n.name.startswith("onnxgrow/")}
+    assert_equivalent(teacher, student)
+
+
 @pytest.mark.parametrize("method", ["net2net", "r2r"])
 def test_residual_tensor_with_several_consumers_and_graph_output(method):
     teacher = residual_model()
