@@ -15,6 +15,8 @@ from tests.rule_graphs import (
     floats,
     ints,
     matmul_sandwich,
+    model,
+    value,
     weight,
 )
 
@@ -44,8 +46,18 @@ def test_softmax_over_other_axes_passes_and_over_the_channels_is_refused():
     spatial = conv_sandwich([helper.make_node("Softmax", ["h"], ["m"], axis=3)])
     assert_widens_exactly(spatial)
     channels = conv_sandwich([helper.make_node("Softmax", ["h"], ["m"], axis=1)])
-    with pytest.raises(GrowError, match="Softmax.*normalises over the widened channel axis"):
+    with pytest.raises(GrowError, match="Softmax.*normalises over the widened channel axis: new channels"):
         og.widen(channels, layer="p", width=8)
+
+
+def test_softmax_over_the_channels_into_the_output_says_the_channels_are_the_outputs():
+    """A classifier's last layer (MTCNN: Conv → Softmax → Flatten → output) is refused as a graph output."""
+    nodes = [helper.make_node("Conv", ["x", "wp", "bp"], ["h"], name="p", pads=[1, 1, 1, 1]),
+             helper.make_node("Softmax", ["h"], ["m"], axis=1), helper.make_node("Flatten", ["m"], ["probs"])]
+    teacher = model(nodes, [value("x", 1, 2, 4, 4)], [value("probs", 1, None)],
+                    [weight("wp", 4, 2, 3, 3), weight("bp", 4)], 17)
+    with pytest.raises(GrowError, match="graph output 'probs': these channels are the output's classes"):
+        og.widen(teacher, layer="p", width=8)
 
 
 def test_cast_like_lends_only_its_type():

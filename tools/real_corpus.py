@@ -18,7 +18,6 @@ One function per source below; each returns [(name, exporter, path-in-package, f
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import shutil
 import subprocess
@@ -227,17 +226,38 @@ def openwakeword():
         e = run(d, "tf2onnx_openwakeword_embedding.onnx", {"input_1": np.stack(wins)[..., None]})
         return e[:frames, 0, 0][None].astype(np.float32)
 
+    def borderline(d, name, input_name, x):
+        """`x` nudged until the head's score is mid-range. On speech without its wake word a head
+        scores 1e-6..4e-4, far in the Sigmoid's tail, where onnxruntime's approximation is off by
+        up to 4 % and a comparison relative to the output's size measures that, not the student.
+        A seeded random climb on the score (in onnxruntime, so any head works) from the voice's
+        embeddings gives an input on the decision boundary, where a wrong student shows."""
+        session = ort.InferenceSession(str(Path(d) / name), providers=["CPUExecutionProvider"])
+        score = lambda v: float(session.run(None, {input_name: v})[0].max())  # noqa: E731
+        rng, step = np.random.default_rng(0), 0.05 * float(x.std())
+        best = score(x)
+        for _ in range(20000):
+            if best > 0.3:
+                break
+            candidate = (x + rng.normal(0, step, x.shape)).astype(np.float32)
+            if (s := score(candidate)) > best:
+                x, best = candidate, s
+        return x
+
+    def head(name, frames, input_name):
+        return lambda d: {input_name: borderline(d, name, input_name, head_in(d, frames))}
+
     return "openwakeword==0.4.0", [
         ("torch13_openwakeword_melspec", "torch (opset 13)", res + "melspectrogram.onnx", lambda _: {"input": audio}),
         ("tf2onnx_openwakeword_embedding", "tf2onnx", res + "embedding_model.onnx", emb_in),
         ("tf2onnx_openwakeword_hey_mycroft", "tf2onnx", res + "hey_mycroft_v0.1.onnx",
-         lambda d: {"input_1": head_in(d, 16)}),
+         head("tf2onnx_openwakeword_hey_mycroft.onnx", 16, "input_1")),
         ("torch13_openwakeword_alexa", "torch (opset 13)", res + "alexa_v0.1.onnx",
-         lambda d: {"onnx::Flatten_0": head_in(d, 16)}),
+         head("torch13_openwakeword_alexa.onnx", 16, "onnx::Flatten_0")),
         ("torch13_openwakeword_hey_jarvis", "torch (opset 13)", res + "hey_jarvis_v0.1.onnx",
-         lambda d: {"x.1": head_in(d, 16)}),
+         head("torch13_openwakeword_hey_jarvis.onnx", 16, "x.1")),
         ("torch13_openwakeword_timer", "torch (opset 13)", res + "timer_v0.1.onnx",
-         lambda d: {"onnx::Flatten_0": head_in(d, 34)}),
+         head("torch13_openwakeword_timer.onnx", 34, "onnx::Flatten_0")),
     ]
 
 
