@@ -322,6 +322,9 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         at = f" at {sizes}: onnxruntime fails at size 1" if rep.get("dims_note") else ""
         click.echo(f"verified on {rep['provider']}: max abs error {worst:.3g} "
                    f"({rep['samples']} samples{at}) → {verdict}")
+        for o in rep["outputs"]:
+            if o.get("judged_by"):
+                click.echo(f"  {o['name']}: over its own tolerance, passed by {o['judged_by']}")
     click.echo(f"wrote {summary['output']}")
 
 

@@ -482,3 +482,34 @@ def test_cli_npz_inputs(pair, tmp_path):
     np.savez(tmp_path / "wrong.npz", input=np.ones((2, 4), np.float32))
     done = run_cli("verify", pair["teacher"], pair["same"], "--inputs", tmp_path / "wrong.npz")
     assert done.returncode == 2 and "missing 'x'" in done.stderr and "Traceback" not in done.stderr
+
+
+def softmax_head(shift, op="Softmax"):
+    """x[batch,4] → logits = x W + b (+ shift) → op → p; logits of size ~30, as a big classifier's."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((4, 50)) * 8).astype(np.float32)
+    b = (rng.standard_normal(50) + shift).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["logits"]),
+             helper.make_node(op, ["logits"], ["p"], **({"axis": -1} if "Softmax" in op else {}))]
+    return make_model(nodes, [vi("x", F, ["batch", 4])], [vi("p", F, ["batch", 50])],
+                      [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+
+
+def test_a_softmax_output_that_fails_by_rounding_of_its_logits_passes_by_them():
+    teacher = softmax_head(0.0)
+    rounding = np.random.default_rng(4).uniform(-3e-4, 3e-4, 50)  # within 5e-5 of logits of size ~30
+    student = softmax_head(rounding)
+    report = verify(teacher, student, dims={"batch": 16})
+    (out,) = report.outputs
+    assert out.max_abs > out.allowed  # the probabilities alone would fail ...
+    assert report.ok and out.passed and "logits 'logits'" in out.judged_by  # ... their logits pass
+    assert "ok by its logits 'logits'" in report.format()
+    wrong = verify(teacher, softmax_head(np.random.default_rng(4).uniform(-0.1, 0.1, 50)), dims={"batch": 16})
+    assert not wrong.ok and wrong.outputs[0].judged_by is None
+
+
+def test_only_squashing_outputs_are_judged_by_their_input():
+    teacher = softmax_head(0.0, op="Sin")  # of size 1 like probabilities, but not a function of a logit's rank
+    report = verify(teacher, softmax_head(np.random.default_rng(4).uniform(-3e-4, 3e-4, 50), op="Sin"),
+                    dims={"batch": 16})
+    assert not report.ok and report.outputs[0].judged_by is None
