@@ -48,3 +48,29 @@ def test_weight_first_matmul_consumes_on_its_columns():
              helper.make_node("MatMul", ["wc", "m"], ["y"], name="c")]
     inits = [weight("wp", 3, 4), weight("wc", 2, 4)]
     assert_widens_exactly(model(nodes, [value("x", 5, 3)], [value("y", 2, 5)], inits))
+
+
+def recurrent_after_matmul(op, directions=1, transpose=False):
+    """x[5,2,3] → MatMul p (4 features) → [Transpose to the sequence's feature axis 1] → op (hidden 3)
+    → its Y and Y_h. (onnxruntime runs only layout 0.)"""
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    attrs = {"hidden_size": 3, **({"direction": "bidirectional"} if directions == 2 else {})}
+    features = 2 if transpose else 4
+    nodes = [helper.make_node("MatMul", ["x", "wp"], ["h"], name="p"),
+             *([helper.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1])] if transpose else []),
+             helper.make_node(op, ["ht" if transpose else "h", "W", "R", "B"], ["y", "y_h"], name="rnn", **attrs)]
+    inits = [weight("wp", 3, 4), weight("W", directions, gates * 3, features),
+             weight("R", directions, gates * 3, 3), weight("B", directions, 2 * gates * 3)]
+    return model(nodes, [value("x", 5, 2, 3)], [value("y", None, None, None, None), value("y_h", None, None, None)],
+                 inits, opset=14)
+
+
+@pytest.mark.parametrize("op, directions", [("LSTM", 1), ("LSTM", 2), ("GRU", 2), ("RNN", 1)])
+def test_recurrent_layers_consume_the_features_through_w_axis_2(op, directions):
+    """ddddocr's CRNN: a conv's channels feed an LSTM."""
+    assert_widens_exactly(recurrent_after_matmul(op, directions), width=10)
+
+
+def test_recurrent_layers_refuse_channels_on_another_axis():
+    with pytest.raises(GrowError, match="LSTM node 'rnn' on axis 1, not its feature axis 2"):
+        og.widen(recurrent_after_matmul("LSTM", transpose=True), layer="p", width=8)

@@ -1,5 +1,6 @@
 """Rules for the weight layers the channels end or start at: Conv (grouped and depthwise),
-ConvTranspose, Gemm, and MatMul (a constant operand on either side, or two computed tensors)."""
+ConvTranspose, Gemm, MatMul (a constant operand on either side, or two computed tensors), and the
+recurrent layers (LSTM, GRU, RNN) as consumers."""
 
 from __future__ import annotations
 
@@ -154,3 +155,17 @@ def _matmul_weight(walk, node, side, slot, data, contracted, w_in, w_out, out_un
     else:
         walk.join_input(node, data, slot.moved(slot.axis - shift))
 
+
+
+def recurrent(walk, node, side, index, slot):
+    """LSTM/GRU/RNN read the channels as the features of X (axis 2 in both layouts) through W's
+    axis 2 (consumer); their hidden units are a layer of their own, not widened here."""
+    if side != "in" or index != 0:
+        raise GrowError(f"the widened channels reach {desc(node)} other than as its input X; only the "
+                        "input features of a recurrent layer can grow.")
+    if slot.axis != 2:
+        raise GrowError(f"the widened channels reach {desc(node)} on axis {slot.axis}, not its feature axis 2.")
+    if g.constant(node.inputs[1]) is None:
+        raise GrowError(f"{desc(node)} has a computed (non-constant) input weight W.")
+    single(slot, node)
+    walk.weight(node, 1, 2, slot, "consumer")

@@ -187,6 +187,7 @@ RULES = {
     "ConvTranspose": ly.conv_transpose,
     "Gemm": ly.gemm,
     "MatMul": ly.matmul,
+    "LSTM": ly.recurrent, "GRU": ly.recurrent, "RNN": ly.recurrent,
 }
 
 
