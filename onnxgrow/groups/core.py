@@ -160,3 +160,24 @@ class Restructure(GrowError):
 def desc(node: ir.Node) -> str:
     return f"{node.op_type} node {node.name!r}" if node.name else f"an unnamed {node.op_type} node"
 
+
+LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN"})
+
+
+def output_reached(value: ir.Value, limit: int = 256) -> str | None:
+    """The name of a graph output that `value` reaches without passing a layer (its elements are
+    part of that output), or None."""
+    seen, queue = {id(value)}, [value]
+    while queue and len(seen) <= limit:
+        v = queue.pop(0)
+        if v.is_graph_output():
+            return v.name
+        for use in v.uses():
+            if use.node.op_type in LAYER_OPS:
+                continue
+            for out in use.node.outputs:
+                if out is not None and id(out) not in seen:
+                    seen.add(id(out))
+                    queue.append(out)
+    return None
+

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import graph as g
-from .. import ops
 from ..errors import GrowError
-from .core import desc
+from .core import desc, output_reached
 from .shapes import int_list, need_rank, norm_axis, static_dim
 
 
@@ -142,7 +141,7 @@ def softmax(walk, node, side, index, slot):
     rank = need_rank(node.inputs[0], node)
     axis = norm_axis(g.attr(node, "axis", -1), rank)
     if axis == slot.axis:
-        output = _graph_output_after(node.outputs[0])
+        output = output_reached(node.outputs[0])
         if output is not None:
             raise GrowError(f"{desc(node)} normalises over the widened channel axis and its result is the graph "
                             f"output {output!r}: these channels are the output's classes, and more of them would "
@@ -150,18 +149,6 @@ def softmax(walk, node, side, index, slot):
         raise GrowError(f"{desc(node)} normalises over the widened channel axis: new channels would take "
                         "probability from the old ones, so no widening there is exact.")
     unary(walk, node, side, index, slot)
-
-
-def _graph_output_after(value, hops: int = 4) -> str | None:
-    """The graph output `value` becomes through at most `hops` one-input relayout ops, or None."""
-    for _ in range(hops + 1):
-        if value.is_graph_output():
-            return value.name
-        uses = list(value.uses())
-        if len(uses) != 1 or uses[0].node.op_type not in ops.RELAYOUT or uses[0].idx != 0:
-            return None
-        value = uses[0].node.outputs[0]
-    return None
 
 
 def cast_like(walk, node, side, index, slot):
