@@ -724,6 +724,22 @@ NEAREST = {
 }
 
 
+def _repeats_each(coord: str, nearest: str) -> bool:
+    """Whether nearest sampling at an integer scale s picks source i // s for output i: the source
+    coordinate i/s (asymmetric) or (i+0.5)/s (tf_half_pixel_for_nn) floored, or (i+0.5)/s - 0.5
+    (half_pixel) rounded — it lies strictly within half a pixel of i // s, so no tie."""
+    return ((coord in ("asymmetric", "tf_half_pixel_for_nn") and nearest == "floor")
+            or (coord in ("half_pixel", "pytorch_half_pixel") and nearest.startswith("round")))
+
+
+def _repeat_each(x, axis: int, s: int):
+    """Each element of `axis` repeated s times, by views and one copy: the backward is a sum, not an
+    index_add (torch 2.13's inductor corrupts memory in a fused index_add of a UNet's upsampling)."""
+    shape = list(x.shape)
+    expanded = x.unsqueeze(axis + 1).expand(*shape[:axis + 1], s, *shape[axis + 1:])
+    return expanded.flatten(axis, axis + 1)
+
+
 def op_resize(m, node, x, roi=None, scales=None, sizes=None):
     """Separable, axis by axis: nearest picks source indices; linear blends the two neighbours of
     the source coordinate, clamped into the input as onnxruntime does."""
@@ -756,6 +772,9 @@ def op_resize(m, node, x, roi=None, scales=None, sizes=None):
     linear = a.get("mode", "nearest") == "linear"
     for axis, size, out, scale in zip(axes, shape, sizes, scales):
         if out == size and scale == 1.0:
+            continue
+        if not linear and _repeats_each(coord, nearest) and float(scale).is_integer() and out == size * int(scale):
+            x = _repeat_each(x, axis, int(scale))
             continue
         coords = _source_coords(out, size, scale, coord, x.device)
         if not linear:

@@ -256,6 +256,15 @@ OP_CASES = {
     "resize_nearest_scales": lambda: make_model(
         [_node("Resize", ["x", "", "sc"], ["y"], mode="nearest", coordinate_transformation_mode="asymmetric",
                nearest_mode="floor")], X4, ["y"], {"sc": np.array([1, 1, 2, 3], np.float32)}),
+    "resize_nearest_integer_scales": lambda: make_model(
+        [_node("Resize", ["x", "", "sc"], ["a"], mode="nearest"),
+         _node("Resize", ["x", "", "sc"], ["b"], mode="nearest", coordinate_transformation_mode="tf_half_pixel_for_nn",
+               nearest_mode="floor"),
+         _node("Resize", ["x", "", "sc"], ["c"], mode="nearest", coordinate_transformation_mode="asymmetric",
+               nearest_mode="round_prefer_floor"),  # rounds i/3 up: index picking, not repeats
+         _node("Resize", ["x", "", "", "sz"], ["d"], mode="nearest", coordinate_transformation_mode="pytorch_half_pixel",
+               nearest_mode="round_prefer_ceil")],
+        X4, ["a", "b", "c", "d"], {"sc": np.array([1, 1, 3, 2], np.float32), "sz": _i64(2, 3, 18, 32)}),
     "resize_nearest_half_pixel_down": lambda: make_model(
         [_node("Resize", ["x", "", "", "sz"], ["y"], mode="nearest")], X4, ["y"], {"sz": _i64(2, 3, 4, 4)}),
     "resize_linear_half_pixel": lambda: make_model(
