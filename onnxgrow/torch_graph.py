@@ -549,8 +549,15 @@ class _Builder:
         name = _identifier(out.name) if out.name else None
         call = lambda fn, *args: self.fx.create_node("call_function", fn, args, name=name)  # noqa: E731
         at = lambda name, default=None: graph.attr(node, name, default)  # noqa: E731
-        if op == "Shape":
+        if op == "Shape" and known(0) and (length := _static_length(ins[0])) is not None and not at("start", 0) \
+                and at("end") in (None, 1):
+            value = [length]  # the length of a size list: a literal
+        elif op == "Shape":
             value = call(torch_sizes.shape, self._tensor_of(ins[0]), at("start", 0), at("end"))
+        elif (op == "ConstantOfShape" and known(0) and isinstance(s(0), list) and len(s(0)) == 1
+              and isinstance(s(0)[0], int) and s(0)[0] <= SMALL_CONSTANT and _integer(out)):
+            fill = graph.attr(node, "value")
+            value = [int(fill.numpy().reshape(-1)[0]) if fill is not None else 0] * s(0)[0]
         elif op == "Size":
             value = call(torch_sizes.numel, self._tensor_of(ins[0]))
         elif op == "Identity" and known(0):
@@ -568,7 +575,7 @@ class _Builder:
             value = call(torch_sizes.unsqueeze, s(0))
         elif op == "Squeeze" and known(0) and _rank(ins[0]) == 1 and _rank(out) == 0:
             value = call(torch_sizes.squeeze, s(0))
-        elif op in torch_sizes.ELEMENTWISE and known(0) and known(1) and _integer(out):
+        elif op in torch_sizes.ELEMENTWISE and known(0) and known(1) and (_integer(out) or _boolean(out)):
             value = call(torch_sizes.elementwise, op, s(0), s(1))
         elif op == "Neg" and known(0):
             value = call(torch_sizes.neg, s(0))
@@ -779,6 +786,16 @@ def _is_float(v: ir.Value | None) -> bool:
 
 def _integer(v: ir.Value | None) -> bool:
     return v is not None and v.dtype is not None and v.dtype.value in (6, 7)
+
+
+def _boolean(v: ir.Value | None) -> bool:
+    return v is not None and v.dtype is not None and v.dtype.value == 9
+
+
+def _static_length(v: ir.Value) -> int | None:
+    """The length of a 1-D value whose length is fixed in the graph, else None."""
+    shape = v.shape
+    return shape[0] if shape is not None and len(shape) == 1 and isinstance(shape[0], int) else None
 
 
 def _rank(v: ir.Value | None, probe: bool = False):
