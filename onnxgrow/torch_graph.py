@@ -567,7 +567,8 @@ class _Builder:
         elif op == "Gather" and known(0) and known(1) and at("axis", 0) == 0 and isinstance(s(1), (int, list)):
             value = call(torch_sizes.gather, s(0), s(1))
         elif op == "Slice" and self.opset >= 10 and known(0) and all(
-                known(i) and isinstance(s(i), list) and len(s(i)) == 1 for i in range(1, len(ins)) if ins[i] is not None):
+                known(i) and (len(s(i)) == 1 if isinstance(s(i), list) else _static_length(ins[i]) == 1)
+                for i in range(1, len(ins)) if ins[i] is not None):
             value = call(torch_sizes.slice_, *[s(i) if ins[i] is not None else None for i in range(len(ins))])
         elif op == "Concat" and all(known(i) for i in range(len(ins))):
             value = call(torch_sizes.concat, *[s(i) for i in range(len(ins))])

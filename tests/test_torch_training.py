@@ -109,7 +109,7 @@ def _train_compiled(module, make_inputs, batches, backend):
     return compiled
 
 
-@pytest.mark.parametrize("case", ["resnet_mini", "yolo_mini", "vit_mini", "llama"])
+@pytest.mark.parametrize("case", ["resnet_mini", "yolo_mini", "vit_mini_mha", "llama"])
 def test_torch_compile_trains_over_changing_batch_sizes(case, tmp_path, llm_model):
     """Dynamo captures the whole model without a graph break and recompiles at most once for the
     dynamic batch (aot_eager: dynamo and autograd's tracing, without inductor's C++ build); the
