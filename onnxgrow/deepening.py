@@ -126,7 +126,7 @@ def _finite_everywhere(step: "_Step") -> bool:
             return False
         if n.op_type == "Pow":
             exponent = G.constant(n.inputs[1])
-            if exponent is None or not np.all(np.equal(np.mod(exponent, 1), 0)) or np.any(exponent < 0):
+            if exponent is None or np.any(exponent < 0) or np.any(exponent != np.floor(exponent)):
                 return False
         if n.op_type == "Div" and G.constant(n.inputs[1]) is None:
             return False

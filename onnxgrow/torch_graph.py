@@ -470,8 +470,8 @@ class _Builder:
             fn, args = torch.softmax, (self._tensor_of(ins[0]), at("axis", -1))
         elif op == "Concat" and ins:
             fn, args = torch.cat, ([self._tensor_of(v) for v in ins], at("axis"))
-        elif op == "Reshape" and ins[1].name in self.size and (
-                at("allowzero", 0) or 0 not in (self._literal_ints(ins, 1) or [0])):
+        elif op == "Reshape" and ins[1].name in self.size and (at("allowzero", 0) or self._no_zero(ins, 1)):
+            # torch.reshape reads 0 as size 0; ONNX (allowzero=0) as "copy the input's dim"
             fn, args = torch.reshape, (self._tensor_of(ins[0]), self.size[ins[1].name])
         elif op == "Unsqueeze" and self.opset >= 13 and (
                 axes := _ascending(self._literal_ints(ins, 1), _rank(ins[0]))):
@@ -493,6 +493,11 @@ class _Builder:
         if isinstance(value, int):
             return [value]
         return value if isinstance(value, list) and all(isinstance(v, int) for v in value) else None
+
+    def _no_zero(self, ins, i: int) -> bool:
+        """Whether input `i` is a literal size list without a 0 in it."""
+        literal = self._literal_ints(ins, i)
+        return literal is not None and 0 not in literal
 
     def _slice_index(self, ins):
         """`x[..., a:b]`-style index of a Slice with literal starts/ends/axes and positive steps

@@ -161,19 +161,21 @@ def desc(node: ir.Node) -> str:
     return f"{node.op_type} node {node.name!r}" if node.name else f"an unnamed {node.op_type} node"
 
 
-LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN"})
+# where values stop flowing into an output: layers mix them, Shape/Size keep only their sizes
+OUTPUT_BARRIERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN",
+                             "Shape", "Size"})
 
 
 def output_reached(value: ir.Value, limit: int = 256) -> str | None:
-    """The name of a graph output that `value` reaches without passing a layer (its elements are
-    part of that output), or None."""
+    """The name of a graph output that `value`'s elements flow into without passing a layer (they
+    are part of that output), or None."""
     seen, queue = {id(value)}, [value]
     while queue and len(seen) <= limit:
         v = queue.pop(0)
         if v.is_graph_output():
             return v.name
         for use in v.uses():
-            if use.node.op_type in LAYER_OPS:
+            if use.node.op_type in OUTPUT_BARRIERS:
                 continue
             for out in use.node.outputs:
                 if out is not None and id(out) not in seen:

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import graph as g
 from ..errors import GrowError
-from .core import desc, output_reached
+from .core import desc
 from .shapes import int_list, need_rank, norm_axis, static_dim
 
 
@@ -141,11 +141,6 @@ def softmax(walk, node, side, index, slot):
     rank = need_rank(node.inputs[0], node)
     axis = norm_axis(g.attr(node, "axis", -1), rank)
     if axis == slot.axis:
-        output = output_reached(node.outputs[0])
-        if output is not None:
-            raise GrowError(f"{desc(node)} normalises over the widened channel axis and its result is the graph "
-                            f"output {output!r}: these channels are the output's classes, and more of them would "
-                            "change the output's shape. Widen an earlier layer.")
         raise GrowError(f"{desc(node)} normalises over the widened channel axis: new channels would take "
                         "probability from the old ones, so no widening there is exact.")
     unary(walk, node, side, index, slot)

@@ -8,7 +8,7 @@ import onnx_ir as ir
 
 from .. import graph as g
 from ..errors import GrowError
-from .core import Restructure, Slot, desc, output_reached
+from .core import Restructure, Slot, desc
 
 
 def shape_of(value: ir.Value | None) -> tuple | None:
@@ -203,11 +203,8 @@ def follow_reshape(src, dst, slot, node):
     a, b = _without_common_tail(a, b, slot.axis)
     inner_dims = a[slot.axis + 1:]
     if not all(isinstance(d, int) for d in inner_dims):
-        output = output_reached(node.outputs[0])
-        raise GrowError(f"{desc(node)} merges the channel axis with dynamic dimensions" + (
-            f"; its result is part of the graph output {output!r} (no layer in between), so these channels are "
-            "the output's and cannot grow. Widen an earlier layer." if output else
-            ". Export with a fixed input size, or widen a layer whose channels do not reach it."))
+        raise GrowError(f"{desc(node)} merges the channel axis with dynamic dimensions. Export with a fixed "
+                        "input size, or widen a layer whose channels do not reach it.")
     inner = slot.block * int(np.prod(inner_dims, dtype=np.int64))
     span = inner * slot.total
     stride = 1

@@ -14,7 +14,7 @@ from ..layerspec import layer_spec
 from . import elementwise as ew
 from . import layers as ly
 from . import layout as lo
-from .core import Group, Restructure, ShapeEdit, Slot, WeightEdit, desc, merged_slot
+from .core import Group, Restructure, ShapeEdit, Slot, WeightEdit, desc, merged_slot, output_reached
 from .shapes import need_rank, static_dim
 
 
@@ -235,6 +235,11 @@ def find_group(node: ir.Node) -> Group:
                 error = exc
             if block > 1 and heads_error is None:
                 heads_error, heads_block = exc, block  # where the walk that saw attention heads stopped
+    reached = output_reached(out)
+    if reached is not None and "graph output" not in str(heads_error or error):
+        raise GrowError(f"the widened channels flow into the graph output {reached!r} with no layer in between, "
+                        f"so widening would change the model's output shape (the walk stopped at: {error}). "
+                        "Widen an earlier layer.") from None
     if heads_error is not None:
         raise GrowError(f"{heads_error} (seen as attention heads of {heads_block} channels)") from None
     raise GrowError(str(error)) from None
