@@ -16,10 +16,14 @@ Let t have C channels (axis 1 for Conv/ConvTranspose outputs, the last axis for 
   the centre tap ((k−1)//2, padding k//2, stride 1) of channel i→i, or a Gemm/MatMul with the
   identity matrix; biases 0. I·t = t exactly (one product by 1, the rest by 0). φ is a copy of
   the walk's last step when that is Relu, Clip or Max/Min with a constant: then t = φ(x) is already
-  a fixed point of φ and φ(I·t) = t. When the walk ends on an affine op (BN, bias, scale) or at X
-  itself, there is no φ and I alone is exact. A walk through any other activation
-  (Sigmoid, Tanh, SiLU, GELU, HardSwish, LeakyRelu, …) is refused. With --bn an identity
-  BatchNormalization (mean 0, var 1−ε so var+ε rounds to 1, scale 1, bias 0) follows I.
+  a fixed point of φ and φ(I·t) = t. After any other activation φ (Sigmoid, Tanh, SiLU, GELU,
+  HardSwish, LeakyRelu, PRelu, …: φ(φ(x)) ≠ φ(x)) the new layer's activation is Network Morphism's
+  parametric form of the network's own φ, ψ(u) = u + a ⊙ (φ(u) − u) with a trainable per-channel
+  a = 0: u + 0·(finite) = u exactly, so ψ(I·t) = t, and ∂ψ/∂a = φ(u) − u ≠ 0 lets training turn
+  the layer into a φ-layer (a = 1). φ must be finite for every input (not Log, Sqrt, …: NaN · 0 is
+  not 0); such a walk is refused. When the walk ends on an affine op after an idempotent one (BN
+  after Relu) or at X itself, I alone is exact. With --bn an identity BatchNormalization (mean 0,
+  var 1−ε so var+ε rounds to 1, scale 1, bias 0) follows I.
 - r2r: t ↦ t + B(t), B = L2 ∘ φ ∘ [BN] ∘ L1 (a LayerNormalization first on token streams,
   opset ≥ 17). L1's hidden units come in identical pairs (random, He-scaled), L2 gives the pair
   outgoing weights +V and −V, so B(t) = Σ V·φ(a·t) − V·φ(a·t) = 0 for every t and any φ, while
@@ -206,6 +210,13 @@ class _Plan:
     @property
     def through(self) -> list[str]:
         return [s.describe() for s in self.steps]
+
+    def blended_activation(self) -> _Step | None:
+        """The φ net2net blends in (u + a·(φ(u) − u), a = 0): the last non-affine step, when the
+        walk passed an activation that is not idempotent."""
+        if not any(s.kind == "activation" for s in self.steps):
+            return None
+        return next(s for s in reversed(self.steps) if s.kind != "affine")
 
     def last_activation(self) -> _Step | None:
         """The step cloned as φ inside r2r/zero blocks: the last non-affine step, when it reads only
@@ -425,13 +436,13 @@ def _plan(node: ir.Node) -> _Plan:
         )
     kernel = tuple(k if k % 2 else 3 for k in kernel)
     reason = None
-    act = next((s for s in steps if s.kind == "activation"), None)
-    if act is not None:
+    act = next((s for s in reversed(steps) if s.kind != "affine"), None)
+    if act is not None and any(s.kind == "activation" for s in steps) and not _finite_everywhere(act):
         reason = (
-            f"{node.name!r} is followed by {act.describe()}, which is not idempotent, and "
-            "net2net's identity layer plus a copy of the activation is exact only after Relu, Clip "
-            "(ReLU6) or no activation. Use --method r2r (a zero-output residual block, exact after "
-            "any activation)."
+            f"{node.name!r} is followed by {act.describe()}, which is neither idempotent nor finite for "
+            "every input, so net2net's identity layer can neither repeat it nor blend it in "
+            "(u + a·(φ(u) − u) with a = 0 is NaN where φ(u) is). Use --method r2r (a zero-output "
+            "residual block, exact after any activation)."
         )
     return _Plan(node, family, t, steps, channels, shape, groups, kernel, dtype, reason)
 
@@ -497,6 +508,14 @@ def _layer(b: _Builder, plan: _Plan, x: ir.Value, w: np.ndarray, kernel: tuple, 
         return b.op("Gemm", [x, b.init(f"{base}.weight", w), bias], {"transB": 1}, base=base)
     y = b.op("MatMul", [x, b.init(f"{base}.weight", w.T)], base=base)
     return b.op("Add", [y, bias], base=f"{base}.add_bias")
+
+
+def _blend(b: _Builder, plan: _Plan, u: ir.Value, act: _Step) -> ir.Value:
+    """Network Morphism's parametric activation u + a ⊙ (φ(u) − u), a per channel, all zero."""
+    trailing = (plan.rank or 2) - 2 if plan.family == "conv" else 0
+    a = b.init("activation_mix", np.zeros((plan.channels,) + (1,) * trailing))
+    change = b.op("Sub", [b.clone(act, u), u], base="activation_change")
+    return b.op("Add", [u, b.op("Mul", [change, a], base="mix")], base="activation_blend")
 
 
 def _bn(b: _Builder, x: ir.Value, channels: int, base: str) -> ir.Value:
@@ -590,7 +609,11 @@ def deepen_node(model: ir.Model, node: ir.Node, *, method: str = "net2net", kern
             y = _bn(b, y, c, "bn")
             desc.append("BatchNormalization (identity)")
         last = plan.steps[-1] if plan.steps else None
-        if last is not None and last.kind == "idempotent":
+        blended = plan.blended_activation()
+        if blended is not None:
+            y = _blend(b, plan, y, blended)
+            desc.append(f"{blended.describe()} blended in: u + a·({blended.name}(u) − u), a = 0 (trainable)")
+        elif last is not None and last.kind == "idempotent":
             y = b.clone(last, y)
             desc.append(f"{last.describe()} (copy)")
         out = y

@@ -12,7 +12,8 @@ Widening (see widening.py for the channel bookkeeping; src(j) is the old unit ne
 
 Deepening (see deepening.py):
 
-  net2net   an identity layer (+ a copy of an idempotent activation)    exact after Relu/Clip/none
+  net2net   an identity layer, then a copy of an idempotent activation   exact after any activation
+            or the activation blended in (u + a·(φ(u) − u), a = 0)      finite everywhere
   r2r       a residual block whose last layer reads paired units ±V      exact after any activation
   zero      the same block with a zero last layer                        exact after any activation
 """
@@ -173,7 +174,7 @@ class DeepenMethod:
 
 
 DEEPEN_METHODS: dict[str, DeepenMethod] = {m.name: m for m in (
-    DeepenMethod("net2net", False, False, "an identity layer (exact after Relu/Clip or no activation)"),
+    DeepenMethod("net2net", False, False, "an identity layer, then the activation copied (Relu, Clip) or blended in at 0 (exact)"),
     DeepenMethod("r2r", True, True, "a residual block with ±V-paired output (exact after any activation)"),
     DeepenMethod("zero", True, False, "a residual block with a zero output layer (exact)"),
 )}

@@ -234,8 +234,8 @@ def test_composite_activations_are_walked_through(act, through):
     teacher = conv_chain(act)
     opts = D.deepen_options(node_by_name(teacher, "conv0"))
     assert opts["through"][0] == "BatchNormalization" and opts["through"][1].startswith(through)
-    assert opts["methods"] == ["r2r", "zero"] and "r2r" in opts["unavailable"]["net2net"]
-    for method in ("r2r", "zero"):
+    assert opts["methods"] == ["net2net", "r2r", "zero"] and "unavailable" not in opts
+    for method in ("net2net", "r2r", "zero"):
         assert_equivalent(teacher, D.deepen(teacher, after="conv0", method=method))
 
 
@@ -250,12 +250,75 @@ def test_net2net_after_idempotent_activation(act, bn):
     assert_equivalent(teacher, student)
 
 
-@pytest.mark.parametrize("act", ["sigmoid", "tanh", "leaky", "silu", "gelu", "hardswish"])
-def test_net2net_refuses_non_idempotent_activations(act):
-    teacher = conv_chain(act)
-    with pytest.raises(GrowError, match="r2r"):
-        D.deepen(teacher, after="conv0", method="net2net")
-    assert "net2net" not in D.deepen_options(node_by_name(teacher, "conv0"))["methods"]
+def _prelu_chain():
+    """conv0 -> PRelu (a per-channel slope, as Keras exports it) -> conv1."""
+    n = Net(8)
+    h = n.conv("x", 4, 8, name="conv0")
+    slope = n.const(np.random.default_rng(3).uniform(0.05, 0.6, (8, 1, 1)).astype(np.float32))
+    h = n.op("PRelu", [h, slope])
+    n.conv(h, 8, 5, k=3, name="conv1")
+    return n.model([("x", [2, 4, 8, 8])], [n.nodes[-1].output[0]])
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "tanh", "leaky", "silu", "gelu", "hardswish", "prelu"])
+@pytest.mark.parametrize("bn", [False, True])
+def test_net2net_blends_in_a_non_idempotent_activation(act, bn):
+    """After φ with φ(φ(x)) ≠ φ(x), the identity layer's activation is u + a·(φ(u) − u) with a = 0: the
+    student computes the teacher's values bit for bit, and a is a per-channel weight that moves it
+    towards a φ-layer."""
+    teacher = _prelu_chain() if act == "prelu" else conv_chain(act)
+    student, summary = deepen_ir(teacher, after="conv0", method="net2net", bn=bn)
+    new = [n for n in student.graph.node if n.name.startswith("onnxgrow/")]
+    assert [n.op_type for n in new][:1 + bn] == ["Conv"] + (["BatchNormalization"] if bn else [])
+    assert [n.op_type for n in new][-3:] == ["Sub", "Mul", "Add"]
+    assert "blended in" in summary["lines"][1]
+    mix = [i for i in student.graph.initializer if "activation_mix" in i.name]
+    assert len(mix) == 1 and numpy_helper.to_array(mix[0]).shape == (8, 1, 1)
+    assert not numpy_helper.to_array(mix[0]).any()
+    feeds = random_feeds(teacher, seed=5)
+    for want, got in zip(run(teacher, feeds), run(student, feeds)):
+        np.testing.assert_array_equal(got, want)
+    # a = 1 makes the new layer an identity layer followed by φ: the blend really is φ's
+    for init in student.graph.initializer:
+        if init is mix[0]:
+            init.CopyFrom(numpy_helper.from_array(np.ones((8, 1, 1), np.float32), init.name))
+    moved = run(student, feeds)[0]
+    assert not np.allclose(moved, run(teacher, feeds)[0], atol=1e-4)
+
+
+def test_net2net_blend_is_a_trainable_weight_in_torch():
+    import torch
+
+    import onnxgrow as og
+
+    module = og.to_torch(D.deepen(conv_chain("silu"), after="conv0", method="net2net"))
+    mix = {n: p for n, p in module.named_parameters() if "activation_mix" in n}
+    assert len(mix) == 1
+    out = module(torch.randn(2, 4, 8, 8))
+    (out[0] if isinstance(out, (tuple, list)) else out).square().sum().backward()
+    (weight,) = mix.values()
+    assert weight.requires_grad and weight.grad.abs().sum() > 0
+
+
+def test_net2net_blend_on_a_token_stream_is_per_feature():
+    teacher = token_block(act="gelu")
+    student, _ = deepen_ir(teacher, after="fc1", method="net2net")
+    mix = [numpy_helper.to_array(i) for i in student.graph.initializer if "activation_mix" in i.name]
+    assert [m.shape for m in mix] == [(32,)]
+    assert_equivalent(teacher, student)
+
+
+def test_net2net_refuses_an_activation_that_is_not_finite_everywhere():
+    """Clip(min) → Log: a blend of Log would be NaN on the identity layer's negative inputs, and
+    NaN · 0 is not 0; Log is not idempotent either."""
+    net = Net(7)
+    h = net.gemm("x", 6, 5, name="fc0")
+    h = net.op("Log", [net.op("Clip", [h, net.const(np.float32(1e-3)), ""])])
+    net.gemm(h, 5, 3, name="fc1")
+    teacher = net.model([("x", [2, 6])], [net.nodes[-1].output[0]])
+    with pytest.raises(GrowError, match="finite.*r2r"):
+        D.deepen(teacher, after="fc0", method="net2net")
+    assert "net2net" not in D.deepen_options(node_by_name(teacher, "fc0"))["methods"]
 
 
 @pytest.mark.parametrize("method", ["r2r", "zero"])
@@ -326,9 +389,7 @@ def test_token_stream_block_has_layernorm_from_opset_17(method, opset, value_inf
 
 def test_token_stream_net2net_and_bn():
     teacher = token_block()
-    with pytest.raises(GrowError, match="r2r"):
-        D.deepen(teacher, after="fc1", method="net2net")
-    for layer in ("fc2", "head"):  # no activation after these: an identity MatMul is exact
+    for layer in ("fc1", "fc2", "head"):  # GELU blended in after fc1; nothing after the others  # no activation after these: an identity MatMul is exact
         assert_equivalent(teacher, D.deepen(teacher, after=layer, method="net2net"))
     with pytest.raises(GrowError, match="--bn"):
         D.deepen(teacher, after="fc2", method="r2r", bn=True)
@@ -628,8 +689,8 @@ def test_cli_deepen_verifies_and_prints_a_summary(tmp_path, capfd):
     assert_equivalent(onnx.load(path), onnx.load(tmp_path / "student.onnx"))
     code, out, err = run_cli(capfd, ["deepen", path, "--after", "conv0", "--method", "net2net",
                                      "-o", tmp_path / "other.onnx"])
-    assert code == 2 and "r2r" in err and "Traceback" not in err
-    assert not (tmp_path / "other.onnx").exists()
+    assert code == 0 and "SiLU (Sigmoid→Mul) blended in: u + a·(SiLU(u) − u), a = 0" in out, err
+    assert_equivalent(onnx.load(path), onnx.load(tmp_path / "other.onnx"))
     code, out, err = run_cli(capfd, ["morph-kernel", path, "--layer", "conv1", "--kernel", "5",
                                      "-o", tmp_path / "k5.onnx"])
     assert code == 0, err
