@@ -250,3 +250,25 @@ def test_each_recipe_sets_the_schedule_and_state_it_names(trained):
         assert bool(report["perturbed"]) == bool(spec["noise"])
         with torch.no_grad():
             assert _scaled_error(teacher_logits, net(ids).numpy()) <= 1e-5
+
+
+def test_other_teacher_sizes_grow_into_their_shapes(monkeypatch):
+    """--teacher-width/--teacher-layers: growing a 1-block, width-16 teacher as growth_for says makes
+    exactly shapes_for's students (the compute is counted from those shapes)."""
+    import onnxgrow as og
+
+    assert lm.shapes_for() == lm.SHAPES and lm.growth_for() == lm.GROWTH  # the defaults are the record's
+    monkeypatch.setattr(lm, "SHAPES", lm.shapes_for(16, 1))
+    monkeypatch.setattr(lm, "GROWTH", lm.growth_for(1))
+    module = lm.build_lm(**lm.SHAPES["teacher"]).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():  # the norm gains differ, so each weight is found by its value
+            p.add_(0.05 * torch.randn_like(p))
+    teacher = lm.export_onnx(module)
+    _, constants = lm.teacher_layout(module, lm.adamw(module), teacher)
+    for shape in ("wider", "deeper", "both"):
+        student = lm.trainable(lm.grow(teacher, shape, "r2r", seed=0)[0], constants)
+        lm.check_architecture(student, shape)
+        with pytest.raises(RuntimeError, match="does not make SHAPES"):
+            lm.check_architecture(student, "teacher")

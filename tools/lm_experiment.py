@@ -67,18 +67,26 @@ MAX_FILE_BYTES = 64 * 1024
 VAL_MODULUS = 10
 VOCAB = 256
 
-SHAPES = {
-    "teacher": dict(d=32, layers=2, heads=2, kv_heads=2, ffn=88),
-    "wider": dict(d=64, layers=2, heads=4, kv_heads=4, ffn=176),
-    "deeper": dict(d=32, layers=4, heads=2, kv_heads=2, ffn=88),
-    "both": dict(d=64, layers=4, heads=4, kv_heads=4, ffn=176),
-}
-# How each student is grown from the teacher: og.grow's widen targets and deepen specs.
-GROWTH = {
-    "wider": dict(widen={"*": "x2"}, deepen=[]),
-    "deeper": dict(widen={}, deepen=["layers.0:zero", "layers.1:zero"]),
-    "both": dict(widen={"*": "x2"}, deepen=["layers.0:zero", "layers.1:zero"]),
-}
+def shapes_for(width: int = 32, layers: int = 2) -> dict:
+    """The teacher (width, layers; heads of 16 dims, at least 2; SwiGLU FFN 2.75 × width) and the
+    shapes grown from it: wider (×2 width, heads and FFN), deeper (×2 layers), both."""
+    heads = max(2, width // 16)
+    teacher = dict(d=width, layers=layers, heads=heads, kv_heads=heads, ffn=11 * width // 4)
+    wide = dict(teacher, d=2 * width, heads=2 * heads, kv_heads=2 * heads, ffn=2 * teacher["ffn"])
+    return {"teacher": teacher, "wider": wide, "deeper": dict(teacher, layers=2 * layers),
+            "both": dict(wide, layers=2 * layers)}
+
+
+def growth_for(layers: int = 2) -> dict:
+    """How each student is grown from a teacher of `layers` blocks: og.grow's widen targets and
+    deepen specs (a zero-output copy inserted after each block)."""
+    copies = [f"layers.{i}:zero" for i in range(layers)]
+    return {"wider": dict(widen={"*": "x2"}, deepen=[]), "deeper": dict(widen={}, deepen=copies),
+            "both": dict(widen={"*": "x2"}, deepen=copies)}
+
+
+SHAPES = shapes_for()  # --teacher-width / --teacher-layers replace both
+GROWTH = growth_for()
 MODES = {
     "quick": dict(seeds=1, seq=64, batch=16, teacher_steps=100, student_steps=200, scratch_steps=200,
                   control_steps=300, eval_every=25, val_windows=64),
@@ -897,6 +905,8 @@ def parse(argv):
     p.add_argument("--reuse", type=Path, metavar="RESULTS_JSON",
                    help="take runs recorded in an earlier results.json of the same config and corpus instead of "
                         "training them again (runs from the teacher only if its curve is reproduced exactly)")
+    p.add_argument("--teacher-width", type=int, help="the teacher's width (default 32); the students' follow")
+    p.add_argument("--teacher-layers", type=int, help="the teacher's number of blocks (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is present")
     args = p.parse_args(argv)
@@ -920,6 +930,11 @@ def main(argv, repo: Path) -> int:
     args = parse(argv)
     cfg = dict(MODES[args.mode])
     cfg.update({k: v for k, v in vars(args).items() if k in cfg and v is not None})
+    if args.teacher_width or args.teacher_layers:
+        width, layers = args.teacher_width or SHAPES["teacher"]["d"], args.teacher_layers or SHAPES["teacher"]["layers"]
+        SHAPES.update(shapes_for(width, layers))
+        GROWTH.update(growth_for(layers))
+        cfg.update(teacher_width=width, teacher_layers=layers)  # a --reuse must have the same shapes
     runs = [r for r in RUNS if r != "teacher"] if args.mode == "full" else quick_runs()
     if args.runs:
         runs = [r.strip() for r in args.runs.split(",") if r.strip() and r.strip() != "teacher"]
