@@ -36,6 +36,7 @@ the from-scratch run's final validation loss. A student stops at the first evalu
 reaches it, or once its own compute has passed what the from-scratch run needed.
 
     python tools/experiment.py --task lm --quick        # results/lm-quick/, minutes on 2 CPU cores
+    python tools/experiment.py --task lm --full --teacher-width 16   # a capacity-bound set-up (results/lm-explore/)
     torchrun --nproc_per_node=2 tools/experiment.py --task lm --full   # results/lm-full/ (DDP, gloo)
 """
 
