@@ -255,8 +255,6 @@ def test_each_recipe_sets_the_schedule_and_state_it_names(trained):
 def test_other_teacher_sizes_grow_into_their_shapes(monkeypatch):
     """--teacher-width/--teacher-layers: growing a 1-block, width-16 teacher as growth_for says makes
     exactly shapes_for's students (the compute is counted from those shapes)."""
-    import onnxgrow as og
-
     assert lm.shapes_for() == lm.SHAPES and lm.growth_for() == lm.GROWTH  # the defaults are the record's
     monkeypatch.setattr(lm, "SHAPES", lm.shapes_for(16, 1))
     monkeypatch.setattr(lm, "GROWTH", lm.growth_for(1))
