@@ -198,7 +198,6 @@ class _Plan:
     groups: int
     kernel: tuple
     dtype: ir.DataType
-    net2net_reason: str | None
 
     @property
     def rank(self) -> int | None:
@@ -217,6 +216,19 @@ class _Plan:
         if not any(s.kind == "activation" for s in self.steps):
             return None
         return next(s for s in reversed(self.steps) if s.kind != "affine")
+
+    @property
+    def net2net_reason(self) -> str | None:
+        """Why net2net cannot go here, or None: a blend of φ is exact only where φ is finite."""
+        act = self.blended_activation()
+        if act is None or _finite_everywhere(act):
+            return None
+        return (
+            f"{self.node.name!r} is followed by {act.describe()}, which is neither idempotent nor finite for "
+            "every input, so net2net's identity layer can neither repeat it nor blend it in "
+            "(u + a·(φ(u) − u) with a = 0 is NaN where φ(u) is). Use --method r2r (a zero-output "
+            "residual block, exact after any activation)."
+        )
 
     def last_activation(self) -> _Step | None:
         """The step cloned as φ inside r2r/zero blocks: the last non-affine step, when it reads only
@@ -435,16 +447,7 @@ def _plan(node: ir.Node) -> _Plan:
             "layers in float32, float16 or float64 only. Deepen a float model (before quantisation)."
         )
     kernel = tuple(k if k % 2 else 3 for k in kernel)
-    reason = None
-    act = next((s for s in reversed(steps) if s.kind != "affine"), None)
-    if act is not None and any(s.kind == "activation" for s in steps) and not _finite_everywhere(act):
-        reason = (
-            f"{node.name!r} is followed by {act.describe()}, which is neither idempotent nor finite for "
-            "every input, so net2net's identity layer can neither repeat it nor blend it in "
-            "(u + a·(φ(u) − u) with a = 0 is NaN where φ(u) is). Use --method r2r (a zero-output "
-            "residual block, exact after any activation)."
-        )
-    return _Plan(node, family, t, steps, channels, shape, groups, kernel, dtype, reason)
+    return _Plan(node, family, t, steps, channels, shape, groups, kernel, dtype)
 
 
 # ----------------------------------------------------------------------------- building

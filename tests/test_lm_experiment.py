@@ -4,6 +4,7 @@ FLOP count, training, optimizer carry through the exported layout, compute-saved
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -270,3 +271,14 @@ def test_other_teacher_sizes_grow_into_their_shapes(monkeypatch):
         lm.check_architecture(student, shape)
         with pytest.raises(RuntimeError, match="does not make SHAPES"):
             lm.check_architecture(student, "teacher")
+
+
+def test_reuse_needs_the_same_config_shapes_and_corpus(tmp_path, monkeypatch):
+    cfg, corpus = dict(lm.MODES["quick"]), {"sha256": "abc"}
+    record = dict(config=cfg, shapes=lm.shapes_for(), corpus=corpus, per_seed={"0": {"teacher": {}}})
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(record))
+    assert lm.load_earlier(path, cfg, corpus) == {0: {"teacher": {}}}
+    monkeypatch.setattr(lm, "SHAPES", lm.shapes_for(16, 2))  # --teacher-width 16
+    with pytest.raises(SystemExit, match="another config, shapes or corpus"):
+        lm.load_earlier(path, cfg, corpus)

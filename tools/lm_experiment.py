@@ -86,7 +86,7 @@ def growth_for(layers: int = 2) -> dict:
             "both": dict(widen={"*": "x2"}, deepen=copies)}
 
 
-SHAPES = shapes_for()  # --teacher-width / --teacher-layers replace both
+SHAPES = shapes_for()  # --teacher-width / --teacher-layers replace both (main)
 GROWTH = growth_for()
 MODES = {
     "quick": dict(seeds=1, seq=64, batch=16, teacher_steps=100, student_steps=200, scratch_steps=200,
@@ -906,7 +906,7 @@ def parse(argv):
     p.add_argument("--reuse", type=Path, metavar="RESULTS_JSON",
                    help="take runs recorded in an earlier results.json of the same config and corpus instead of "
                         "training them again (runs from the teacher only if its curve is reproduced exactly)")
-    p.add_argument("--teacher-width", type=int, help="the teacher's width (default 32); the students' follow")
+    p.add_argument("--teacher-width", type=int, help="the teacher's width (default 32); the students follow")
     p.add_argument("--teacher-layers", type=int, help="the teacher's number of blocks (default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is present")
@@ -918,8 +918,8 @@ def parse(argv):
 def load_earlier(path: Path, cfg: dict, corpus: dict) -> dict:
     """{seed: {run: record}} of an earlier results.json, which must have this config and corpus."""
     earlier = json.loads(path.read_text())
-    if earlier["config"] != cfg or earlier["corpus"]["sha256"] != corpus["sha256"]:
-        raise SystemExit(f"{path}: recorded with another config or corpus; --reuse needs the same")
+    if earlier["config"] != cfg or earlier["shapes"] != SHAPES or earlier["corpus"]["sha256"] != corpus["sha256"]:
+        raise SystemExit(f"{path}: recorded with another config, shapes or corpus; --reuse needs the same")
     return {int(seed): runs for seed, runs in earlier["per_seed"].items()}
 
 
@@ -935,7 +935,6 @@ def main(argv, repo: Path) -> int:
         width, layers = args.teacher_width or SHAPES["teacher"]["d"], args.teacher_layers or SHAPES["teacher"]["layers"]
         SHAPES.update(shapes_for(width, layers))
         GROWTH.update(growth_for(layers))
-        cfg.update(teacher_width=width, teacher_layers=layers)  # a --reuse must have the same shapes
     runs = [r for r in RUNS if r != "teacher"] if args.mode == "full" else quick_runs()
     if args.runs:
         runs = [r.strip() for r in args.runs.split(",") if r.strip() and r.strip() != "teacher"]

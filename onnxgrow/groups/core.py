@@ -157,6 +157,10 @@ class Restructure(GrowError):
         self.candidates = candidates
 
 
+class OutputReached(GrowError):
+    """The widened channels reach a graph output: more of them would change its shape."""
+
+
 def desc(node: ir.Node) -> str:
     return f"{node.op_type} node {node.name!r}" if node.name else f"an unnamed {node.op_type} node"
 

@@ -14,7 +14,7 @@ from ..layerspec import layer_spec
 from . import elementwise as ew
 from . import layers as ly
 from . import layout as lo
-from .core import Group, Restructure, ShapeEdit, Slot, WeightEdit, desc, merged_slot, output_reached
+from .core import Group, OutputReached, Restructure, ShapeEdit, Slot, WeightEdit, desc, merged_slot, output_reached
 from .shapes import need_rank, static_dim
 
 
@@ -54,7 +54,7 @@ class Walk:
                 self.queue.append(value)
             return
         if value.is_graph_output():
-            raise GrowError(
+            raise OutputReached(
                 f"the widened channels reach the graph output {value.name!r} (through {desc(via)}): "
                 "widening would change the model's output shape. Widen a layer whose channels are "
                 "consumed inside the model."
@@ -209,7 +209,7 @@ def find_group(node: ir.Node) -> Group:
     out = node.outputs[0]
     axis = spec.output_axis(need_rank(out, node) if spec.family == "matmul" else 2)
     if out.is_graph_output():
-        raise GrowError(
+        raise OutputReached(
             f"the output of {desc(node)} is the graph output {out.name!r}: widening it would "
             "change the model's output shape. Widen an inner layer.")
     tried, pending, error, heads_error, heads_block = set(), [(1, 1)], None, None, None
@@ -236,8 +236,8 @@ def find_group(node: ir.Node) -> Group:
             if block > 1 and heads_error is None:
                 heads_error, heads_block = exc, block  # where the walk that saw attention heads stopped
     reached = output_reached(out)
-    if reached is not None and "graph output" not in str(heads_error or error):
-        raise GrowError(f"the widened channels flow into the graph output {reached!r} with no layer in between, "
+    if reached is not None and not isinstance(heads_error or error, OutputReached):
+        raise OutputReached(f"the widened channels flow into the graph output {reached!r} with no layer in between, "
                         f"so widening would change the model's output shape (the walk stopped at: {error}). "
                         "Widen an earlier layer.") from None
     if heads_error is not None:
