@@ -236,8 +236,9 @@ def _adam_entry(param, step: float, moments: dict, optimizer, torch) -> dict:
 class Recipe:
     """What to do after growth: optimizer `state` (one of STATES), a linear re-warm-up of the
     learning rate over `rewarm` steps to `peak` × the base rate, a cosine decay to `final` × the
-    base at step `horizon` (None: stay at the peak), and symmetry-breaking `noise` (relative to
-    each weight's std; 0: none)."""
+    base at step `horizon` (None: stay at the peak), symmetry-breaking `noise` (relative to
+    each weight's std; 0: none), and `kept_rate`: the teacher's own elements (`kept_elements`)
+    step at that fraction of the schedule's rate, the added ones at the full rate (1: all alike)."""
 
     state: str = "asymmetric"
     rewarm: int = 0
@@ -245,12 +246,30 @@ class Recipe:
     horizon: int | None = None
     final: float = 0.1
     noise: float = 0.0
+    kept_rate: float = 1.0
 
     def __post_init__(self):
         if self.state not in STATES:
             raise GrowError(f"Recipe state {self.state!r}: choose one of {', '.join(STATES)}.")
+        if not 0.0 <= self.kept_rate <= 1.0:
+            raise GrowError(f"Recipe kept_rate {self.kept_rate}: a fraction of the schedule's rate, 0 … 1.")
         if self.horizon is not None and self.horizon <= self.rewarm:
             raise GrowError(f"Recipe horizon {self.horizon} must come after the re-warm-up ({self.rewarm} steps).")
+
+
+RECOMMENDED_METHOD = "net2net"
+
+
+def recommended_recipe(steps: int) -> Recipe:
+    """The recipe after growth that the language-model experiment recommends (README, "Does growth
+    pay?"; results/lm-full/), for a model grown with RECOMMENDED_METHOD and trained `steps` more
+    steps: each teacher unit keeps its AdamW moments and every added unit starts fresh, the rate
+    re-warms over 30 steps (at most half the budget) to the base rate and decays by a cosine to
+    0.1 × at `steps`, and cancelling noise (0.3 × each weight's std) breaks the copies' symmetry.
+    Pass it to `after_growth`."""
+    if steps < 2:
+        raise GrowError(f"recommended_recipe needs at least 2 steps of training after growth, not {steps}.")
+    return Recipe(state="asymmetric", rewarm=min(30, steps // 2), peak=1.0, horizon=steps, final=0.1, noise=0.3)
 
 
 def lr_factor(step: int, recipe: Recipe) -> float:
@@ -342,13 +361,61 @@ def _chain(name: str, mappings: list[dict]) -> list[str]:
     return out
 
 
+def kept_elements(name: str, shape, mappings: list[dict], teacher_names) -> np.ndarray:
+    """True at each element of initializer `name` (initializer layout) that is the teacher's own:
+    its tensor descends from one of `teacher_names` and, along every grown axis, it sits at its
+    teacher unit's own position (not a copy after the first, not a fresh unit)."""
+    if _chain(name, mappings)[-1] not in teacher_names:
+        return np.zeros(shape, dtype=bool)
+    mask = np.ones(shape, dtype=bool)
+    for axis, sources in unit_sources(name, mappings, len(shape)).items():
+        view = [1] * len(shape)
+        view[axis] = len(sources)
+        mask &= ~added_units(sources).reshape(view)
+    return mask
+
+
+def slow_kept_elements(module, optimizer, mappings: list[dict], teacher_names, rate: float) -> int:
+    """Make `optimizer`'s steps move the teacher's own elements of `module`'s parameters
+    (`kept_elements`) by `rate` × their update, the rest by the full update: a per-element learning
+    rate (AdamW's step, weight decay included, is proportional to the rate, so scaling the step is
+    scaling the rate; the moments are untouched). Returns the number of elements slowed."""
+    import torch
+
+    names, flip = _onnx_names(module), _transposed(module)
+    scales = {}
+    for pname, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        shape = tuple(param.shape)[::-1] if pname in flip else tuple(param.shape)
+        kept = kept_elements(names[pname], shape, mappings, teacher_names)
+        if kept.any():
+            kept = kept.T if pname in flip else kept
+            scales[param] = torch.as_tensor(np.where(kept, rate, 1.0), dtype=param.dtype, device=param.device)
+    before = {}
+
+    def remember(*_):
+        before.update({p: p.detach().clone() for p in scales})
+
+    def scale(*_):
+        with torch.no_grad():
+            for p, s in scales.items():
+                p.copy_(before[p] + s * (p - before[p]))
+
+    optimizer.register_step_pre_hook(remember)
+    optimizer.register_step_post_hook(scale)
+    return int(sum((s != 1.0).sum().item() for s in scales.values()))
+
+
 def after_growth(module, optimizer, mappings: list[dict], teacher_state: dict[str, dict] | None,
-                 recipe: Recipe, seed: int = 0):
+                 recipe: Recipe, seed: int = 0, teacher_names=None):
     """Prepare a grown `module` (parameters named as initializers, as onnxgrow.to_torch gives) and
     its fresh `optimizer` for training: symmetry-breaking noise on the split copies, the optimizer
     state the recipe asks for, and the learning-rate schedule. Returns (schedule, report):
     schedule(step) is the factor on the base rate (torch.optim.lr_scheduler.LambdaLR takes it);
-    report = {"perturbed": [names], "carried": [...], "fresh": [...]}."""
+    report = {"perturbed": [names], "slowed": elements, "carried": [...], "fresh": [...]}.
+    `teacher_names` (the teacher's initializer names) is needed for `kept_rate` where there is no
+    `teacher_state`."""
     import torch
 
     names, flip = _onnx_names(module), _transposed(module)
@@ -366,4 +433,10 @@ def after_growth(module, optimizer, mappings: list[dict], teacher_state: dict[st
     state = dict(carried=[], fresh=list(names.values()))
     if recipe.state != "reset" and teacher_state is not None:
         state = carry_adamw_state(teacher_state, module, optimizer, mappings, recipe.state == "asymmetric")
-    return functools.partial(lr_factor, recipe=recipe), dict(perturbed=sorted(perturbed), **state)
+    slowed = 0
+    if recipe.kept_rate != 1.0:
+        if teacher_names is None and teacher_state is None:
+            raise GrowError("Recipe kept_rate needs the teacher's initializer names (teacher_names=) "
+                            "or its optimizer state, to tell its own elements from the added ones.")
+        slowed = slow_kept_elements(module, optimizer, mappings, teacher_names or set(teacher_state), recipe.kept_rate)
+    return functools.partial(lr_factor, recipe=recipe), dict(perturbed=sorted(perturbed), slowed=slowed, **state)

@@ -260,3 +260,57 @@ def test_after_growth_sets_the_state_the_recipe_names():
     opt = torch.optim.AdamW(student.parameters())
     _, report = after_growth(student, opt, MAPPINGS, state, Recipe(state="reset"))
     assert report["carried"] == [] and not opt.state
+
+
+def test_kept_elements_are_the_teachers_own_at_their_own_positions():
+    from onnxgrow.optim import kept_elements
+
+    teacher_names = {"0.weight", "0.bias", "1.weight"}
+    np.testing.assert_array_equal(kept_elements("0.bias", (4,), MAPPINGS, teacher_names), [1, 1, 0, 0])
+    np.testing.assert_array_equal(kept_elements("1.weight", (1, 4), MAPPINGS, teacher_names), [[1, 1, 0, 0]])
+    assert kept_elements("0.weight", (4, 3), MAPPINGS, teacher_names).sum() == 2 * 3
+    assert not kept_elements("2.weight", (1, 1), MAPPINGS, teacher_names).any()  # a brand-new tensor
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.25])
+def test_kept_rate_scales_the_teachers_own_elements_steps_and_no_others(rate):
+    """Two students from the same start, one with kept_rate: after a step, each kept element (those of a tensor the teacher had,
+    unchanged, included) moved by
+    `rate` × the other's move (AdamW's step is proportional to the rate), every added one alike."""
+    teacher, teacher_opt = _teacher()
+    state = adamw_state(teacher, teacher_opt)
+    torch.manual_seed(1)
+    start = _student()
+    x = torch.randn(8, 3)
+    moves = []
+    for recipe in (Recipe(), Recipe(kept_rate=rate)):
+        student = _student()
+        student.load_state_dict(start.state_dict())
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
+        _, report = after_growth(student, opt, MAPPINGS, state, recipe)
+        opt.zero_grad()
+        student(x).pow(2).mean().backward()
+        opt.step()
+        moves.append({n: (p - start.state_dict()[n]).detach().numpy() for n, p in student.named_parameters()})
+    assert report["slowed"] == 2 * 3 + 2 + 2 + 1  # 0.weight rows 0-1, 0.bias 0-1, 1.weight columns 0-1, 1.bias
+    full, slow = moves
+    np.testing.assert_allclose(slow["0.weight"][:2], rate * full["0.weight"][:2], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(slow["1.weight"][:, :2], rate * full["1.weight"][:, :2], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(slow["1.bias"], rate * full["1.bias"], rtol=1e-5, atol=1e-8)
+    assert np.abs(full["0.weight"][:2]).min() > 0
+    for name, added in (("0.weight", np.s_[2:]), ("0.bias", np.s_[2:]), ("1.weight", np.s_[:, 2:]), ("2.weight", ...)):
+        np.testing.assert_allclose(slow[name][added], full[name][added], rtol=1e-6)
+    with pytest.raises(GrowError, match="kept_rate"):
+        Recipe(kept_rate=2.0)
+
+
+def test_recommended_recipe_rewarms_and_decays_to_the_budget_with_cancelling_noise():
+    from onnxgrow.optim import recommended_recipe
+
+    recipe = recommended_recipe(1500)
+    assert recipe.state == "asymmetric" and recipe.noise > 0 and recipe.horizon == 1500
+    assert lr_factor(0, recipe) < lr_factor(recipe.rewarm, recipe) == pytest.approx(1.0)
+    assert lr_factor(1500, recipe) == pytest.approx(0.1) and lr_factor(750, recipe) < 1.0
+    assert recommended_recipe(10).rewarm == 5
+    with pytest.raises(GrowError, match="at least 2 steps"):
+        recommended_recipe(1)

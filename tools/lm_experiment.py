@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import exp_common as C
-from onnxgrow.optim import after_growth, lr_factor
+from onnxgrow.optim import RECOMMENDED_METHOD, after_growth, lr_factor
 
 PACKAGES = ("asyncio", "collections", "concurrent", "email", "html", "http", "importlib", "json",
             "logging", "multiprocessing", "re", "tomllib", "unittest", "urllib", "wsgiref", "xml",
@@ -68,7 +68,7 @@ MAX_FILE_BYTES = 64 * 1024
 VAL_MODULUS = 10
 VOCAB = 256
 
-def shapes_for(width: int = 32, layers: int = 2) -> dict:
+def shapes_for(width: int = 16, layers: int = 2) -> dict:
     """The teacher (width, layers; heads of 16 dims, at least 2; SwiGLU FFN 2.75 × width) and the
     shapes grown from it: wider (×2 width, heads and FFN), deeper (×2 layers), both."""
     heads = max(2, width // 16)
@@ -91,47 +91,53 @@ GROWTH = growth_for()
 MODES = {
     "quick": dict(seeds=1, seq=64, batch=16, teacher_steps=100, student_steps=200, scratch_steps=200,
                   control_steps=300, eval_every=25, val_windows=64),
-    "full": dict(seeds=3, seq=128, batch=16, teacher_steps=1000, student_steps=3000, scratch_steps=3000,
-                 control_steps=9000, eval_every=100, val_windows=128),
+    "full": dict(seeds=3, seq=128, batch=16, teacher_steps=15000, student_steps=1500, scratch_steps=1500,
+                 control_steps=7500, eval_every=100, val_windows=128),
 }
 LR, BETAS, WEIGHT_DECAY, WARMUP, INIT_STD, FINAL_LR = 3e-3, (0.9, 0.95), 0.01, 30, 0.02, 0.1
 GOAL_SAVED = 0.45  # issue 19: function-preserving growth must save this much, the teacher given
 EARLY_EVALS = (5, 10, 20)  # extra evaluations right after a start: the loss spike after growth
 
 # Recipes after growth (onnxgrow.optim.Recipe): optimizer state, re-warm-up steps, peak (× LR),
-# cosine decay to FINAL_LR × LR at `decay` × the from-scratch steps, symmetry-breaking noise.
+# cosine decay to FINAL_LR × LR at `decay` × the from-scratch steps, symmetry-breaking noise, and
+# the rate of the teacher's own elements (× the schedule's). "asym" is onnxgrow.optim.recommended.
 RECIPES = {
-    "carried": dict(state="carried", rewarm=0, peak=1.0, decay=0.5, noise=0.0),
-    "reset": dict(state="reset", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.0),
-    "asym": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.0),
-    "asym_noise": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.3),
+    "asym": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.3),
+    "carried": dict(state="carried", rewarm=0, peak=1.0, decay=1.0, noise=0.3),
+    "reset": dict(state="reset", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.3),
+    "asym_decay_half": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.3),
+    "asym_no_noise": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.0),
+    "asym_slow_kept": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.3, kept_rate=0.3),
 }
-DEFAULT_RECIPE = "asym"  # the recommended recipe, with r2r growth (results/lm-explore/)
-RECOMMENDED_METHOD = "r2r"
-BASELINE_RECIPE = RECIPES[DEFAULT_RECIPE]  # r2r, random growth and the control
+DEFAULT_RECIPE = "asym"  # the recommended recipe, with net2net growth (README, results/lm-full/)
+BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r, random growth and the control
+GRID_SHAPE = "wider"  # every recipe is tried on this shape; deeper and both get the default one
 
 # name: (kind, shape, method, recipe, description)
 RUNS = {
     "teacher": ("teacher", "teacher", None, None, "the teacher, trained from scratch (warm-up, cosine)"),
     "teacher_continued": ("control", "teacher", None, BASELINE_RECIPE,
-                          f"no growth: the teacher trained on (recipe `{DEFAULT_RECIPE}`, its AdamW state kept)"),
+                          f"no growth: the teacher trained on (recipe `{DEFAULT_RECIPE}` without noise, its AdamW "
+                          f"state kept)"),
 }
 for _shape in ("wider", "deeper", "both"):
     for _name, _recipe in RECIPES.items():
-        RUNS[f"{_shape}_net2net_{_name}"] = ("grown", _shape, "net2net", _recipe,
-                                             f"{_shape}, net2net, recipe `{_name}` ({_recipe})")
+        if _shape == GRID_SHAPE or _name == DEFAULT_RECIPE:
+            RUNS[f"{_shape}_net2net_{_name}"] = ("grown", _shape, "net2net", _recipe,
+                                                 f"{_shape}, net2net, recipe `{_name}` ({_recipe})")
     RUNS.update({
         f"{_shape}_r2r": ("grown", _shape, "r2r", BASELINE_RECIPE, f"{_shape}, r2r (new units in ±V pairs, blocks "
-                                                                  f"with paired outputs), recipe `{DEFAULT_RECIPE}`"),
+                                                                  f"with paired outputs), recipe `{DEFAULT_RECIPE}` "
+                                                                  f"without noise"),
         f"{_shape}_random": ("grown", _shape, "random", BASELINE_RECIPE,
-                             f"{_shape}, random growth (not preserving), recipe `{DEFAULT_RECIPE}`"),
+                             f"{_shape}, random growth (not preserving), recipe `{DEFAULT_RECIPE}` without noise"),
         f"scratch_{_shape}": ("scratch", _shape, None, None, f"the {_shape} architecture from scratch (warm-up, cosine)"),
     })
 
 
 def recommended() -> dict[str, str]:
     """The recommended function-preserving run of each shape."""
-    return {shape: f"{shape}_{RECOMMENDED_METHOD}" for shape in ("wider", "deeper", "both")}
+    return {shape: f"{shape}_{RECOMMENDED_METHOD}_{DEFAULT_RECIPE}" for shape in ("wider", "deeper", "both")}
 
 
 def quick_runs() -> list[str]:
@@ -146,7 +152,7 @@ def recipe_for(spec: dict, steps: int):
 
     horizon = max(2, round(spec["decay"] * steps))
     return Recipe(state=spec["state"], rewarm=min(spec["rewarm"], horizon // 2), peak=spec["peak"], final=FINAL_LR,
-                  horizon=horizon, noise=spec["noise"])
+                  horizon=horizon, noise=spec["noise"], kept_rate=spec.get("kept_rate", 1.0))
 
 
 def fresh_schedule(steps: int):
@@ -469,7 +475,7 @@ def run_order(runs: list[str]) -> list[str]:
 
 
 def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path | None,
-             earlier: dict | None = None) -> dict:
+             earlier: dict | None = None, teacher_cache: Path | None = None) -> dict:
     """Teacher, baselines and students for one seed: {run: record}. Runs recorded in `earlier`
     (this seed's records of an earlier run with the same config) are taken from it instead of
     trained again: from-scratch runs always, the teacher's continuation only when the teacher
@@ -490,8 +496,20 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
     torch.manual_seed(seed)
     teacher = build_lm(**SHAPES["teacher"]).to(dist.device)
     teacher_opt = adamw(teacher)
-    out["teacher"] = fit("teacher", teacher, teacher_opt, cfg["teacher_steps"], 1000 * seed,
-                         fresh_schedule(cfg["teacher_steps"]))
+    cached = teacher_cache_path(teacher_cache, seed, cfg)
+    if cached is not None and cached.exists():
+        saved = torch.load(cached, map_location=dist.device, weights_only=False)
+        teacher.load_state_dict(saved["model"])
+        teacher_opt.load_state_dict(saved["optimizer"])
+        out["teacher"] = saved["record"]
+        log(f"seed {seed}: the teacher from {cached}")
+    else:
+        out["teacher"] = fit("teacher", teacher, teacher_opt, cfg["teacher_steps"], 1000 * seed,
+                             fresh_schedule(cfg["teacher_steps"]))
+        if cached is not None and dist.main:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(dict(model=teacher.state_dict(), optimizer=teacher_opt.state_dict(), record=out["teacher"]),
+                       cached)
     out["teacher"]["macs_per_token"] = macs_per_token(**SHAPES["teacher"], seq=cfg["seq"])
     reused = reusable(earlier or {}, out["teacher"])
     if reused:
@@ -543,6 +561,17 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
             out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, schedule, stop))
         out[run]["macs_per_token"] = macs_per_token(**SHAPES[shape], seq=cfg["seq"])
     return out
+
+
+def teacher_cache_path(folder: Path | None, seed: int, cfg: dict) -> Path | None:
+    """Where a trained teacher of this seed, shape and training config is kept (None: no cache)."""
+    if folder is None:
+        return None
+    key = dict(seed=seed, shape=SHAPES["teacher"], steps=cfg["teacher_steps"], seq=cfg["seq"], batch=cfg["batch"],
+               eval_every=cfg["eval_every"], val_windows=cfg["val_windows"],
+               recipe=[LR, BETAS, WEIGHT_DECAY, WARMUP, INIT_STD, FINAL_LR], torch=torch.__version__)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f"teacher-{digest}.pt"
 
 
 def reusable(earlier: dict, teacher: dict) -> dict:
@@ -898,6 +927,11 @@ def parse(argv):
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode", help="a few minutes on 2 CPU cores (default)")
     mode.add_argument("--full", action="store_const", const="full", dest="mode", help="the record: more steps and seeds")
     p.add_argument("--seeds", type=int)
+    p.add_argument("--seed", type=int, help="train only this seed (of 0 … seeds − 1), e.g. one process per seed; "
+                                            "--merge combines their results.json")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS_JSON",
+                   help="write the table of these results.json (one or more seeds each, the same config) "
+                        "instead of training")
     for key in ("teacher_steps", "student_steps", "scratch_steps", "control_steps", "eval_every", "seq", "batch",
                 "val_windows"):
         p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
@@ -906,8 +940,11 @@ def parse(argv):
     p.add_argument("--reuse", type=Path, metavar="RESULTS_JSON",
                    help="take runs recorded in an earlier results.json of the same config and corpus instead of "
                         "training them again (runs from the teacher only if its curve is reproduced exactly)")
-    p.add_argument("--teacher-width", type=int, help="the teacher's width (default 32); the students follow")
+    p.add_argument("--teacher-width", type=int, help="the teacher's width (default 16); the students follow")
     p.add_argument("--teacher-layers", type=int, help="the teacher's number of blocks (default 2)")
+    p.add_argument("--teacher-cache", type=Path, metavar="DIR",
+                   help="keep each trained teacher (weights, optimizer state, curve) here and load it when the "
+                        "same seed, shape and training config come again")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even where CUDA is present")
     args = p.parse_args(argv)
@@ -923,18 +960,56 @@ def load_earlier(path: Path, cfg: dict, corpus: dict) -> dict:
     return {int(seed): runs for seed, runs in earlier["per_seed"].items()}
 
 
+def merge(paths: list[Path], out_dir: Path) -> dict:
+    """One result from several results.json of the same config, shapes and corpus (each with some of
+    the seeds, e.g. one process per seed): per-seed records joined, the summary made anew."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    for path, part in zip(paths[1:], parts[1:]):
+        if any(part[k] != first[k] for k in ("config", "shapes")) or part["corpus"]["sha256"] != first["corpus"]["sha256"]:
+            raise SystemExit(f"{path}: recorded with another config, shapes or corpus than {paths[0]}; cannot merge")
+    SHAPES.update(first["shapes"])
+    per_seed = {}
+    for path, part in zip(paths, parts):
+        for seed, runs in part["per_seed"].items():
+            if seed in per_seed:
+                raise SystemExit(f"{path}: seed {seed} is in more than one of the results")
+            per_seed[seed] = runs
+    per_seed = dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))
+    result = dict(first, per_seed=per_seed, summary=summarise(per_seed, first["config"]),
+                  wall_seconds=max(p["wall_seconds"] for p in parts),
+                  merged=dict(paths=[str(p) for p in paths], wall_seconds=[p["wall_seconds"] for p in parts]))
+    write_result(out_dir, result)
+    return result
+
+
+def write_result(out_dir: Path, result: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    write_table(out_dir / "table.md", result)
+    plot(out_dir / "curves.png", result)
+
+
 def main(argv, repo: Path) -> int:
     import os
 
     import torch
 
     args = parse(argv)
+    out_dir = args.out or repo / "results" / f"lm-{args.mode}"
+    if args.merge:
+        merge(args.merge, out_dir)
+        print(f"wrote {out_dir}/table.md, results.json, curves.png")
+        return 0
     cfg = dict(MODES[args.mode])
     cfg.update({k: v for k, v in vars(args).items() if k in cfg and v is not None})
     if args.teacher_width or args.teacher_layers:
         width, layers = args.teacher_width or SHAPES["teacher"]["d"], args.teacher_layers or SHAPES["teacher"]["layers"]
         SHAPES.update(shapes_for(width, layers))
         GROWTH.update(growth_for(layers))
+    seeds = range(cfg["seeds"]) if args.seed is None else [args.seed]
+    if args.seed is not None and not 0 <= args.seed < cfg["seeds"]:
+        raise SystemExit(f"--seed {args.seed}: choose one of 0 … {cfg['seeds'] - 1} (--seeds {cfg['seeds']})")
     runs = [r for r in RUNS if r != "teacher"] if args.mode == "full" else quick_runs()
     if args.runs:
         runs = [r.strip() for r in args.runs.split(",") if r.strip() and r.strip() != "teacher"]
@@ -946,15 +1021,14 @@ def main(argv, repo: Path) -> int:
     threads = args.threads or max(1, cores // dist.world)
     torch.set_num_threads(threads)
     log = C.logger(dist)
-    out_dir = args.out or repo / "results" / f"lm-{args.mode}"
     corpus = load_corpus()
-    log(f"lm {args.mode} mode: {cfg['seeds']} seeds; corpus {len(corpus['train']):,} train / "
+    log(f"lm {args.mode} mode: seed(s) {', '.join(map(str, seeds))}; corpus {len(corpus['train']):,} train / "
         f"{len(corpus['val']):,} validation bytes; runs teacher + {', '.join(runs)}; "
         f"{dist.world} process(es) × {threads} thread(s) on {dist.device}")
     earlier = load_earlier(args.reuse, cfg, corpus) if args.reuse else {}
     t0 = time.perf_counter()
-    per_seed = {s: run_seed(s, cfg, runs, dist, log, out_dir / "models" if s == 0 else None, earlier.get(s))
-                for s in range(cfg["seeds"])}
+    per_seed = {s: run_seed(s, cfg, runs, dist, log, out_dir / "models" if s == 0 else None, earlier.get(s),
+                            args.teacher_cache) for s in seeds}
     if dist.main:
         import platform
 
@@ -974,10 +1048,7 @@ def main(argv, repo: Path) -> int:
             before = json.loads(args.reuse.read_text())  # its own reused runs' time included
             result["reused"] = dict(path=str(args.reuse), wall_seconds=before["wall_seconds"]
                                     + before.get("reused", {}).get("wall_seconds", 0))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "results.json").write_text(json.dumps(result, indent=1))
-        write_table(out_dir / "table.md", result)
-        plot(out_dir / "curves.png", result)
+        write_result(out_dir, result)
         log(f"wrote {out_dir}/table.md, results.json, curves.png")
     dist.close()
     return 0
