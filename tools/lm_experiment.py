@@ -107,6 +107,8 @@ RECIPES = {
     "reset": dict(state="reset", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.3),
     "asym_decay_half": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.5, noise=0.3),
     "asym_no_noise": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.0),
+    "asym_rewarm300": dict(state="asymmetric", rewarm=300, peak=1.0, decay=1.0, noise=0.3),
+    "asym_peak_half": dict(state="asymmetric", rewarm=WARMUP, peak=0.5, decay=1.0, noise=0.3),
     "asym_slow_kept": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.3, kept_rate=0.3),
 }
 DEFAULT_RECIPE = "asym"  # the recommended recipe, with net2net growth (README, results/lm-full/)
@@ -522,7 +524,9 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
     grown = {}
     for run in run_order(runs):
         kind, shape, method, spec, _ = RUNS[run]
-        stream = 1000 * seed + 1 + list(RUNS).index(run) * (kind == "scratch")
+        # the students and the control share one stream of batches; each from-scratch shape has its own,
+        # fixed whatever runs RUNS lists
+        stream = 1000 * seed + 1 + (10 + ("wider", "deeper", "both").index(shape) if kind == "scratch" else 0)
         if run in reused:
             out[run] = reused[run]
             continue
