@@ -42,7 +42,9 @@ a copy's Adam update is its source's whenever its gradient is a multiple of the 
 net2net's uneven splits do not change (Adam divides the scale out); so the consumer weights of
 copied units get noise that sums to zero over each unit's copies, N(0, noise × std of the weight)
 before centring — the copies see identical inputs, so the function is unchanged (HyperCloning's
-cancelling noise) and their gradients now differ in direction.
+cancelling noise) and their gradients now differ in direction. `kept_rate` < 1 steps the teacher's
+own elements slower than the added ones (a per-element learning rate, applied by scaling AdamW's step).
+`recommended_recipe(steps)` is the recipe the language-model experiment recommends (README).
 """
 
 from __future__ import annotations

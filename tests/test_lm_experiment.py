@@ -239,7 +239,9 @@ def test_each_recipe_sets_the_schedule_and_state_it_names(trained):
         recipe = lm.recipe_for(spec, 200)
         schedule, report = lm.after_growth(net, net_opt, done["mappings"], state, recipe, seed=0)
         assert recipe.horizon == round(spec["decay"] * 200) and schedule(recipe.horizon) == pytest.approx(lm.FINAL_LR)
-        assert schedule(0) == pytest.approx(spec["peak"] / spec["rewarm"] if spec["rewarm"] else spec["peak"])
+        assert recipe.rewarm == min(spec["rewarm"], recipe.horizon // 2)  # a re-warm-up inside the budget
+        assert schedule(0) == pytest.approx(spec["peak"] / recipe.rewarm if recipe.rewarm else spec["peak"])
+        assert bool(report["slowed"]) == (spec.get("kept_rate", 1.0) != 1.0)
         param = next(p for n, p in net.named_parameters() if net.onnx_names[n] == entry["initializer"])
         moment = net_opt.state.get(param, {}).get("exp_avg")
         if spec["state"] == "reset":

@@ -302,6 +302,8 @@ def test_kept_rate_scales_the_teachers_own_elements_steps_and_no_others(rate):
         np.testing.assert_allclose(slow[name][added], full[name][added], rtol=1e-6)
     with pytest.raises(GrowError, match="kept_rate"):
         Recipe(kept_rate=2.0)
+    with pytest.raises(GrowError, match="teacher_names"):  # no way to tell the teacher's elements
+        after_growth(_student(), torch.optim.AdamW(_student().parameters()), MAPPINGS, None, Recipe(kept_rate=0.5))
 
 
 def test_recommended_recipe_rewarms_and_decays_to_the_budget_with_cancelling_noise():
