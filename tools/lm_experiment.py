@@ -716,8 +716,9 @@ def summarise(per_seed: dict, cfg: dict) -> dict:
                 flops_teacher_given=given, saved_teacher_given=C.compute_saved(given, scratch))
         if "teacher_continued" in summary:
             budget = [flops_curve(per_seed[s][ref], cfg)[-1] for s in seeds]
-            at_budget = [loss_within(per_seed[s]["teacher_continued"], cfg, f - o)
-                         for s, f, o in zip(seeds, budget, teacher_flops)]
+            # the teacher given, as a user holding its checkpoint has it: trained on with the compute
+            # the big shape used from scratch (a plateaued teacher's own training can exceed that compute)
+            at_budget = [loss_within(per_seed[s]["teacher_continued"], cfg, f) for s, f in zip(seeds, budget)]
             summary[ref]["capacity_margin"] = C.mean_std([c - t for c, t in zip(at_budget, targets)])
     for run, rec in summary.items():
         reach = rec.get("to_target", {})
@@ -729,9 +730,10 @@ def summarise(per_seed: dict, cfg: dict) -> dict:
 
 
 def loss_within(rec: dict, cfg: dict, flops: int) -> float:
-    """A run's validation loss at its last evaluation within `flops` of its own training."""
+    """A run's validation loss at its last evaluation within `flops` of its own training (its first
+    evaluation, at 0, when `flops` is less than one step)."""
     curve = flops_curve(rec, cfg)
-    return [loss for loss, f in zip(rec["val_loss"], curve) if f <= flops][-1]
+    return [loss for loss, f in zip(rec["val_loss"], curve) if f <= max(flops, 0)][-1]
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -756,7 +758,7 @@ def compute_table(summary: dict, shape: str) -> list[str]:
              f"{C.pm(*C.mean_std(ref['target']))} (the from-scratch final validation loss)", ""]
     if "capacity_margin" in scratch:
         margin, spread = scratch["capacity_margin"]
-        lines += [f"Capacity: with the from-scratch run's compute (its own training included) the teacher trained "
+        lines += [f"Capacity: with the from-scratch run's compute (the teacher given) the teacher trained "
                   f"on ends {abs(margin):.4f} ± {spread:.4f} nats/byte {'above' if margin > 0 else 'below'} this "
                   f"target (per seed, paired).", ""]
     lines += ["| run | verify | start loss | spike (≤ step 20) | loss at the end | reached | GFLOPs to target, "
