@@ -320,3 +320,13 @@ def test_teacher_cache_is_keyed_by_seed_shape_and_training(tmp_path):
     assert path != lm.teacher_cache_path(tmp_path, 1, cfg)
     assert path != lm.teacher_cache_path(tmp_path, 0, dict(cfg, teacher_steps=cfg["teacher_steps"] + 1))
     assert lm.teacher_cache_path(None, 0, cfg) is None
+
+
+def test_the_goal_line_says_when_the_teacher_starts_below_the_target():
+    saved = dict(mean=1.0, std=0.0, reached=2, seeds=2)
+    run = lm.recommended()["deeper"]
+    summary = {run: dict(start_loss=(1.58, 0.01), to_target={"deeper": dict(
+        target=[1.76, 1.75], saved_teacher_given=saved, saved=saved, flops_teacher_given=[0, 0], flops=[9, 9])})}
+    assert "Not a test of growth" in lm.against_the_goal(summary, "deeper")[0]
+    summary[run]["start_loss"] = (1.9, 0.01)
+    assert "Goal met" in lm.against_the_goal(summary, "deeper")[0]

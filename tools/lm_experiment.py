@@ -794,6 +794,10 @@ def against_the_goal(summary: dict, shape: str) -> list[str]:
     reach = summary.get(run, {}).get("to_target", {}).get(shape)
     if reach is None:
         return []
+    start = summary[run].get("start_loss")
+    if start and start[0] <= min(reach["target"]):
+        return [f"**Not a test of growth** on {shape}: the teacher starts at {start[0]:.4f}, already at or below the "
+                f"target ({min(reach['target']):.4f}); this shape is not worth its compute at this budget."]
     given = reach["saved_teacher_given"]
     short = []
     if given["reached"] < given["seeds"]:
