@@ -215,7 +215,8 @@ def test_results_carry_both_accountings_and_the_recommended_runs(lm_quick):
     assert set(summary["teacher_continued"]["compute_saved"]["both"]) == {"mean", "std", "reached"}
     assert "capacity_margin" in summary["scratch_both"]
     table = (lm_quick[0] / "table.md").read_text()
-    assert "saved, teacher given" in table and "saved incl. teacher" in table and "Goal" in table
+    assert "saved, teacher given" in table and "saved incl. teacher" in table
+    assert "Goal" in table or "Not a test of growth" in table  # the tiny teacher may start below the target
 
 
 def test_each_recipe_sets_the_schedule_and_state_it_names(trained):
