@@ -100,7 +100,7 @@ EARLY_EVALS = (5, 10, 20)  # extra evaluations right after a start: the loss spi
 
 # Recipes after growth (onnxgrow.optim.Recipe): optimizer state, re-warm-up steps, peak (× LR),
 # cosine decay to FINAL_LR × LR at `decay` × the from-scratch steps, symmetry-breaking noise, and
-# the rate of the teacher's own elements (× the schedule's). "asym" is onnxgrow.optim.recommended.
+# the rate of the teacher's own elements (× the schedule's). "asym" is onnxgrow.optim.recommended_recipe.
 RECIPES = {
     "asym": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.3),
     "carried": dict(state="carried", rewarm=0, peak=1.0, decay=1.0, noise=0.3),
@@ -730,10 +730,9 @@ def summarise(per_seed: dict, cfg: dict) -> dict:
 
 
 def loss_within(rec: dict, cfg: dict, flops: int) -> float:
-    """A run's validation loss at its last evaluation within `flops` of its own training (its first
-    evaluation, at 0, when `flops` is less than one step)."""
+    """A run's validation loss at its last evaluation within `flops` (≥ 0) of its own training."""
     curve = flops_curve(rec, cfg)
-    return [loss for loss, f in zip(rec["val_loss"], curve) if f <= max(flops, 0)][-1]
+    return [loss for loss, f in zip(rec["val_loss"], curve) if f <= flops][-1]
 
 
 # ----------------------------------------------------------------------------- reporting
