@@ -314,6 +314,20 @@ def test_merge_joins_the_seeds_of_several_results_and_refuses_mixed_configs(lm_q
         lm.merge([a, b], tmp_path / "mixed")
 
 
+def test_each_seeds_records_are_on_disk_as_they_finish_and_merge_into_the_same_summary(lm_quick, tmp_path):
+    """A crash in the summary (or a killed process) keeps the trained runs: records-seedS.json,
+    rewritten after every run, is a record --merge and --reuse take."""
+    out, result = lm_quick
+    records = out / "records-seed0.json"
+    saved = json.loads(records.read_text())
+    assert saved["per_seed"] == result["per_seed"] and "summary" not in saved
+    assert not list(out.glob("*.partial"))
+    merged = lm.merge([records], tmp_path / "from-records")
+    assert json.loads(json.dumps(merged["summary"])) == result["summary"]
+    corpus = dict(sha256=result["corpus"]["sha256"])
+    assert lm.load_earlier(records, result["config"], corpus)[0] == result["per_seed"]["0"]
+
+
 def test_teacher_cache_is_keyed_by_seed_shape_and_training(tmp_path):
     cfg = dict(lm.MODES["quick"])
     path = lm.teacher_cache_path(tmp_path, 0, cfg)

@@ -477,11 +477,12 @@ def run_order(runs: list[str]) -> list[str]:
 
 
 def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path | None,
-             earlier: dict | None = None, teacher_cache: Path | None = None) -> dict:
+             earlier: dict | None = None, teacher_cache: Path | None = None, saved=None) -> dict:
     """Teacher, baselines and students for one seed: {run: record}. Runs recorded in `earlier`
     (this seed's records of an earlier run with the same config) are taken from it instead of
     trained again: from-scratch runs always, the teacher's continuation only when the teacher
-    trained here has exactly the recorded curve."""
+    trained here has exactly the recorded curve. `saved(out)` is called after each run with the
+    records so far (so that a crash later loses none of them)."""
     import torch
 
     corpus = load_corpus()
@@ -564,6 +565,8 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
             stop = student_stop(out, shape, cfg, macs=macs_per_token(**SHAPES[shape], seq=cfg["seq"]))
             out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, schedule, stop))
         out[run]["macs_per_token"] = macs_per_token(**SHAPES[shape], seq=cfg["seq"])
+        if saved is not None and dist.main:
+            saved(out)
     return out
 
 
@@ -940,7 +943,8 @@ def parse(argv):
                                             "--merge combines their results.json")
     p.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS_JSON",
                    help="write the table of these results.json (one or more seeds each, the same config) "
-                        "instead of training")
+                        "instead of training; a run's records-seedS.json (written after each of its runs) "
+                        "counts as one")
     for key in ("teacher_steps", "student_steps", "scratch_steps", "control_steps", "eval_every", "seq", "batch",
                 "val_windows"):
         p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
@@ -948,7 +952,8 @@ def parse(argv):
     p.add_argument("--out", type=Path, help="output folder (default results/lm-<mode>)")
     p.add_argument("--reuse", type=Path, metavar="RESULTS_JSON",
                    help="take runs recorded in an earlier results.json of the same config and corpus instead of "
-                        "training them again (runs from the teacher only if its curve is reproduced exactly)")
+                        "training them again (runs from the teacher only if its curve is reproduced exactly); "
+                        "an interrupted run's records-seedS.json resumes it")
     p.add_argument("--teacher-width", type=int, help="the teacher's width (default 16); the students follow")
     p.add_argument("--teacher-layers", type=int, help="the teacher's number of blocks (default 2)")
     p.add_argument("--teacher-cache", type=Path, metavar="DIR",
@@ -992,11 +997,32 @@ def merge(paths: list[Path], out_dir: Path) -> dict:
     return result
 
 
+def write_json(path: Path, data: dict) -> None:
+    """`path` replaced whole, never left half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1))
+    partial.replace(path)
+
+
 def write_result(out_dir: Path, result: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    write_json(out_dir / "results.json", result)
     write_table(out_dir / "table.md", result)
     plot(out_dir / "curves.png", result)
+
+
+def record_header(mode: str, cfg: dict, corpus: dict) -> dict:
+    """What a results.json says about its set-up (before the per-seed records and the summary)."""
+    import platform
+
+    return dict(
+        mode=mode, config=cfg,
+        corpus=dict(files=corpus["files"], bytes=(len(corpus["train"]), len(corpus["val"])),
+                    sha256=corpus["sha256"], python=platform.python_version(), packages=PACKAGES,
+                    max_file_bytes=MAX_FILE_BYTES, val_rule=f"crc32(relative path) % {VAL_MODULUS} == 0"),
+        shapes=SHAPES, growth=GROWTH, recipes=RECIPES, recommended=recommended(),
+        recipe=dict(lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, warmup=WARMUP, init_std=INIT_STD, final_lr=FINAL_LR,
+                    train_flops="6 x forward MACs x tokens"))
 
 
 def main(argv, repo: Path) -> int:
@@ -1035,24 +1061,20 @@ def main(argv, repo: Path) -> int:
         f"{len(corpus['val']):,} validation bytes; runs teacher + {', '.join(runs)}; "
         f"{dist.world} process(es) × {threads} thread(s) on {dist.device}")
     earlier = load_earlier(args.reuse, cfg, corpus) if args.reuse else {}
+    header = dict(record_header(args.mode, cfg, corpus), environment=C.environment(dist, threads))
     t0 = time.perf_counter()
-    per_seed = {s: run_seed(s, cfg, runs, dist, log, out_dir / "models" if s == 0 else None, earlier.get(s),
-                            args.teacher_cache) for s in seeds}
-    if dist.main:
-        import platform
 
-        result = dict(
-            mode=args.mode, config=cfg,
-            corpus=dict(files=corpus["files"], bytes=(len(corpus["train"]), len(corpus["val"])),
-                        sha256=corpus["sha256"], python=platform.python_version(), packages=PACKAGES,
-                        max_file_bytes=MAX_FILE_BYTES, val_rule=f"crc32(relative path) % {VAL_MODULUS} == 0"),
-            shapes=SHAPES, growth=GROWTH,
-            recipes=RECIPES, recommended=recommended(),
-            recipe=dict(lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, warmup=WARMUP, init_std=INIT_STD, final_lr=FINAL_LR,
-                        train_flops="6 x forward MACs x tokens"),
-            summary=summarise(per_seed, cfg), per_seed=per_seed,
-            wall_seconds=round(time.perf_counter() - t0, 1), environment=C.environment(dist, threads),
-        )
+    def saver(seed):
+        def saved(out):  # a record --reuse and --merge take, written after each run
+            write_json(out_dir / f"records-seed{seed}.json", dict(header, per_seed={str(seed): out},
+                                                                   wall_seconds=round(time.perf_counter() - t0, 1)))
+        return saved
+
+    per_seed = {s: run_seed(s, cfg, runs, dist, log, out_dir / "models" if s == 0 else None, earlier.get(s),
+                            args.teacher_cache, saver(s)) for s in seeds}
+    if dist.main:
+        result = dict(header, summary=summarise(per_seed, cfg), per_seed=per_seed,
+                      wall_seconds=round(time.perf_counter() - t0, 1))
         if args.reuse:
             before = json.loads(args.reuse.read_text())  # its own reused runs' time included
             result["reused"] = dict(path=str(args.reuse), wall_seconds=before["wall_seconds"]
