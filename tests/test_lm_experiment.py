@@ -128,6 +128,32 @@ def _curve(macs, steps, losses):
     return dict(macs_per_token=macs, steps=steps, val_loss=losses, train_loss=[None] * len(steps))
 
 
+@pytest.mark.parametrize("shape", ["wider", "both"])
+def test_random_growth_keeps_the_teachers_elements_and_draws_the_rest_as_a_fresh_model(trained, shape):
+    from onnx import numpy_helper
+
+    from onnxgrow.optim import _chain, kept_elements
+
+    _, _, _, teacher, _, _ = trained
+    student, mappings = lm.grow(teacher, shape, "random", seed=0)
+    old = {t.name: numpy_helper.to_array(t) for t in teacher.graph.initializer}
+    net2net = {t.name for t in lm.grow(teacher, shape, "net2net", seed=0)[0].graph.initializer}
+    fresh_matrices, fresh_gains = [], []
+    for init in student.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype != np.float32 or w.ndim == 0:
+            continue
+        assert init.name in net2net  # the same architecture as the preserving student
+        keep = kept_elements(init.name, w.shape, mappings, set(old))
+        if keep.any():
+            teacher_w = old[_chain(init.name, mappings)[-1]]
+            assert sorted(w[keep].tolist()) == sorted(teacher_w.ravel().tolist())  # each teacher element once
+        (fresh_gains if w.ndim == 1 else fresh_matrices).append(w[~keep])
+    assert np.all(np.concatenate(fresh_gains) == 1.0)
+    drawn = np.concatenate([m.ravel() for m in fresh_matrices])
+    assert drawn.size > 1000 and abs(drawn.std() - lm.INIT_STD) < 0.1 * lm.INIT_STD
+
+
 def test_compute_saved_against_the_big_model_from_scratch_by_hand():
     """One token per step: the teacher's 10 steps cost 6·1·10 = 60 FLOPs; the wider model from
     scratch first reaches its final loss 2.0 at step 20: 6·10·20 = 1200; the grown student at its

@@ -23,8 +23,9 @@ converted with onnxgrow.to_torch and trained on with a recipe after growth (RECI
 onnxgrow.optim.after_growth): optimizer state carried, reset, or reset asymmetrically (teacher
 units keep their moments, added units start fresh); the learning rate re-warmed and decayed by a
 cosine that ends at `decay` × the from-scratch steps; cancelling noise on the split copies. r2r
-(new units in ±V pairs, block copies with paired outputs) and random growth (new units random,
-new blocks re-drawn) are trained with the recommended recipe without noise.
+(new units in ±V pairs, block copies with paired outputs) and random growth (every element that
+is not the teacher's own drawn as for a fresh model) are trained with the recommended recipe
+without noise.
 Baselines: each big shape trained from scratch, and the teacher trained on without growth
 (control_steps, the recommended recipe without noise).
 
@@ -350,9 +351,9 @@ def export_onnx(module, seq: int = 16, dynamic: bool = True):
 def grow(teacher, shape: str, method: str, seed: int):
     """The grown student as (onnx.ModelProto, channel mappings for onnxgrow.optim), via og.grow.
 
-    `random` is the same growth without preservation: widening with og.grow's `random` method,
-    then the block copies inserted as for net2net and re-drawn (`redraw_new_initializers`), so
-    that only the copies, not the widened teacher weights, are re-drawn."""
+    `random` is the same growth without preservation, new parts drawn as a fresh model draws them
+    (`redraw_added`): widening with og.grow's `random` method, the block copies inserted as for
+    net2net, then every element that is not the teacher's own re-drawn."""
     import onnxgrow as og
 
     spec = GROWTH[shape]
@@ -363,11 +364,8 @@ def grow(teacher, shape: str, method: str, seed: int):
         return student, done["mappings"]
     wide, done = (og.grow(teacher, widen=spec["widen"], method="random", seed=seed, with_summary=True)
                   if spec["widen"] else (teacher, {"mappings": []}))
-    mappings = done["mappings"]
-    if not spec["deepen"]:
-        return wide, mappings
-    deep = og.grow(wide, deepen=spec["deepen"], method="net2net", seed=seed)
-    return redraw_new_initializers(wide, deep, seed), mappings  # the copies are fresh: no state to carry
+    deep = og.grow(wide, deepen=spec["deepen"], method="net2net", seed=seed) if spec["deepen"] else wide
+    return redraw_added(teacher, wide, deep, done["mappings"], seed), done["mappings"]
 
 
 def grow_kwargs(widen: dict, deepen: list) -> dict:
@@ -375,22 +373,32 @@ def grow_kwargs(widen: dict, deepen: list) -> dict:
     return {k: v for k, v in (("widen", widen), ("deepen", deepen)) if v}
 
 
-def redraw_new_initializers(teacher, student, seed: int):
-    """The random-growth baseline for depth: every float initializer that `teacher` lacks (the
-    inserted blocks) re-drawn as a fresh model would have it: 1-D gains 1, matrices N(0, INIT_STD)."""
+def redraw_added(teacher, wide, student, mappings: list[dict], seed: int):
+    """The random-growth baseline: `student` with every float element that is not the teacher's
+    own re-drawn as `build_lm` draws a fresh model (1-D gains 1, matrices N(0, INIT_STD)): the
+    added units of each widened tensor (`mappings`, onnxgrow.optim.kept_elements) and the whole of
+    each tensor `wide` (the widened model before block copies were inserted) lacks. og.grow's own
+    random units are drawn at the scale of the trained weights, which starts a byte LM at a loss
+    of ~30: a baseline no one would use."""
     import onnx
     from onnx import numpy_helper
 
-    old = {t.name for t in teacher.graph.initializer}
+    from onnxgrow.optim import kept_elements
+
+    teacher_names = {t.name for t in teacher.graph.initializer}
+    before = {t.name for t in wide.graph.initializer}
+    grown = {e["initializer"] for e in mappings}
     out = onnx.ModelProto()
     out.CopyFrom(student)
     rng = np.random.default_rng(seed + 7919)
     for init in out.graph.initializer:
         w = numpy_helper.to_array(init)
-        if init.name in old or w.dtype != np.float32 or w.ndim == 0:
+        if w.dtype != np.float32 or w.ndim == 0 or (init.name in before and init.name not in grown):
             continue
+        keep = (kept_elements(init.name, w.shape, mappings, teacher_names) if init.name in before
+                else np.zeros(w.shape, dtype=bool))
         fresh = np.ones_like(w) if w.ndim == 1 else rng.normal(0.0, INIT_STD, w.shape).astype(np.float32)
-        init.CopyFrom(numpy_helper.from_array(fresh, init.name))
+        init.CopyFrom(numpy_helper.from_array(np.where(keep, w, fresh).astype(np.float32), init.name))
     return out
 
 
