@@ -354,6 +354,20 @@ def test_each_seeds_records_are_on_disk_as_they_finish_and_merge_into_the_same_s
     assert lm.load_earlier(records, result["config"], corpus)[0] == result["per_seed"]["0"]
 
 
+def test_a_cached_teacher_is_loaded_and_the_records_still_written(tmp_path):
+    import experiment
+
+    argv = ["--task", "lm", "--quick", "--seeds", "1", "--teacher-steps", "10", "--scratch-steps", "10",
+            "--eval-every", "5", "--val-windows", "8", "--seq", "16", "--runs", "scratch_wider",
+            "--teacher-cache", str(tmp_path / "cache")]
+    experiment.main(argv + ["--out", str(tmp_path / "first")])
+    experiment.main(argv + ["--out", str(tmp_path / "second")])
+    first, second = (json.loads((tmp_path / run / "records-seed0.json").read_text()) for run in ("first", "second"))
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert first["per_seed"]["0"]["teacher"] == second["per_seed"]["0"]["teacher"]
+    assert set(second["per_seed"]["0"]) == {"teacher", "scratch_wider"}
+
+
 def test_teacher_cache_is_keyed_by_seed_shape_and_training(tmp_path):
     cfg = dict(lm.MODES["quick"])
     path = lm.teacher_cache_path(tmp_path, 0, cfg)

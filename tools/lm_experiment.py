@@ -485,11 +485,11 @@ def run_order(runs: list[str]) -> list[str]:
 
 
 def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path | None,
-             earlier: dict | None = None, teacher_cache: Path | None = None, saved=None) -> dict:
+             earlier: dict | None = None, teacher_cache: Path | None = None, on_record=None) -> dict:
     """Teacher, baselines and students for one seed: {run: record}. Runs recorded in `earlier`
     (this seed's records of an earlier run with the same config) are taken from it instead of
     trained again: from-scratch runs always, the teacher's continuation only when the teacher
-    trained here has exactly the recorded curve. `saved(out)` is called after each run with the
+    trained here has exactly the recorded curve. `on_record(out)` is called after each run with the
     records so far (so that a crash later loses none of them)."""
     import torch
 
@@ -509,10 +509,10 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
     teacher_opt = adamw(teacher)
     cached = teacher_cache_path(teacher_cache, seed, cfg)
     if cached is not None and cached.exists():
-        saved = torch.load(cached, map_location=dist.device, weights_only=False)
-        teacher.load_state_dict(saved["model"])
-        teacher_opt.load_state_dict(saved["optimizer"])
-        out["teacher"] = saved["record"]
+        kept = torch.load(cached, map_location=dist.device, weights_only=False)
+        teacher.load_state_dict(kept["model"])
+        teacher_opt.load_state_dict(kept["optimizer"])
+        out["teacher"] = kept["record"]
         log(f"seed {seed}: the teacher from {cached}")
     else:
         out["teacher"] = fit("teacher", teacher, teacher_opt, cfg["teacher_steps"], 1000 * seed,
@@ -573,8 +573,8 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
             stop = student_stop(out, shape, cfg, macs=macs_per_token(**SHAPES[shape], seq=cfg["seq"]))
             out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, schedule, stop))
         out[run]["macs_per_token"] = macs_per_token(**SHAPES[shape], seq=cfg["seq"])
-        if saved is not None and dist.main:
-            saved(out)
+        if on_record is not None and dist.main:
+            on_record(out)
     return out
 
 
@@ -1072,14 +1072,14 @@ def main(argv, repo: Path) -> int:
     header = dict(record_header(args.mode, cfg, corpus), environment=C.environment(dist, threads))
     t0 = time.perf_counter()
 
-    def saver(seed):
-        def saved(out):  # a record --reuse and --merge take, written after each run
+    def recorder(seed):
+        def on_record(out):  # a record --reuse and --merge take, written after each run
             write_json(out_dir / f"records-seed{seed}.json", dict(header, per_seed={str(seed): out},
                                                                    wall_seconds=round(time.perf_counter() - t0, 1)))
-        return saved
+        return on_record
 
     per_seed = {s: run_seed(s, cfg, runs, dist, log, out_dir / "models" if s == 0 else None, earlier.get(s),
-                            args.teacher_cache, saver(s)) for s in seeds}
+                            args.teacher_cache, recorder(s)) for s in seeds}
     if dist.main:
         result = dict(header, summary=summarise(per_seed, cfg), per_seed=per_seed,
                       wall_seconds=round(time.perf_counter() - t0, 1))
