@@ -332,8 +332,25 @@ def test_merge_joins_the_seeds_of_several_results_and_refuses_mixed_configs(lm_q
     assert sorted(merged["per_seed"]) == ["0", "1"]
     assert merged["summary"]["both_r2r"]["compute_saved"]["reached"] in (0, 2)  # the same curve twice
     assert "2 seed(s)" in (tmp_path / "merged" / "table.md").read_text()
-    with pytest.raises(SystemExit, match="seed 0 is in more than one"):
-        lm.merge([a, a], tmp_path / "twice")
+    later = json.loads(json.dumps(result))  # seed 0 again, one run trained anew, one added
+    runs = later["per_seed"]["0"]
+    runs["both_random"] = dict(runs["both_random"], val_loss=[v + 1.0 for v in runs["both_random"]["val_loss"]])
+    runs["both_r2r_again"] = runs.pop("both_r2r")
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps(later))
+    saved_runs = dict(lm.RUNS)
+    lm.RUNS["both_r2r_again"] = lm.RUNS["both_r2r"]
+    try:
+        joined = lm.merge([a, c], tmp_path / "joined")
+    finally:
+        lm.RUNS.clear(), lm.RUNS.update(saved_runs)
+    seed0 = joined["per_seed"]["0"]
+    assert seed0["both_random"] == runs["both_random"] and seed0["both_r2r"] == result["per_seed"]["0"]["both_r2r"]
+    assert "both_r2r_again" in seed0 and joined["merged"]["replaced"] == [f"seed 0 both_random from {c}"]
+    runs["teacher"] = dict(runs["teacher"], val_loss=[v + 0.01 for v in runs["teacher"]["val_loss"]])
+    c.write_text(json.dumps(later))
+    with pytest.raises(SystemExit, match="seed 0's teacher ends at"):
+        lm.merge([a, c], tmp_path / "other-teacher")
     second["config"] = dict(second["config"], scratch_steps=999)
     b.write_text(json.dumps(second))
     with pytest.raises(SystemExit, match="another config"):

@@ -983,24 +983,34 @@ def load_earlier(path: Path, cfg: dict, corpus: dict) -> dict:
 
 
 def merge(paths: list[Path], out_dir: Path) -> dict:
-    """One result from several results.json of the same config, shapes and corpus (each with some of
-    the seeds, e.g. one process per seed): per-seed records joined, the summary made anew."""
+    """One result from several results.json of the same config, shapes and corpus: their seeds
+    joined (one process per seed), and a seed found in several of them gets the runs of all, a
+    later file's run replacing an earlier one's (runs added to a record afterwards); such files must
+    agree on that seed's teacher. The summary is made anew."""
     parts = [json.loads(p.read_text()) for p in paths]
     first = parts[0]
     for path, part in zip(paths[1:], parts[1:]):
         if any(part[k] != first[k] for k in ("config", "shapes")) or part["corpus"]["sha256"] != first["corpus"]["sha256"]:
             raise SystemExit(f"{path}: recorded with another config, shapes or corpus than {paths[0]}; cannot merge")
     SHAPES.update(first["shapes"])
-    per_seed = {}
+    per_seed, replaced = {}, []
     for path, part in zip(paths, parts):
         for seed, runs in part["per_seed"].items():
             if seed in per_seed:
-                raise SystemExit(f"{path}: seed {seed} is in more than one of the results")
+                before = per_seed[seed]["teacher"]["val_loss"][-1]
+                if abs(runs["teacher"]["val_loss"][-1] - before) > 1e-4:
+                    raise SystemExit(f"{path}: seed {seed}'s teacher ends at {runs['teacher']['val_loss'][-1]:.4f}, "
+                                     f"not {before:.4f} as in an earlier file; cannot join their runs")
+                replaced += [f"seed {seed} {run} from {path}" for run, rec in runs.items()
+                             if run != "teacher" and per_seed[seed].get(run, rec) != rec]
+                runs = dict(per_seed[seed], **{run: rec for run, rec in runs.items() if run != "teacher"})
             per_seed[seed] = runs
     per_seed = dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))
     result = dict(first, per_seed=per_seed, summary=summarise(per_seed, first["config"]),
+                  recipes={k: v for part in parts for k, v in part["recipes"].items()},
                   wall_seconds=max(p["wall_seconds"] for p in parts),
-                  merged=dict(paths=[str(p) for p in paths], wall_seconds=[p["wall_seconds"] for p in parts]))
+                  merged=dict(paths=[str(p) for p in paths], wall_seconds=[p["wall_seconds"] for p in parts],
+                              replaced=replaced))
     write_result(out_dir, result)
     return result
 
