@@ -111,10 +111,16 @@ RECIPES = {
     "asym_rewarm300": dict(state="asymmetric", rewarm=300, peak=1.0, decay=1.0, noise=0.3),
     "asym_peak_half": dict(state="asymmetric", rewarm=WARMUP, peak=0.5, decay=1.0, noise=0.3),
     "asym_slow_kept": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.3, kept_rate=0.3),
+    "asym_noise_06": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.6),
+    "asym_noise_1": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=1.0),
+    "asym_decay_055": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.55, noise=0.3),
+    "asym_decay_07": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.7, noise=0.3),
 }
 DEFAULT_RECIPE = "asym"  # the recommended recipe, with net2net growth (README, results/lm-full/)
 BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r, random growth and the control
-GRID_SHAPE = "wider"  # every recipe is tried on this shape; deeper and both get the default one
+# the recipes tried on each shape: every one on wider, the default on deeper, and on both the default
+# and LEMON's faster decay at the horizon that saves 30 % if reached
+GRID = {"wider": list(RECIPES), "deeper": [DEFAULT_RECIPE], "both": [DEFAULT_RECIPE, "asym_decay_07"]}
 
 # name: (kind, shape, method, recipe, description)
 RUNS = {
@@ -125,7 +131,7 @@ RUNS = {
 }
 for _shape in ("wider", "deeper", "both"):
     for _name, _recipe in RECIPES.items():
-        if _shape == GRID_SHAPE or _name == DEFAULT_RECIPE:
+        if _name in GRID[_shape]:
             RUNS[f"{_shape}_net2net_{_name}"] = ("grown", _shape, "net2net", _recipe,
                                                  f"{_shape}, net2net, recipe `{_name}` ({_recipe})")
     RUNS.update({
