@@ -320,6 +320,17 @@ def test_reuse_needs_the_same_config_shapes_and_corpus(tmp_path, monkeypatch):
         lm.load_earlier(path, cfg, corpus)
 
 
+def test_reuse_takes_a_run_from_the_teacher_only_as_it_is_defined_now():
+    teacher = dict(val_loss=[5.5, 2.0])
+    run = lm.recommended()["wider"]
+    earlier = {"teacher": teacher, "scratch_wider": {}, run: dict(spec=lm.run_spec(run)),
+               "wider_random": dict(spec=dict(lm.run_spec("wider_random"), new_units="at the weights' scale")),
+               "wider_r2r": {}}
+    assert set(lm.reusable(earlier, teacher)) == {"scratch_wider", run}
+    assert set(lm.reusable(earlier, dict(val_loss=[5.5, 2.1]))) == {"scratch_wider"}  # another teacher
+    assert lm.run_spec(run) != lm.run_spec("wider_net2net_asym_no_noise")
+
+
 def test_merge_joins_the_seeds_of_several_results_and_refuses_mixed_configs(lm_quick, tmp_path):
     """One process per seed, then --merge: the seeds joined, the summary made anew over all of them."""
     out, result = lm_quick

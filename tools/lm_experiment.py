@@ -578,7 +578,7 @@ def run_seed(seed: int, cfg: dict, runs: list[str], dist, log, models_dir: Path 
                 rec["start_loss_perturbed"] = evaluate(module, data["val"], dist)
             stop = student_stop(out, shape, cfg, macs=macs_per_token(**SHAPES[shape], seq=cfg["seq"]))
             out[run] = dict(rec, **fit(run, module, opt, cfg["student_steps"], stream, schedule, stop))
-        out[run]["macs_per_token"] = macs_per_token(**SHAPES[shape], seq=cfg["seq"])
+        out[run].update(macs_per_token=macs_per_token(**SHAPES[shape], seq=cfg["seq"]), spec=run_spec(run))
         if on_record is not None and dist.main:
             on_record(out)
     return out
@@ -595,12 +595,23 @@ def teacher_cache_path(folder: Path | None, seed: int, cfg: dict) -> Path | None
     return folder / f"teacher-{digest}.pt"
 
 
+def run_spec(run: str) -> dict:
+    """What defines a run beyond the config and the teacher: kept in its record, compared by --reuse."""
+    kind, shape, method, recipe, _ = RUNS[run]
+    spec = dict(kind=kind, shape=shape, method=method, recipe=recipe, growth=GROWTH.get(shape))
+    if method == "random":
+        spec["new_units"] = f"fresh: N(0, {INIT_STD}), gains 1"  # redraw_added
+    return spec
+
+
 def reusable(earlier: dict, teacher: dict) -> dict:
     """The runs of an earlier record of this seed that this run may take as they are: the ones that
-    do not start from the teacher, and those that do when the teacher's curve is the same."""
+    do not start from the teacher, and those that do when the teacher's curve is the same and the
+    run is defined as it is now (`run_spec`; a record without one is trained again)."""
     same_teacher = earlier.get("teacher", {}).get("val_loss") == teacher["val_loss"]
     return {run: rec for run, rec in earlier.items()
-            if run in RUNS and RUNS[run][0] != "teacher" and (RUNS[run][0] == "scratch" or same_teacher)}
+            if run in RUNS and RUNS[run][0] != "teacher"
+            and (RUNS[run][0] == "scratch" or (same_teacher and rec.get("spec") == run_spec(run)))}
 
 
 def student_stop(out: dict, shape: str, cfg: dict, macs: int):
