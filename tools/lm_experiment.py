@@ -23,7 +23,8 @@ converted with onnxgrow.to_torch and trained on with a recipe after growth (RECI
 onnxgrow.optim.after_growth): optimizer state carried, reset, or reset asymmetrically (teacher
 units keep their moments, added units start fresh); the learning rate re-warmed and decayed by a
 cosine that ends at `decay` × the from-scratch steps; cancelling noise on the split copies. r2r
-(new units in ±V pairs, block copies with paired outputs) and random growth (every element that
+(new units in ±V pairs, block copies with paired outputs), netmorph (new units random, their
+consumer weights zero; wider and both) and random growth (every element that
 is not the teacher's own drawn as for a fresh model) are trained with the recommended recipe
 without noise.
 Baselines: each big shape trained from scratch, and the teacher trained on without growth
@@ -142,6 +143,10 @@ for _shape in ("wider", "deeper", "both"):
                              f"{_shape}, random growth (not preserving), recipe `{DEFAULT_RECIPE}` without noise"),
         f"scratch_{_shape}": ("scratch", _shape, None, None, f"the {_shape} architecture from scratch (warm-up, cosine)"),
     })
+    if _shape != "deeper":  # netmorph's block copies are net2net's (zero output)
+        RUNS[f"{_shape}_netmorph"] = ("grown", _shape, "netmorph", BASELINE_RECIPE,
+                                      f"{_shape}, netmorph (new units random at the weights' scale, their consumer "
+                                      f"weights zero), recipe `{DEFAULT_RECIPE}` without noise")
 
 
 def recommended() -> dict[str, str]:
@@ -925,9 +930,9 @@ def plot(path: Path, result: dict):
     shapes = [s for s in ("wider", "deeper", "both") if any(RUNS[r][1] == s for r in summary)] or ["wider"]
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.8), squeeze=False)
     style = {"teacher": dict(color="grey", lw=2.5), "teacher_continued": dict(color="grey", ls=":"),
-             "r2r": dict(color="tab:green"), "random": dict(color="tab:red"),
+             "r2r": dict(color="tab:green"), "netmorph": dict(color="tab:olive", ls="-."), "random": dict(color="tab:red"),
              "scratch": dict(color="black", ls="--")}
-    colors = ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:olive", "tab:brown", "tab:pink")
+    colors = ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "gold", "navy")
     for i, name in enumerate(RECIPES):
         style[f"net2net_{name}"] = dict(color=colors[i % len(colors)], lw=2 if name == DEFAULT_RECIPE else 1)
     for ax, shape in zip(axes[0], shapes):
