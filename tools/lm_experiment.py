@@ -144,9 +144,12 @@ for _shape in ("wider", "deeper", "both"):
         f"scratch_{_shape}": ("scratch", _shape, None, None, f"the {_shape} architecture from scratch (warm-up, cosine)"),
     })
     if _shape != "deeper":  # netmorph's block copies are net2net's (zero output)
-        RUNS[f"{_shape}_netmorph"] = ("grown", _shape, "netmorph", BASELINE_RECIPE,
+        RUNS[f"{_shape}_netmorph"] = ("grown", _shape, "netmorph", RECIPES[DEFAULT_RECIPE],
                                       f"{_shape}, netmorph (new units random at the weights' scale, their consumer "
-                                      f"weights zero), recipe `{DEFAULT_RECIPE}` without noise")
+                                      f"weights zero; the stream's new channels copies), recipe `{DEFAULT_RECIPE}`")
+        RUNS[f"{_shape}_netmorph_fresh"] = ("grown", _shape, "netmorph_fresh", RECIPES[DEFAULT_RECIPE],
+                                            f"{_shape}, netmorph with the new units drawn as a fresh model's "
+                                            f"(N(0, {INIT_STD})), recipe `{DEFAULT_RECIPE}`")
 
 
 def recommended() -> dict[str, str]:
@@ -370,8 +373,10 @@ def grow(teacher, shape: str, method: str, seed: int):
     spec = GROWTH[shape]
     if method != "random":
         deepen = [d.replace(":zero", ":r2r") for d in spec["deepen"]] if method == "r2r" else spec["deepen"]
-        student, done = og.grow(teacher, **grow_kwargs(spec["widen"], deepen), method=method,
+        student, done = og.grow(teacher, **grow_kwargs(spec["widen"], deepen), method=method.removesuffix("_fresh"),
                                 seed=seed, with_summary=True)
+        if method == "netmorph_fresh":
+            student = fresh_new_units(student, done["mappings"], seed)
         return student, done["mappings"]
     wide, done = (og.grow(teacher, widen=spec["widen"], method="random", seed=seed, with_summary=True)
                   if spec["widen"] else (teacher, {"mappings": []}))
@@ -382,6 +387,37 @@ def grow(teacher, shape: str, method: str, seed: int):
 def grow_kwargs(widen: dict, deepen: list) -> dict:
     """og.grow's keyword arguments, leaving out an empty widen or deepen."""
     return {k: v for k, v in (("widen", widen), ("deepen", deepen)) if v}
+
+
+def fresh_new_units(student, mappings: list[dict], seed: int):
+    """netmorph's student with its new units' incoming weights re-drawn as a fresh model's
+    (N(0, INIT_STD)) instead of at the trained weights' scale: the elements at a fresh unit
+    (π = −1 along some axis) that netmorph left non-zero. Their consumer weights stay zero, so the
+    function is unchanged."""
+    import onnx
+    from onnx import numpy_helper
+
+    from onnxgrow.optim import unit_sources
+
+    grown = {e["initializer"] for e in mappings}
+    out = onnx.ModelProto()
+    out.CopyFrom(student)
+    rng = np.random.default_rng(seed + 104729)
+    for init in out.graph.initializer:
+        if init.name not in grown:
+            continue
+        w = numpy_helper.to_array(init)
+        if w.dtype != np.float32 or w.ndim < 2:
+            continue
+        fresh = np.zeros(w.shape, dtype=bool)
+        for axis, sources in unit_sources(init.name, mappings, w.ndim).items():
+            view = [1] * w.ndim
+            view[axis] = len(sources)
+            fresh |= (sources < 0).reshape(view)
+        redraw = fresh & (w != 0)
+        drawn = rng.normal(0.0, INIT_STD, w.shape).astype(np.float32)
+        init.CopyFrom(numpy_helper.from_array(np.where(redraw, drawn, w).astype(np.float32), init.name))
+    return out
 
 
 def redraw_added(teacher, wide, student, mappings: list[dict], seed: int):
