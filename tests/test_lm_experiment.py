@@ -154,6 +154,26 @@ def test_random_growth_keeps_the_teachers_elements_and_draws_the_rest_as_a_fresh
     assert drawn.size > 1000 and abs(drawn.std() - lm.INIT_STD) < 0.1 * lm.INIT_STD
 
 
+def test_netmorph_fresh_draws_the_new_units_at_a_fresh_models_scale_and_stays_exact(trained):
+    import onnxgrow as og
+    from onnx import numpy_helper
+
+    _, _, _, teacher, data, _ = trained
+    plain, _ = lm.grow(teacher, "wider", "netmorph", seed=0)
+    fresh, _ = lm.grow(teacher, "wider", "netmorph_fresh", seed=0)
+    before = {t.name: numpy_helper.to_array(t) for t in plain.graph.initializer}
+    changed = []
+    for init in fresh.graph.initializer:
+        w, was = numpy_helper.to_array(init), before[init.name]
+        moved = w != was
+        assert not np.any(moved & (was == 0))  # the new units' consumer weights stay zero
+        changed.append(w[moved])
+    drawn = np.concatenate(changed)
+    assert drawn.size > 1000 and abs(drawn.std() - lm.INIT_STD) < 0.1 * lm.INIT_STD
+    inputs = {"input_ids": data["val"][:2, :-1].long().numpy()}
+    assert og.verify(teacher, fresh, inputs=inputs).ok
+
+
 def test_compute_saved_against_the_big_model_from_scratch_by_hand():
     """One token per step: the teacher's 10 steps cost 6·1·10 = 60 FLOPs; the wider model from
     scratch first reaches its final loss 2.0 at step 20: 6·10·20 = 1200; the grown student at its
@@ -233,7 +253,7 @@ def test_results_carry_both_accountings_and_the_recommended_runs(lm_quick):
     _, result = lm_quick
     summary = result["summary"]
     assert result["recommended"] == lm.recommended() and set(lm.recommended()) == {"wider", "deeper", "both"}
-    assert all(lm.RUNS[run][2] in ("net2net", "r2r") for run in result["recommended"].values())  # preserving
+    assert all(lm.RUNS[run][2] in ("net2net", "netmorph", "r2r") for run in result["recommended"].values())
     for run in ("both_net2net_asym", "both_r2r", "both_random"):
         for key in ("compute_saved", "compute_saved_teacher_given"):
             assert set(summary[run][key]) == {"mean", "std", "reached"}

@@ -117,7 +117,7 @@ RECIPES = {
     "asym_decay_055": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.55, noise=0.3),
     "asym_decay_07": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.7, noise=0.3),
 }
-DEFAULT_RECIPE = "asym"  # the recommended recipe, with net2net growth (README, results/lm-full/)
+DEFAULT_RECIPE = "asym"  # the recommended recipe, with RECOMMENDED_METHOD growth (README, results/lm-full/)
 BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r, random growth and the control
 # the recipes tried on each shape: every one on wider, the default on deeper, and on both the default
 # and LEMON's faster decay at the horizon that saves 30 % if reached
@@ -143,13 +143,15 @@ for _shape in ("wider", "deeper", "both"):
                              f"{_shape}, random growth (not preserving), recipe `{DEFAULT_RECIPE}` without noise"),
         f"scratch_{_shape}": ("scratch", _shape, None, None, f"the {_shape} architecture from scratch (warm-up, cosine)"),
     })
-    if _shape != "deeper":  # netmorph's block copies are net2net's (zero output)
-        RUNS[f"{_shape}_netmorph"] = ("grown", _shape, "netmorph", RECIPES[DEFAULT_RECIPE],
-                                      f"{_shape}, netmorph (new units random at the weights' scale, their consumer "
-                                      f"weights zero; the stream's new channels copies), recipe `{DEFAULT_RECIPE}`")
-        RUNS[f"{_shape}_netmorph_fresh"] = ("grown", _shape, "netmorph_fresh", RECIPES[DEFAULT_RECIPE],
-                                            f"{_shape}, netmorph with the new units drawn as a fresh model's "
-                                            f"(N(0, {INIT_STD})), recipe `{DEFAULT_RECIPE}`")
+    # netmorph: new units random at the weights' scale, their consumer weights zero, the residual
+    # stream's new channels copies (its readers take the original, the copy starts at zero weight);
+    # the block copies are net2net's (zero output), so on deeper it is the net2net student
+    RUNS[f"{_shape}_netmorph_{DEFAULT_RECIPE}"] = ("grown", _shape, "netmorph", RECIPES[DEFAULT_RECIPE],
+                                                   f"{_shape}, netmorph, recipe `{DEFAULT_RECIPE}`")
+    if _shape != "deeper":
+        RUNS[f"{_shape}_netmorph_fresh_{DEFAULT_RECIPE}"] = (
+            "grown", _shape, "netmorph_fresh", RECIPES[DEFAULT_RECIPE],
+            f"{_shape}, netmorph with the new units drawn as a fresh model's (N(0, {INIT_STD})), recipe `{DEFAULT_RECIPE}`")
 
 
 def recommended() -> dict[str, str]:
