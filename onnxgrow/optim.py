@@ -259,7 +259,11 @@ class Recipe:
             raise GrowError(f"Recipe horizon {self.horizon} must come after the re-warm-up ({self.rewarm} steps).")
 
 
-RECOMMENDED_METHOD = "net2net"
+# The growth method the language-model experiment recommends for a model that will be trained on:
+# netmorph's new units (random, consumer weights zero) learn new features, where net2net's copies
+# start identical and stay close (results/lm-full/: netmorph needed as much or less compute on every
+# seed, wider and both).
+RECOMMENDED_METHOD = "netmorph"
 
 
 def recommended_recipe(steps: int) -> Recipe:
@@ -267,7 +271,8 @@ def recommended_recipe(steps: int) -> Recipe:
     pay?"; results/lm-full/), for a model grown with RECOMMENDED_METHOD and trained `steps` more
     steps: each teacher unit keeps its AdamW moments and every added unit starts fresh, the rate
     re-warms over 30 steps (at most half the budget) to the base rate and decays by a cosine to
-    0.1 × at `steps`, and cancelling noise (0.3 × each weight's std) breaks the copies' symmetry.
+    0.1 × at `steps`, and cancelling noise (0.3 × each weight's std) breaks the symmetry of
+    copied units (netmorph copies the channels of a residual stream, net2net every unit).
     Pass it to `after_growth`."""
     if steps < 2:
         raise GrowError(f"recommended_recipe needs at least 2 steps of training after growth, not {steps}.")

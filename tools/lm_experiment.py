@@ -968,8 +968,9 @@ def plot(path: Path, result: dict):
     shapes = [s for s in ("wider", "deeper", "both") if any(RUNS[r][1] == s for r in summary)] or ["wider"]
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.8), squeeze=False)
     style = {"teacher": dict(color="grey", lw=2.5), "teacher_continued": dict(color="grey", ls=":"),
-             "r2r": dict(color="tab:green"), "netmorph": dict(color="tab:olive", ls="-."), "random": dict(color="tab:red"),
-             "scratch": dict(color="black", ls="--")}
+             "r2r": dict(color="tab:green"), "random": dict(color="tab:red"), "scratch": dict(color="black", ls="--"),
+             f"netmorph_{DEFAULT_RECIPE}": dict(color="magenta", lw=2.5),
+             f"netmorph_fresh_{DEFAULT_RECIPE}": dict(color="tab:olive")}
     colors = ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "gold", "navy")
     for i, name in enumerate(RECIPES):
         style[f"net2net_{name}"] = dict(color=colors[i % len(colors)], lw=2 if name == DEFAULT_RECIPE else 1)
