@@ -1047,7 +1047,7 @@ def merge(paths: list[Path], out_dir: Path) -> dict:
     """One result from several results.json of the same config, shapes and corpus: their seeds
     joined (one process per seed), and a seed found in several of them gets the runs of all, a
     later file's run replacing an earlier one's (runs added to a record afterwards); such files must
-    agree on that seed's teacher. The summary is made anew."""
+    agree on that seed's teacher. The summary and the recommended runs are made anew."""
     parts = [json.loads(p.read_text()) for p in paths]
     first = parts[0]
     for path, part in zip(paths[1:], parts[1:]):
@@ -1068,7 +1068,7 @@ def merge(paths: list[Path], out_dir: Path) -> dict:
             per_seed[seed] = runs
     per_seed = dict(sorted(per_seed.items(), key=lambda kv: int(kv[0])))
     result = dict(first, per_seed=per_seed, summary=summarise(per_seed, first["config"]),
-                  recipes={k: v for part in parts for k, v in part["recipes"].items()},
+                  recipes={k: v for part in parts for k, v in part["recipes"].items()}, recommended=recommended(),
                   wall_seconds=max(p["wall_seconds"] for p in parts),
                   merged=dict(paths=[str(p) for p in paths], wall_seconds=[p["wall_seconds"] for p in parts],
                               replaced=replaced))
