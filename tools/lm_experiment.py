@@ -817,7 +817,8 @@ def verdict(run: str, shape: str, saved: dict) -> str | None:
         return (f"`{run}` reached the {shape} from-scratch loss in only {saved['reached']}/{saved['seeds']} "
                 f"seeds: growth did not reliably pay.")
     if saved["mean"] <= 0:
-        return f"`{run}` needed more compute than the {shape} model from scratch: growth did not pay."
+        return (f"`{run}` needed more compute than the {shape} model from scratch once the teacher's own training "
+                f"is counted: growing a teacher trained for it did not pay.")
     return None
 
 
