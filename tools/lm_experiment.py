@@ -23,10 +23,10 @@ converted with onnxgrow.to_torch and trained on with a recipe after growth (RECI
 onnxgrow.optim.after_growth): optimizer state carried, reset, or reset asymmetrically (teacher
 units keep their moments, added units start fresh); the learning rate re-warmed and decayed by a
 cosine that ends at `decay` × the from-scratch steps; cancelling noise on the split copies. r2r
-(new units in ±V pairs, block copies with paired outputs), netmorph (new units random, their
-consumer weights zero; wider and both) and random growth (every element that
+(new units in ±V pairs, block copies with paired outputs) and random growth (every element that
 is not the teacher's own drawn as for a fresh model) are trained with the recommended recipe
-without noise.
+without noise; netmorph (new units random, their consumer weights zero: the recommended method,
+onnxgrow.optim.RECOMMENDED_METHOD) with it.
 Baselines: each big shape trained from scratch, and the teacher trained on without growth
 (control_steps, the recommended recipe without noise).
 
@@ -145,7 +145,7 @@ for _shape in ("wider", "deeper", "both"):
     })
     # netmorph: new units random at the weights' scale, their consumer weights zero, the residual
     # stream's new channels copies (its readers take the original, the copy starts at zero weight);
-    # the block copies are net2net's (zero output), so on deeper it is the net2net student
+    # the block copies are net2net's (zero output), so on deeper it grows the net2net student's weights
     RUNS[f"{_shape}_netmorph_{DEFAULT_RECIPE}"] = ("grown", _shape, "netmorph", RECIPES[DEFAULT_RECIPE],
                                                    f"{_shape}, netmorph, recipe `{DEFAULT_RECIPE}`")
     if _shape != "deeper":
