@@ -434,3 +434,16 @@ def test_the_goal_line_says_when_the_teacher_starts_below_the_target():
     assert "Not a test of growth" in lm.against_the_goal(summary, "deeper")[0]
     summary[run]["start_loss"] = (1.9, 0.01)
     assert "Goal met" in lm.against_the_goal(summary, "deeper")[0]
+
+
+def test_the_goal_line_counts_a_tie_with_random_growth_as_not_less():
+    saved = dict(mean=0.5, std=0.0, reached=2, seeds=2)
+    reach = dict(target=[1.5, 1.5], saved_teacher_given=saved, saved=saved, flops_teacher_given=[4e11, 4e11],
+                 flops=[9e12, 9e12])
+    run = lm.recommended()["wider"]
+    summary = {run: dict(start_loss=(1.6, 0.0), to_target={"wider": reach}),
+               "wider_random": dict(to_target={"wider": dict(reach)})}
+    line = lm.against_the_goal(summary, "wider")[0]
+    assert "Goal not met" in line and "random growth needs as little (400 vs 400 GFLOPs" in line
+    summary["wider_random"]["to_target"]["wider"]["flops_teacher_given"] = [5e11, 5e11]
+    assert "Goal met" in lm.against_the_goal(summary, "wider")[0]

@@ -879,7 +879,8 @@ def against_the_goal(summary: dict, shape: str) -> list[str]:
     for other, what in ((f"{shape}_random", "random growth"), ("teacher_continued", "the teacher trained on")):
         theirs = summary.get(other, {}).get("to_target", {}).get(shape)
         if theirs and theirs["saved"]["reached"] and not mine < C.mean_std(theirs["flops_teacher_given"])[0]:
-            short.append(f"{what} needs less ({C.mean_std(theirs['flops_teacher_given'])[0] / 1e9:.3g} vs "
+            other_flops = C.mean_std(theirs["flops_teacher_given"])[0]
+            short.append(f"{what} needs {'as little' if other_flops == mine else 'less'} ({other_flops / 1e9:.3g} vs "
                          f"{mine / 1e9:.3g} GFLOPs, teacher given)")
     if not short:
         return [f"**Goal met** by the recommended `{run}`: the target in every seed, "
