@@ -376,10 +376,24 @@ def kept_elements(name: str, shape, mappings: list[dict], teacher_names) -> np.n
         return np.zeros(shape, dtype=bool)
     mask = np.ones(shape, dtype=bool)
     for axis, sources in unit_sources(name, mappings, len(shape)).items():
-        view = [1] * len(shape)
-        view[axis] = len(sources)
-        mask &= ~added_units(sources).reshape(view)
+        mask &= ~_along(shape, axis, added_units(sources))
     return mask
+
+
+def fresh_elements(name: str, shape, mappings: list[dict]) -> np.ndarray:
+    """True at each element of initializer `name` that belongs to a fresh unit (π = −1) along
+    some grown axis: a new unit's weights, not a copy's."""
+    mask = np.zeros(shape, dtype=bool)
+    for axis, sources in unit_sources(name, mappings, len(shape)).items():
+        mask |= _along(shape, axis, sources < 0)
+    return mask
+
+
+def _along(shape, axis: int, flags: np.ndarray) -> np.ndarray:
+    """`flags` (one per position along `axis`) shaped to broadcast over an array of `shape`."""
+    view = [1] * len(shape)
+    view[axis] = len(flags)
+    return np.asarray(flags).reshape(view)
 
 
 def slow_kept_elements(module, optimizer, mappings: list[dict], teacher_names, rate: float) -> int:

@@ -272,6 +272,15 @@ def test_kept_elements_are_the_teachers_own_at_their_own_positions():
     assert not kept_elements("2.weight", (1, 1), MAPPINGS, teacher_names).any()  # a brand-new tensor
 
 
+def test_fresh_elements_are_the_new_units_weights_not_the_copies():
+    from onnxgrow.optim import fresh_elements
+
+    np.testing.assert_array_equal(fresh_elements("0.bias", (4,), MAPPINGS), [0, 0, 0, 1])
+    np.testing.assert_array_equal(fresh_elements("1.weight", (1, 4), MAPPINGS), [[0, 0, 0, 1]])
+    assert fresh_elements("0.weight", (4, 3), MAPPINGS).sum() == 3  # one new row
+    assert not fresh_elements("2.weight", (1, 1), MAPPINGS).any()  # not grown: no units to tell
+
+
 @pytest.mark.parametrize("rate", [0.0, 0.25])
 def test_kept_rate_scales_the_teachers_own_elements_steps_and_no_others(rate):
     """Two students from the same start, one with kept_rate: after a step, each kept element (those of a tensor the teacher had,

@@ -399,7 +399,7 @@ def fresh_new_units(student, mappings: list[dict], seed: int):
     import onnx
     from onnx import numpy_helper
 
-    from onnxgrow.optim import unit_sources
+    from onnxgrow.optim import fresh_elements
 
     grown = {e["initializer"] for e in mappings}
     out = onnx.ModelProto()
@@ -411,12 +411,7 @@ def fresh_new_units(student, mappings: list[dict], seed: int):
         w = numpy_helper.to_array(init)
         if w.dtype != np.float32 or w.ndim < 2:
             continue
-        fresh = np.zeros(w.shape, dtype=bool)
-        for axis, sources in unit_sources(init.name, mappings, w.ndim).items():
-            view = [1] * w.ndim
-            view[axis] = len(sources)
-            fresh |= (sources < 0).reshape(view)
-        redraw = fresh & (w != 0)
+        redraw = fresh_elements(init.name, w.shape, mappings) & (w != 0)
         drawn = rng.normal(0.0, INIT_STD, w.shape).astype(np.float32)
         init.CopyFrom(numpy_helper.from_array(np.where(redraw, drawn, w).astype(np.float32), init.name))
     return out
@@ -1079,11 +1074,12 @@ def merge(paths: list[Path], out_dir: Path) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """`path` replaced whole, never left half-written."""
+    """`path` replaced whole, never left half-written (onnxgrow's staged write)."""
+    from onnxgrow.files import staged
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=1))
-    partial.replace(path)
+    with staged(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def write_result(out_dir: Path, result: dict) -> None:
