@@ -174,6 +174,32 @@ def test_netmorph_fresh_draws_the_new_units_at_a_fresh_models_scale_and_stays_ex
     assert og.verify(teacher, fresh, inputs=inputs).ok
 
 
+def test_netmorph_pad_starts_the_new_stream_channels_at_zero_and_stays_exact(trained):
+    """`netmorph_pad`: the residual stream's new channels are zero padding (the embedding's new
+    columns 0, the norms' old gains × √½) where plain netmorph copies the channels; og.grow's own
+    padding at non-multiples is unchanged afterwards."""
+    import onnxgrow as og
+    from onnx import numpy_helper
+    from onnxgrow import padding
+
+    _, _, _, teacher, data, _ = trained
+    before = padding.needs_padding
+    copied, copied_map = lm.grow(teacher, "wider", "netmorph", seed=0)
+    padded, padded_map = lm.grow(teacher, "wider", "netmorph_pad", seed=0)
+    assert padding.needs_padding is before
+    def embedding(model):
+        return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == table)
+
+    table = next(t.name for t in padded.graph.initializer if t.name.startswith("embed_tokens"))
+    d = lm.SHAPES["teacher"]["d"]
+    assert np.all(embedding(padded)[:, d:] == 0)
+    assert np.all(embedding(copied)[:, d:] != 0)  # copies of the old columns
+    stream = next(m for m in padded_map if m["initializer"] == table)
+    assert stream["index"][d:] == [-1] * d  # new units: fresh optimizer state, kept_elements excludes them
+    inputs = {"input_ids": data["val"][:2, :-1].long().numpy()}
+    assert og.verify(teacher, padded, inputs=inputs).ok
+
+
 def test_compute_saved_against_the_big_model_from_scratch_by_hand():
     """One token per step: the teacher's 10 steps cost 6·1·10 = 60 FLOPs; the wider model from
     scratch first reaches its final loss 2.0 at step 20: 6·10·20 = 1200; the grown student at its
@@ -310,12 +336,14 @@ def test_the_default_recipe_is_onnxgrows_recommended_one():
     assert all(lm.RUNS[run][2] == lm.RECOMMENDED_METHOD for run in lm.recommended().values())
 
 
-def test_other_teacher_sizes_grow_into_their_shapes(monkeypatch):
-    """--teacher-width/--teacher-layers: growing a 1-block, width-16 teacher as growth_for says makes
+@pytest.mark.parametrize("layers, factor", [(1, 2), (2, 4)])
+def test_other_teacher_sizes_grow_into_their_shapes(monkeypatch, layers, factor):
+    """--teacher-layers / --width-factor: growing a width-16 teacher as growth_for says makes
     exactly shapes_for's students (the compute is counted from those shapes)."""
     assert lm.shapes_for() == lm.SHAPES and lm.growth_for() == lm.GROWTH  # the defaults are the record's
-    monkeypatch.setattr(lm, "SHAPES", lm.shapes_for(16, 1))
-    monkeypatch.setattr(lm, "GROWTH", lm.growth_for(1))
+    monkeypatch.setattr(lm, "SHAPES", lm.shapes_for(16, layers, factor))
+    monkeypatch.setattr(lm, "GROWTH", lm.growth_for(layers, factor))
+    assert lm.SHAPES["wider"]["d"] == 16 * factor and lm.SHAPES["both"]["layers"] == 2 * layers
     module = lm.build_lm(**lm.SHAPES["teacher"]).eval()
     torch.manual_seed(0)
     with torch.no_grad():

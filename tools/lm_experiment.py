@@ -44,6 +44,7 @@ reaches it, or once its own compute has passed what the from-scratch run needed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -70,22 +71,22 @@ MAX_FILE_BYTES = 64 * 1024
 VAL_MODULUS = 10
 VOCAB = 256
 
-def shapes_for(width: int = 16, layers: int = 2) -> dict:
+def shapes_for(width: int = 16, layers: int = 2, factor: int = 2) -> dict:
     """The teacher (width, layers; heads of 16 dims, at least 2; SwiGLU FFN 2.75 × width) and the
-    shapes grown from it: wider (×2 width, heads and FFN), deeper (×2 layers), both."""
+    shapes grown from it: wider (× `factor` width, heads and FFN), deeper (×2 layers), both."""
     heads = max(2, width // 16)
     teacher = dict(d=width, layers=layers, heads=heads, kv_heads=heads, ffn=11 * width // 4)
-    wide = dict(teacher, d=2 * width, heads=2 * heads, kv_heads=2 * heads, ffn=2 * teacher["ffn"])
+    wide = dict(teacher, d=factor * width, heads=factor * heads, kv_heads=factor * heads, ffn=factor * teacher["ffn"])
     return {"teacher": teacher, "wider": wide, "deeper": dict(teacher, layers=2 * layers),
             "both": dict(wide, layers=2 * layers)}
 
 
-def growth_for(layers: int = 2) -> dict:
-    """How each student is grown from a teacher of `layers` blocks: og.grow's widen targets and
-    deepen specs (a zero-output copy inserted after each block)."""
+def growth_for(layers: int = 2, factor: int = 2) -> dict:
+    """How each student is grown from a teacher of `layers` blocks: og.grow's widen targets (every
+    width × `factor`) and deepen specs (a zero-output copy inserted after each block)."""
     copies = [f"layers.{i}:zero" for i in range(layers)]
-    return {"wider": dict(widen={"*": "x2"}, deepen=[]), "deeper": dict(widen={}, deepen=copies),
-            "both": dict(widen={"*": "x2"}, deepen=copies)}
+    return {"wider": dict(widen={"*": f"x{factor}"}, deepen=[]), "deeper": dict(widen={}, deepen=copies),
+            "both": dict(widen={"*": f"x{factor}"}, deepen=copies)}
 
 
 SHAPES = shapes_for()  # --teacher-width / --teacher-layers replace both (main)
@@ -152,6 +153,10 @@ for _shape in ("wider", "deeper", "both"):
         RUNS[f"{_shape}_netmorph_fresh_{DEFAULT_RECIPE}"] = (
             "grown", _shape, "netmorph_fresh", RECIPES[DEFAULT_RECIPE],
             f"{_shape}, netmorph with the new units drawn as a fresh model's (N(0, {INIT_STD})), recipe `{DEFAULT_RECIPE}`")
+        RUNS[f"{_shape}_netmorph_pad_{DEFAULT_RECIPE}"] = (
+            "grown", _shape, "netmorph_pad", RECIPES[DEFAULT_RECIPE],
+            f"{_shape}, netmorph with the residual stream padded with zero channels (random readers) instead of "
+            f"copied, recipe `{DEFAULT_RECIPE}`")
 
 
 def recommended() -> dict[str, str]:
@@ -375,8 +380,10 @@ def grow(teacher, shape: str, method: str, seed: int):
     spec = GROWTH[shape]
     if method != "random":
         deepen = [d.replace(":zero", ":r2r") for d in spec["deepen"]] if method == "r2r" else spec["deepen"]
-        student, done = og.grow(teacher, **grow_kwargs(spec["widen"], deepen), method=method.removesuffix("_fresh"),
-                                seed=seed, with_summary=True)
+        base = method.removesuffix("_fresh").removesuffix("_pad")
+        with padded_streams(method.endswith("_pad")):
+            student, done = og.grow(teacher, **grow_kwargs(spec["widen"], deepen), method=base, seed=seed,
+                                    with_summary=True)
         if method == "netmorph_fresh":
             student = fresh_new_units(student, done["mappings"], seed)
         return student, done["mappings"]
@@ -384,6 +391,24 @@ def grow(teacher, shape: str, method: str, seed: int):
                   if spec["widen"] else (teacher, {"mappings": []}))
     deep = og.grow(wide, deepen=spec["deepen"], method="net2net", seed=seed) if spec["deepen"] else wide
     return redraw_added(teacher, wide, deep, done["mappings"], seed), done["mappings"]
+
+
+@contextlib.contextmanager
+def padded_streams(on: bool):
+    """Within it (when `on`), og.grow pads a normalised residual stream with zero channels at
+    every width (onnxgrow.padding), where it otherwise copies the channels at a multiple: the new
+    channels start at 0 and their readers random, so they can learn features of their own."""
+    from onnxgrow import padding
+
+    if not on:
+        yield
+        return
+    before = padding.needs_padding
+    padding.needs_padding = lambda group, n, width, method: bool(group.uniform_only) and method != "random"
+    try:
+        yield
+    finally:
+        padding.needs_padding = before
 
 
 def grow_kwargs(widen: dict, deepen: list) -> dict:
@@ -1022,6 +1047,7 @@ def parse(argv):
                         "an interrupted run's records-seedS.json resumes it")
     p.add_argument("--teacher-width", type=int, help="the teacher's width (default 16); the students follow")
     p.add_argument("--teacher-layers", type=int, help="the teacher's number of blocks (default 2)")
+    p.add_argument("--width-factor", type=int, help="wider and both have this many times the teacher's width (default 2)")
     p.add_argument("--teacher-cache", type=Path, metavar="DIR",
                    help="keep each trained teacher (weights, optimizer state, curve) here and load it when the "
                         "same seed, shape and training config come again")
@@ -1115,10 +1141,10 @@ def main(argv, repo: Path) -> int:
         return 0
     cfg = dict(MODES[args.mode])
     cfg.update({k: v for k, v in vars(args).items() if k in cfg and v is not None})
-    if args.teacher_width or args.teacher_layers:
+    if args.teacher_width or args.teacher_layers or args.width_factor:
         width, layers = args.teacher_width or SHAPES["teacher"]["d"], args.teacher_layers or SHAPES["teacher"]["layers"]
-        SHAPES.update(shapes_for(width, layers))
-        GROWTH.update(growth_for(layers))
+        SHAPES.update(shapes_for(width, layers, args.width_factor or 2))
+        GROWTH.update(growth_for(layers, args.width_factor or 2))
     seeds = range(cfg["seeds"]) if args.seed is None else [args.seed]
     if args.seed is not None and not 0 <= args.seed < cfg["seeds"]:
         raise SystemExit(f"--seed {args.seed}: choose one of 0 … {cfg['seeds'] - 1} (--seeds {cfg['seeds']})")
