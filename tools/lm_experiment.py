@@ -26,7 +26,9 @@ cosine that ends at `decay` × the from-scratch steps; cancelling noise on the s
 (new units in ±V pairs, block copies with paired outputs) and random growth (every element that
 is not the teacher's own drawn as for a fresh model) are trained with the recommended recipe
 without noise; netmorph (new units random, their consumer weights zero: the recommended method,
-onnxgrow.optim.RECOMMENDED_METHOD) with it.
+onnxgrow.optim.RECOMMENDED_METHOD) with it, also with its new units drawn at a fresh model's scale
+(`netmorph_fresh`) and with the residual stream padded with zero channels instead of copied
+(`netmorph_pad`). --width-factor N grows wider and both to N × the teacher's width.
 Baselines: each big shape trained from scratch, and the teacher trained on without growth
 (control_steps, the recommended recipe without noise).
 
@@ -40,6 +42,8 @@ reaches it, or once its own compute has passed what the from-scratch run needed.
     python tools/experiment.py --task lm --quick        # results/lm-quick/, minutes on 2 CPU cores
     python tools/experiment.py --task lm --full --teacher-width 16   # a capacity-bound set-up (results/lm-explore/)
     torchrun --nproc_per_node=2 tools/experiment.py --task lm --full   # results/lm-full/ (DDP, gloo)
+    python tools/experiment.py --task lm --full --seed 0 --scratch-steps 1000 --student-steps 1000 \
+        --control-steps 5000 --runs scratch_both,both_netmorph_asym,both_random,teacher_continued   # lm-full-both
 """
 
 from __future__ import annotations
