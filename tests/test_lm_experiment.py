@@ -332,7 +332,9 @@ def test_the_default_recipe_is_onnxgrows_recommended_one():
     from onnxgrow.optim import recommended_recipe
 
     for steps in (200, 1500):
-        assert lm.recipe_for(lm.RECIPES[lm.DEFAULT_RECIPE], steps) == recommended_recipe(steps)
+        for shape, recipe in lm.RECOMMENDED_RECIPE.items():
+            assert lm.recipe_for(lm.RECIPES[recipe], steps) == recommended_recipe(steps, widened=shape != "deeper")
+            assert lm.RUNS[f"{shape}_random"][3] == dict(lm.RECIPES[recipe], noise=0.0)  # random growth: the same schedule
     assert all(lm.RUNS[run][2] == lm.RECOMMENDED_METHOD for run in lm.recommended().values())
 
 

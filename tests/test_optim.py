@@ -318,10 +318,12 @@ def test_kept_rate_scales_the_teachers_own_elements_steps_and_no_others(rate):
 def test_recommended_recipe_rewarms_and_decays_to_the_budget_with_cancelling_noise():
     from onnxgrow.optim import recommended_recipe
 
-    recipe = recommended_recipe(1500)
-    assert recipe.state == "asymmetric" and recipe.noise > 0 and recipe.horizon == 1500
-    assert lr_factor(0, recipe) < lr_factor(recipe.rewarm, recipe) == pytest.approx(1.0)
-    assert lr_factor(1500, recipe) == pytest.approx(0.1) and lr_factor(750, recipe) < 1.0
+    for widened, peak in ((True, 3.0), (False, 1.0)):  # a higher peak after widening, the base rate after copies
+        recipe = recommended_recipe(1500, widened=widened)
+        assert recipe.state == "asymmetric" and recipe.noise > 0 and recipe.horizon == 1500
+        assert lr_factor(0, recipe) < lr_factor(recipe.rewarm, recipe) == pytest.approx(peak)
+        assert lr_factor(1500, recipe) == pytest.approx(0.1) and lr_factor(750, recipe) < peak
+    assert recommended_recipe(1500) == recommended_recipe(1500, widened=True)
     assert recommended_recipe(10).rewarm == 5
     with pytest.raises(GrowError, match="at least 2 steps"):
         recommended_recipe(1)

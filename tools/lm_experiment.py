@@ -121,12 +121,26 @@ RECIPES = {
     "asym_noise_1": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=1.0),
     "asym_decay_055": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.55, noise=0.3),
     "asym_decay_07": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.7, noise=0.3),
+    "asym_peak_15": dict(state="asymmetric", rewarm=WARMUP, peak=1.5, decay=1.0, noise=0.3),
+    "asym_peak_2": dict(state="asymmetric", rewarm=WARMUP, peak=2.0, decay=1.0, noise=0.3),
+    "asym_peak_3": dict(state="asymmetric", rewarm=WARMUP, peak=3.0, decay=1.0, noise=0.3),
+    "asym_peak_4": dict(state="asymmetric", rewarm=WARMUP, peak=4.0, decay=1.0, noise=0.3),
 }
-DEFAULT_RECIPE = "asym"  # the recommended recipe, with RECOMMENDED_METHOD growth (README, results/lm-full/)
-BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r, random growth and the control
+DEFAULT_RECIPE = "asym"  # the base recipe every variant departs from
+# the recommended recipe of each shape, with RECOMMENDED_METHOD growth: onnxgrow.optim.recommended_recipe(steps,
+# widened) — a peak of 3 × after widening, 1 × after block copies alone (README, results/lm-full*/)
+RECOMMENDED_RECIPE = {"wider": "asym_peak_3", "deeper": DEFAULT_RECIPE, "both": "asym_peak_3"}
+BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r and the control
 # the recipes tried on each shape: every one on wider, the default on deeper, and on both the default
 # and LEMON's faster decay at the horizon that saves 30 % if reached
-GRID = {"wider": list(RECIPES), "deeper": [DEFAULT_RECIPE], "both": [DEFAULT_RECIPE, "asym_decay_07"]}
+GRID = {"wider": [r for r in RECIPES if not r.startswith(("asym_peak_1", "asym_peak_2", "asym_peak_3", "asym_peak_4"))],
+        "deeper": [DEFAULT_RECIPE],
+        "both": [DEFAULT_RECIPE, "asym_decay_07"]}
+# netmorph (the recommended method) with a higher peak after growth: the new units' pace, on wider
+NETMORPH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_15", "asym_peak_2", "asym_peak_3", "asym_peak_4"],
+                 "deeper": [DEFAULT_RECIPE, "asym_peak_3"], "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3"]}
+PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4"],
+            "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3"]}
 
 # name: (kind, shape, method, recipe, description)
 RUNS = {
@@ -144,28 +158,31 @@ for _shape in ("wider", "deeper", "both"):
         f"{_shape}_r2r": ("grown", _shape, "r2r", BASELINE_RECIPE, f"{_shape}, r2r (new units in ±V pairs, blocks "
                                                                   f"with paired outputs), recipe `{DEFAULT_RECIPE}` "
                                                                   f"without noise"),
-        f"{_shape}_random": ("grown", _shape, "random", BASELINE_RECIPE,
-                             f"{_shape}, random growth (not preserving), recipe `{DEFAULT_RECIPE}` without noise"),
+        f"{_shape}_random": ("grown", _shape, "random", dict(RECIPES[RECOMMENDED_RECIPE[_shape]], noise=0.0),
+                             f"{_shape}, random growth (not preserving), the shape's recommended recipe "
+                             f"`{RECOMMENDED_RECIPE[_shape]}` without noise"),
         f"scratch_{_shape}": ("scratch", _shape, None, None, f"the {_shape} architecture from scratch (warm-up, cosine)"),
     })
     # netmorph: new units random at the weights' scale, their consumer weights zero, the residual
     # stream's new channels copies (its readers take the original, the copy starts at zero weight);
     # the block copies are net2net's (zero output), so on deeper it grows the net2net student's weights
-    RUNS[f"{_shape}_netmorph_{DEFAULT_RECIPE}"] = ("grown", _shape, "netmorph", RECIPES[DEFAULT_RECIPE],
-                                                   f"{_shape}, netmorph, recipe `{DEFAULT_RECIPE}`")
+    for _name in NETMORPH_GRID[_shape]:
+        RUNS[f"{_shape}_netmorph_{_name}"] = ("grown", _shape, "netmorph", RECIPES[_name],
+                                              f"{_shape}, netmorph, recipe `{_name}`")
     if _shape != "deeper":
         RUNS[f"{_shape}_netmorph_fresh_{DEFAULT_RECIPE}"] = (
             "grown", _shape, "netmorph_fresh", RECIPES[DEFAULT_RECIPE],
             f"{_shape}, netmorph with the new units drawn as a fresh model's (N(0, {INIT_STD})), recipe `{DEFAULT_RECIPE}`")
-        RUNS[f"{_shape}_netmorph_pad_{DEFAULT_RECIPE}"] = (
-            "grown", _shape, "netmorph_pad", RECIPES[DEFAULT_RECIPE],
-            f"{_shape}, netmorph with the residual stream padded with zero channels (random readers) instead of "
-            f"copied, recipe `{DEFAULT_RECIPE}`")
+        for _name in PAD_GRID[_shape]:
+            RUNS[f"{_shape}_netmorph_pad_{_name}"] = (
+                "grown", _shape, "netmorph_pad", RECIPES[_name],
+                f"{_shape}, netmorph with the residual stream padded with zero channels (random readers) instead "
+                f"of copied, recipe `{_name}`")
 
 
 def recommended() -> dict[str, str]:
     """The recommended function-preserving run of each shape."""
-    return {shape: f"{shape}_{RECOMMENDED_METHOD}_{DEFAULT_RECIPE}" for shape in ("wider", "deeper", "both")}
+    return {shape: f"{shape}_{RECOMMENDED_METHOD}_{RECOMMENDED_RECIPE[shape]}" for shape in ("wider", "deeper", "both")}
 
 
 def quick_runs() -> list[str]:
@@ -954,7 +971,8 @@ def write_table(path: Path, result: dict):
         f"block after it), both. **Recipe.** AdamW lr {LR}, betas {BETAS}, weight decay {WEIGHT_DECAY}, "
         f"batch {cfg['batch']} × {cfg['seq']} bytes. The teacher and the from-scratch runs: warm-up {WARMUP} "
         f"steps, cosine to {FINAL_LR} × lr at their last step. After growth (onnxgrow.optim.after_growth), "
-        f"{RECOMMENDED_METHOD} growth with recipe `{DEFAULT_RECIPE}` recommended: "
+        f"{RECOMMENDED_METHOD} growth with recipe {', '.join(f'`{r}` ({s})' for s, r in RECOMMENDED_RECIPE.items())} "
+        f"recommended: "
         + "; ".join(f"`{k}` {v}" for k, v in RECIPES.items()) + " (decay: the "
         f"cosine ends at that fraction of the from-scratch steps). Teacher {cfg['teacher_steps']} steps, students "
         f"at most {cfg['student_steps']} more, the control {cfg['control_steps']} more, from scratch "
@@ -995,7 +1013,7 @@ def plot(path: Path, result: dict):
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.8), squeeze=False)
     style = {"teacher": dict(color="grey", lw=2.5), "teacher_continued": dict(color="grey", ls=":"),
              "r2r": dict(color="tab:green"), "random": dict(color="tab:red"), "scratch": dict(color="black", ls="--"),
-             f"netmorph_{DEFAULT_RECIPE}": dict(color="magenta", lw=2.5),
+             f"netmorph_{DEFAULT_RECIPE}": dict(color="magenta", lw=1.5), "netmorph_asym_peak_3": dict(color="magenta", lw=2.5),
              f"netmorph_fresh_{DEFAULT_RECIPE}": dict(color="tab:olive")}
     colors = ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "gold", "navy")
     for i, name in enumerate(RECIPES):
