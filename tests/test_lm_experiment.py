@@ -336,6 +336,9 @@ def test_the_default_recipe_is_onnxgrows_recommended_one():
             assert lm.recipe_for(lm.RECIPES[recipe], steps) == recommended_recipe(steps, widened=shape != "deeper")
             assert lm.RUNS[f"{shape}_random"][3] == dict(lm.RECIPES[recipe], noise=0.0)  # random growth: the same schedule
     assert all(lm.RUNS[run][2] == lm.RECOMMENDED_METHOD for run in lm.recommended().values())
+    full = lm.full_runs()  # full mode: every run the record compares, not the peak sweep's probes
+    assert set(lm.recommended().values()) <= set(full) and "wider_netmorph_asym_peak_2" not in full
+    assert {"teacher_continued", "wider_random", "wider_net2net_asym_peak_half", "wider_netmorph_pad_asym_peak_3"} <= set(full)
 
 
 @pytest.mark.parametrize("layers, factor", [(1, 2), (2, 4)])

@@ -141,6 +141,7 @@ NETMORPH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_15", "asym_peak_2", "asym_
                  "deeper": [DEFAULT_RECIPE, "asym_peak_3"], "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3"]}
 PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4"],
             "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3"]}
+PROBE_RECIPES = ("asym_peak_15", "asym_peak_2", "asym_peak_4")  # the peak sweep: trained only when --runs names them
 
 # name: (kind, shape, method, recipe, description)
 RUNS = {
@@ -178,6 +179,11 @@ for _shape in ("wider", "deeper", "both"):
                 "grown", _shape, "netmorph_pad", RECIPES[_name],
                 f"{_shape}, netmorph with the residual stream padded with zero channels (random readers) instead "
                 f"of copied, recipe `{_name}`")
+
+
+def full_runs() -> list[str]:
+    """What full mode trains by default: every run but the peak sweep's probes (results/lm-explore/)."""
+    return [r for r in RUNS if r != "teacher" and not r.endswith(PROBE_RECIPES)]
 
 
 def recommended() -> dict[str, str]:
@@ -1170,7 +1176,7 @@ def main(argv, repo: Path) -> int:
     seeds = range(cfg["seeds"]) if args.seed is None else [args.seed]
     if args.seed is not None and not 0 <= args.seed < cfg["seeds"]:
         raise SystemExit(f"--seed {args.seed}: choose one of 0 … {cfg['seeds'] - 1} (--seeds {cfg['seeds']})")
-    runs = [r for r in RUNS if r != "teacher"] if args.mode == "full" else quick_runs()
+    runs = full_runs() if args.mode == "full" else quick_runs()
     if args.runs:
         runs = [r.strip() for r in args.runs.split(",") if r.strip() and r.strip() != "teacher"]
         unknown = [r for r in runs if r not in RUNS]
