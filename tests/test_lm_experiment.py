@@ -187,10 +187,11 @@ def test_netmorph_pad_starts_the_new_stream_channels_at_zero_and_stays_exact(tra
     copied, copied_map = lm.grow(teacher, "wider", "netmorph", seed=0)
     padded, padded_map = lm.grow(teacher, "wider", "netmorph_pad", seed=0)
     assert padding.needs_padding is before
+    table = next(t.name for t in padded.graph.initializer if t.name.startswith("embed_tokens"))
+
     def embedding(model):
         return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == table)
 
-    table = next(t.name for t in padded.graph.initializer if t.name.startswith("embed_tokens"))
     d = lm.SHAPES["teacher"]["d"]
     assert np.all(embedding(padded)[:, d:] == 0)
     assert np.all(embedding(copied)[:, d:] != 0)  # copies of the old columns

@@ -121,11 +121,11 @@ RECIPES = {
     "asym_noise_1": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=1.0),
     "asym_decay_055": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.55, noise=0.3),
     "asym_decay_07": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=0.7, noise=0.3),
-    "asym_peak_15": dict(state="asymmetric", rewarm=WARMUP, peak=1.5, decay=1.0, noise=0.3),
-    "asym_peak_2": dict(state="asymmetric", rewarm=WARMUP, peak=2.0, decay=1.0, noise=0.3),
-    "asym_peak_3": dict(state="asymmetric", rewarm=WARMUP, peak=3.0, decay=1.0, noise=0.3),
-    "asym_peak_4": dict(state="asymmetric", rewarm=WARMUP, peak=4.0, decay=1.0, noise=0.3),
 }
+NET2NET_RECIPES = list(RECIPES)  # the recipes net2net was tried with on wider (the previous record's grid)
+# the peak sweep: `asym` re-warmed to N × the base rate
+RECIPES.update({f"asym_peak_{str(peak).replace('.', '')}": dict(RECIPES["asym"], peak=float(peak))
+                for peak in (1.5, 2, 3, 4)})
 DEFAULT_RECIPE = "asym"  # the base recipe every variant departs from
 # the recommended recipe of each shape, with RECOMMENDED_METHOD growth: onnxgrow.optim.recommended_recipe(steps,
 # widened) — a peak of 3 × after widening, 1 × after block copies alone (README, results/lm-full*/)
@@ -133,9 +133,7 @@ RECOMMENDED_RECIPE = {"wider": "asym_peak_3", "deeper": DEFAULT_RECIPE, "both": 
 BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r and the control
 # the recipes tried on each shape: every one on wider, the default on deeper, and on both the default
 # and LEMON's faster decay at the horizon that saves 30 % if reached
-GRID = {"wider": [r for r in RECIPES if not r.startswith(("asym_peak_1", "asym_peak_2", "asym_peak_3", "asym_peak_4"))],
-        "deeper": [DEFAULT_RECIPE],
-        "both": [DEFAULT_RECIPE, "asym_decay_07"]}
+GRID = {"wider": NET2NET_RECIPES, "deeper": [DEFAULT_RECIPE], "both": [DEFAULT_RECIPE, "asym_decay_07"]}
 # netmorph (the recommended method) with a higher peak after growth: the new units' pace, on wider
 NETMORPH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_15", "asym_peak_2", "asym_peak_3", "asym_peak_4"],
                  "deeper": [DEFAULT_RECIPE, "asym_peak_3"], "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3"]}
@@ -1019,8 +1017,9 @@ def plot(path: Path, result: dict):
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.8), squeeze=False)
     style = {"teacher": dict(color="grey", lw=2.5), "teacher_continued": dict(color="grey", ls=":"),
              "r2r": dict(color="tab:green"), "random": dict(color="tab:red"), "scratch": dict(color="black", ls="--"),
-             f"netmorph_{DEFAULT_RECIPE}": dict(color="magenta", lw=1.5), "netmorph_asym_peak_3": dict(color="magenta", lw=2.5),
+             f"netmorph_{DEFAULT_RECIPE}": dict(color="magenta", lw=1.5),
              f"netmorph_fresh_{DEFAULT_RECIPE}": dict(color="tab:olive")}
+    style.update({f"netmorph_{r}": dict(color="magenta", lw=2.5) for r in RECOMMENDED_RECIPE.values()})
     colors = ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "gold", "navy")
     for i, name in enumerate(RECIPES):
         style[f"net2net_{name}"] = dict(color=colors[i % len(colors)], lw=2 if name == DEFAULT_RECIPE else 1)
@@ -1171,8 +1170,9 @@ def main(argv, repo: Path) -> int:
     cfg.update({k: v for k, v in vars(args).items() if k in cfg and v is not None})
     if args.teacher_width or args.teacher_layers or args.width_factor:
         width, layers = args.teacher_width or SHAPES["teacher"]["d"], args.teacher_layers or SHAPES["teacher"]["layers"]
-        SHAPES.update(shapes_for(width, layers, args.width_factor or 2))
-        GROWTH.update(growth_for(layers, args.width_factor or 2))
+        factor = args.width_factor or 2
+        SHAPES.update(shapes_for(width, layers, factor))
+        GROWTH.update(growth_for(layers, factor))
     seeds = range(cfg["seeds"]) if args.seed is None else [args.seed]
     if args.seed is not None and not 0 <= args.seed < cfg["seeds"]:
         raise SystemExit(f"--seed {args.seed}: choose one of 0 … {cfg['seeds'] - 1} (--seeds {cfg['seeds']})")
