@@ -258,7 +258,7 @@ def lm_quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm-quick")
     experiment.main(["--task", "lm", "--quick", "--seeds", "1", "--teacher-steps", "40", "--student-steps", "10",
                      "--scratch-steps", "20", "--control-steps", "10", "--eval-every", "10", "--val-windows", "16",
-                     "--runs", "scratch_both,teacher_continued,both_net2net_asym,both_netmorph_asym_peak_3,both_r2r,both_random",
+                     "--runs", "scratch_both,teacher_continued,both_net2net_asym,both_netmorph_asym_peak_3_decay_05,both_r2r,both_random",
                      "--out", str(out)])
     return out, json.loads((out / "results.json").read_text())
 
@@ -269,7 +269,7 @@ def test_grown_students_match_and_start_at_the_teachers_loss(lm_quick):
     out, result = lm_quick
     runs = result["per_seed"]["0"]
     start = runs["teacher"]["val_loss"][-1]
-    for run in ("both_net2net_asym", "both_netmorph_asym_peak_3", "both_r2r"):
+    for run in ("both_net2net_asym", "both_netmorph_asym_peak_3_decay_05", "both_r2r"):
         assert runs[run]["verify_ok"] is True and abs(runs[run]["val_loss"][0] - start) <= 1e-5 * start
     assert runs["both_random"]["verify_ok"] is False and runs["both_net2net_asym"]["state_carried"] > 0
     noisy = runs["both_net2net_asym"]
@@ -339,7 +339,9 @@ def test_the_default_recipe_is_onnxgrows_recommended_one():
     assert all(lm.RUNS[run][2] == lm.RECOMMENDED_METHOD for run in lm.recommended().values())
     full = lm.full_runs()  # full mode: every run the record compares, not the peak sweep's probes
     assert set(lm.recommended().values()) <= set(full) and "wider_netmorph_asym_peak_2" not in full
-    assert {"teacher_continued", "wider_random", "wider_net2net_asym_peak_half", "wider_netmorph_pad_asym_peak_3"} <= set(full)
+    assert {"teacher_continued", "wider_random", "wider_net2net_asym_peak_half", "wider_netmorph_pad_asym_peak_3",
+            "wider_random_asym_peak_3"} <= set(full)
+    assert "wider_random_asym_peak_3_decay_06" in lm.RUNS and "wider_random_asym_peak_3_decay_06" not in full
 
 
 @pytest.mark.parametrize("layers, factor", [(1, 2), (2, 4)])

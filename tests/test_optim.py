@@ -315,15 +315,18 @@ def test_kept_rate_scales_the_teachers_own_elements_steps_and_no_others(rate):
         after_growth(_student(), torch.optim.AdamW(_student().parameters()), MAPPINGS, None, Recipe(kept_rate=0.5))
 
 
-def test_recommended_recipe_rewarms_and_decays_to_the_budget_with_cancelling_noise():
+def test_recommended_recipe_rewarms_and_decays_within_the_budget_with_cancelling_noise():
     from onnxgrow.optim import recommended_recipe
 
-    for widened, peak in ((True, 3.0), (False, 1.0)):  # a higher peak after widening, the base rate after copies
+    # after widening: a 3 × peak and the cosine over half the from-scratch budget; after copies: 1 ×, all of it
+    for widened, peak, horizon in ((True, 3.0, 750), (False, 1.0, 1500)):
         recipe = recommended_recipe(1500, widened=widened)
-        assert recipe.state == "asymmetric" and recipe.noise > 0 and recipe.horizon == 1500
+        assert recipe.state == "asymmetric" and recipe.noise > 0 and recipe.horizon == horizon
         assert lr_factor(0, recipe) < lr_factor(recipe.rewarm, recipe) == pytest.approx(peak)
-        assert lr_factor(1500, recipe) == pytest.approx(0.1) and lr_factor(750, recipe) < peak
+        assert lr_factor(horizon - 1, recipe) > 0.1 and lr_factor(horizon, recipe) == pytest.approx(0.1)
+        assert lr_factor(1500, recipe) == pytest.approx(0.1)  # and after it
     assert recommended_recipe(1500) == recommended_recipe(1500, widened=True)
-    assert recommended_recipe(10).rewarm == 5
+    assert recommended_recipe(10, widened=False).rewarm == 5 and recommended_recipe(10).rewarm == 2
+    assert recommended_recipe(2).horizon == 2 > recommended_recipe(2).rewarm
     with pytest.raises(GrowError, match="at least 2 steps"):
         recommended_recipe(1)

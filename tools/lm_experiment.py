@@ -22,10 +22,10 @@ branch outputs zero), both. Each student is verified against the teacher in onnx
 converted with onnxgrow.to_torch and trained on with a recipe after growth (RECIPES, applied by
 onnxgrow.optim.after_growth): optimizer state carried, reset, or reset asymmetrically (teacher
 units keep their moments, added units start fresh); the learning rate re-warmed and decayed by a
-cosine that ends at `decay` × the from-scratch steps; cancelling noise on the split copies. r2r
-(new units in ±V pairs, block copies with paired outputs) and random growth (every element that
-is not the teacher's own drawn as for a fresh model) are trained with the recommended recipe
-without noise; netmorph (new units random, their consumer weights zero: the recommended method,
+cosine that ends at `decay` × the from-scratch steps; cancelling noise on the split copies. Random
+growth (every element that is not the teacher's own drawn as for a fresh model) is trained with its
+shape's recommended recipe without noise, r2r (new units in ±V pairs, block copies with paired
+outputs) with `asym` without noise (and `{shape}_r2r_RECIPE` with others); netmorph (new units random, their consumer weights zero: the recommended method,
 onnxgrow.optim.RECOMMENDED_METHOD) with it, also with its new units drawn at a fresh model's scale
 (`netmorph_fresh`) and with the residual stream padded with zero channels instead of copied
 (`netmorph_pad`). --width-factor N grows wider and both to N × the teacher's width.
@@ -43,7 +43,8 @@ reaches it, or once its own compute has passed what the from-scratch run needed.
     python tools/experiment.py --task lm --full --teacher-width 16   # a capacity-bound set-up (results/lm-explore/)
     torchrun --nproc_per_node=2 tools/experiment.py --task lm --full   # results/lm-full/ (DDP, gloo)
     python tools/experiment.py --task lm --full --seed 0 --scratch-steps 1000 --student-steps 1000 \
-        --control-steps 5000 --runs scratch_both,both_netmorph_asym,both_random,teacher_continued   # lm-full-both
+        --control-steps 5000 --runs scratch_both,both_netmorph_asym_peak_3_decay_05,both_random,teacher_continued
+        # results/lm-full-both/
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ EARLY_EVALS = (5, 10, 20)  # extra evaluations right after a start: the loss spi
 
 # Recipes after growth (onnxgrow.optim.Recipe): optimizer state, re-warm-up steps, peak (× LR),
 # cosine decay to FINAL_LR × LR at `decay` × the from-scratch steps, symmetry-breaking noise, and
-# the rate of the teacher's own elements (× the schedule's). "asym" is onnxgrow.optim.recommended_recipe.
+# the rate of the teacher's own elements (× the schedule's).
 RECIPES = {
     "asym": dict(state="asymmetric", rewarm=WARMUP, peak=1.0, decay=1.0, noise=0.3),
     "carried": dict(state="carried", rewarm=0, peak=1.0, decay=1.0, noise=0.3),
@@ -126,20 +127,42 @@ NET2NET_RECIPES = list(RECIPES)  # the recipes net2net was tried with on wider (
 # the peak sweep: `asym` re-warmed to N × the base rate
 RECIPES.update({f"asym_peak_{str(peak).replace('.', '')}": dict(RECIPES["asym"], peak=float(peak))
                 for peak in (1.5, 2, 3, 4)})
+# the 3 × peak with the teacher's own elements at a fraction of its rate (the new units at the full rate)
+RECIPES.update({f"asym_peak_3_kept_{str(rate).replace('.', '')}": dict(RECIPES["asym_peak_3"], kept_rate=rate)
+                for rate in (0.33, 0.5)})
+# the 3 × peak with a faster decay (LEMON): the cosine ends at `decay` × the from-scratch steps
+RECIPES.update({f"asym_peak_3_decay_{str(d).replace('.', '')}": dict(RECIPES["asym_peak_3"], decay=d)
+                for d in (0.5, 0.6, 0.7)})
 DEFAULT_RECIPE = "asym"  # the base recipe every variant departs from
 # the recommended recipe of each shape, with RECOMMENDED_METHOD growth: onnxgrow.optim.recommended_recipe(steps,
-# widened) — a peak of 3 × after widening, 1 × after block copies alone (README, results/lm-full*/)
-RECOMMENDED_RECIPE = {"wider": "asym_peak_3", "deeper": DEFAULT_RECIPE, "both": "asym_peak_3"}
+# widened) — after widening a peak of 3 × and the cosine over half the budget, after block copies alone `asym`
+# (README, results/lm-full*/)
+RECOMMENDED_RECIPE = {"wider": "asym_peak_3_decay_05", "deeper": DEFAULT_RECIPE, "both": "asym_peak_3_decay_05"}
 BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r and the control
 # the recipes tried on each shape: every one on wider, the default on deeper, and on both the default
 # and LEMON's faster decay at the horizon that saves 30 % if reached
 GRID = {"wider": NET2NET_RECIPES, "deeper": [DEFAULT_RECIPE], "both": [DEFAULT_RECIPE, "asym_decay_07"]}
-# netmorph (the recommended method) with a higher peak after growth: the new units' pace, on wider
-NETMORPH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_15", "asym_peak_2", "asym_peak_3", "asym_peak_4"],
-                 "deeper": [DEFAULT_RECIPE, "asym_peak_3"], "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3"]}
-PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4"],
-            "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3"]}
-PROBE_RECIPES = ("asym_peak_15", "asym_peak_2", "asym_peak_4")  # the peak sweep: trained only when --runs names them
+# netmorph (the recommended method) after growth: the new units' pace (peak), the teacher's elements slowed
+# (kept), LEMON's faster decay
+NETMORPH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_15", "asym_peak_2", "asym_peak_3", "asym_peak_4",
+                           "asym_peak_3_kept_033", "asym_peak_3_kept_05", "asym_peak_3_decay_05",
+                           "asym_peak_3_decay_06", "asym_peak_3_decay_07"],
+                 "deeper": [DEFAULT_RECIPE, "asym_peak_3"],
+                 "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05"]}
+# netmorph with its new units at a fresh model's scale, and with the residual stream padded
+FRESH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_3_decay_05", "asym_peak_3_decay_06"], "both": [DEFAULT_RECIPE]}
+PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4", "asym_peak_3_decay_05",
+                      "asym_peak_3_decay_06"],
+            "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05"]}
+# r2r (new units in ±V pairs) on the recommended schedule after widening
+R2R_GRID = {"wider": ["asym_peak_3_decay_05"], "both": ["asym_peak_3_decay_05"]}
+# random growth on other recipes than its shape's recommended one (`{shape}_random`)
+RANDOM_GRID = {"wider": ["asym_peak_3", "asym_peak_3_kept_033", "asym_peak_3_kept_05", "asym_peak_3_decay_06",
+                         "asym_peak_3_decay_07"],
+               "both": ["asym_peak_3"]}
+# probes: trained only when --runs names them (results/lm-explore/)
+PROBE_RECIPES = ("asym_peak_15", "asym_peak_2", "asym_peak_4", "asym_peak_3_kept_033", "asym_peak_3_kept_05",
+                 "asym_peak_3_decay_06", "asym_peak_3_decay_07")
 
 # name: (kind, shape, method, recipe, description)
 RUNS = {
@@ -168,10 +191,17 @@ for _shape in ("wider", "deeper", "both"):
     for _name in NETMORPH_GRID[_shape]:
         RUNS[f"{_shape}_netmorph_{_name}"] = ("grown", _shape, "netmorph", RECIPES[_name],
                                               f"{_shape}, netmorph, recipe `{_name}`")
+    for _name in R2R_GRID.get(_shape, []):
+        RUNS[f"{_shape}_r2r_{_name}"] = ("grown", _shape, "r2r", dict(RECIPES[_name], noise=0.0),
+                                         f"{_shape}, r2r, recipe `{_name}` without noise")
+    for _name in RANDOM_GRID.get(_shape, []):
+        RUNS[f"{_shape}_random_{_name}"] = ("grown", _shape, "random", dict(RECIPES[_name], noise=0.0),
+                                            f"{_shape}, random growth, recipe `{_name}` without noise")
     if _shape != "deeper":
-        RUNS[f"{_shape}_netmorph_fresh_{DEFAULT_RECIPE}"] = (
-            "grown", _shape, "netmorph_fresh", RECIPES[DEFAULT_RECIPE],
-            f"{_shape}, netmorph with the new units drawn as a fresh model's (N(0, {INIT_STD})), recipe `{DEFAULT_RECIPE}`")
+        for _name in FRESH_GRID[_shape]:
+            RUNS[f"{_shape}_netmorph_fresh_{_name}"] = (
+                "grown", _shape, "netmorph_fresh", RECIPES[_name],
+                f"{_shape}, netmorph with the new units drawn as a fresh model's (N(0, {INIT_STD})), recipe `{_name}`")
         for _name in PAD_GRID[_shape]:
             RUNS[f"{_shape}_netmorph_pad_{_name}"] = (
                 "grown", _shape, "netmorph_pad", RECIPES[_name],
@@ -180,7 +210,7 @@ for _shape in ("wider", "deeper", "both"):
 
 
 def full_runs() -> list[str]:
-    """What full mode trains by default: every run but the peak sweep's probes (results/lm-explore/)."""
+    """What full mode trains by default: every run but the probes (PROBE_RECIPES; results/lm-explore/)."""
     return [r for r in RUNS if r != "teacher" and not r.endswith(PROBE_RECIPES)]
 
 
@@ -1017,13 +1047,11 @@ def plot(path: Path, result: dict):
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.8), squeeze=False)
     style = {"teacher": dict(color="grey", lw=2.5), "teacher_continued": dict(color="grey", ls=":"),
              "r2r": dict(color="tab:green"), "random": dict(color="tab:red"), "scratch": dict(color="black", ls="--"),
-             f"netmorph_{DEFAULT_RECIPE}": dict(color="magenta", lw=1.5),
-             f"netmorph_fresh_{DEFAULT_RECIPE}": dict(color="tab:olive")}
-    style.update({f"netmorph_{r}": dict(color="magenta", lw=2.5) for r in RECOMMENDED_RECIPE.values()})
-    colors = ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "gold", "navy")
-    for i, name in enumerate(RECIPES):
-        style[f"net2net_{name}"] = dict(color=colors[i % len(colors)], lw=2 if name == DEFAULT_RECIPE else 1)
+             f"net2net_{DEFAULT_RECIPE}": dict(color="tab:blue")}
+    other = dict(color="tab:gray", lw=0.6, alpha=0.5)  # every other recipe and variant: table.md names them
     for ax, shape in zip(axes[0], shapes):
+        looks = dict(style, **{recommended()[shape][len(shape) + 1:]: dict(color="magenta", lw=2.5)})
+        others = 0
         for run, rec in summary.items():
             kind, run_shape, _, _, _ = RUNS[run]
             if run_shape not in (shape, "teacher"):
@@ -1031,7 +1059,11 @@ def plot(path: Path, result: dict):
             key = run if kind in ("teacher", "control") else ("scratch" if kind == "scratch" else run[len(shape) + 1:])
             x = np.array(rec["flops"]) / 1e9
             m, sd = np.array(rec["val_loss"]["mean"]), np.array(rec["val_loss"]["std"])
-            look = style.get(key, dict(color="tab:gray", ls="-."))
+            look = looks.get(key)
+            if look is None:
+                others += 1
+                ax.plot(x, m, label="other recipes and variants" if others == 1 else "_nolegend_", **other)
+                continue
             ax.plot(x, m, marker=".", ms=3, label=run, **look)
             ax.fill_between(x, m - sd, m + sd, color=look["color"], alpha=0.15)
         if f"scratch_{shape}" in summary:
