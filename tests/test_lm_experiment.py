@@ -337,10 +337,11 @@ def test_the_default_recipe_is_onnxgrows_recommended_one():
             assert lm.recipe_for(lm.RECIPES[recipe], steps) == recommended_recipe(steps, widened=shape != "deeper")
             assert lm.RUNS[f"{shape}_random"][3] == dict(lm.RECIPES[recipe], noise=0.0)  # random growth: the same schedule
     assert all(lm.RUNS[run][2] == lm.RECOMMENDED_METHOD for run in lm.recommended().values())
-    full = lm.full_runs()  # full mode: every run the record compares, not the peak sweep's probes
+    full = lm.full_runs()  # full mode: the record's runs, not the sweeps' and probes'
+    assert set(full) <= set(lm.RUNS) and len(set(full)) == len(full)
     assert set(lm.recommended().values()) <= set(full) and "wider_netmorph_asym_peak_2" not in full
-    assert {"teacher_continued", "wider_random", "wider_net2net_asym_peak_half", "wider_netmorph_pad_asym_peak_3",
-            "wider_random_asym_peak_3"} <= set(full)
+    assert {"teacher_continued", "wider_random", "wider_random_asym_peak_3", "wider_netmorph_pad_asym_peak_3"} <= set(full)
+    assert {f"scratch_{shape}" for shape in ("wider", "deeper", "both")} <= set(full)
     assert "wider_random_asym_peak_3_decay_06" in lm.RUNS and "wider_random_asym_peak_3_decay_06" not in full
 
 

@@ -133,6 +133,8 @@ RECIPES.update({f"asym_peak_3_kept_{str(rate).replace('.', '')}": dict(RECIPES["
 # the 3 × peak with a faster decay (LEMON): the cosine ends at `decay` × the from-scratch steps
 RECIPES.update({f"asym_peak_3_decay_{str(d).replace('.', '')}": dict(RECIPES["asym_peak_3"], decay=d)
                 for d in (0.5, 0.6, 0.7)})
+# the faster decay with a longer re-warm-up: the preserved function kept longer, random growth's repair slower
+RECIPES.update({f"asym_peak_3_decay_05_rewarm{n}": dict(RECIPES["asym_peak_3_decay_05"], rewarm=n) for n in (100, 200)})
 DEFAULT_RECIPE = "asym"  # the base recipe every variant departs from
 # the recommended recipe of each shape, with RECOMMENDED_METHOD growth: onnxgrow.optim.recommended_recipe(steps,
 # widened) — after widening a peak of 3 × and the cosine over half the budget, after block copies alone `asym`
@@ -146,23 +148,21 @@ GRID = {"wider": NET2NET_RECIPES, "deeper": [DEFAULT_RECIPE], "both": [DEFAULT_R
 # (kept), LEMON's faster decay
 NETMORPH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_15", "asym_peak_2", "asym_peak_3", "asym_peak_4",
                            "asym_peak_3_kept_033", "asym_peak_3_kept_05", "asym_peak_3_decay_05",
-                           "asym_peak_3_decay_06", "asym_peak_3_decay_07"],
+                           "asym_peak_3_decay_06", "asym_peak_3_decay_07", "asym_peak_3_decay_05_rewarm100",
+                           "asym_peak_3_decay_05_rewarm200"],
                  "deeper": [DEFAULT_RECIPE, "asym_peak_3"],
-                 "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05"]}
+                 "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05", "asym_peak_3_decay_06"]}
 # netmorph with its new units at a fresh model's scale, and with the residual stream padded
 FRESH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_3_decay_05", "asym_peak_3_decay_06"], "both": [DEFAULT_RECIPE]}
 PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4", "asym_peak_3_decay_05",
-                      "asym_peak_3_decay_06"],
+                      "asym_peak_3_decay_06", "asym_peak_3_decay_05_rewarm100", "asym_peak_3_decay_05_rewarm200"],
             "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05"]}
 # r2r (new units in ±V pairs) on the recommended schedule after widening
 R2R_GRID = {"wider": ["asym_peak_3_decay_05"], "both": ["asym_peak_3_decay_05"]}
 # random growth on other recipes than its shape's recommended one (`{shape}_random`)
 RANDOM_GRID = {"wider": ["asym_peak_3", "asym_peak_3_kept_033", "asym_peak_3_kept_05", "asym_peak_3_decay_06",
-                         "asym_peak_3_decay_07"],
-               "both": ["asym_peak_3"]}
-# probes: trained only when --runs names them (results/lm-explore/)
-PROBE_RECIPES = ("asym_peak_15", "asym_peak_2", "asym_peak_4", "asym_peak_3_kept_033", "asym_peak_3_kept_05",
-                 "asym_peak_3_decay_06", "asym_peak_3_decay_07")
+                         "asym_peak_3_decay_07", "asym_peak_3_decay_05_rewarm100", "asym_peak_3_decay_05_rewarm200"],
+               "both": ["asym_peak_3", "asym_peak_3_decay_06"]}
 
 # name: (kind, shape, method, recipe, description)
 RUNS = {
@@ -209,9 +209,25 @@ for _shape in ("wider", "deeper", "both"):
                 f"of copied, recipe `{_name}`")
 
 
+# the record's runs (results/lm-full/): per shape from scratch, the recommended run, random growth on its schedule
+# and on the previous one, net2net, and netmorph at the previous recipes and in its variants; the teacher trained on
+RECORD_RUNS = (
+    "teacher_continued",
+    "scratch_wider", "wider_net2net_asym", "wider_random", "wider_random_asym_peak_3", "wider_netmorph_asym",
+    "wider_netmorph_asym_peak_3", "wider_netmorph_asym_peak_3_decay_05", "wider_r2r_asym_peak_3_decay_05",
+    "wider_netmorph_fresh_asym_peak_3_decay_05", "wider_netmorph_pad_asym", "wider_netmorph_pad_asym_peak_3",
+    "wider_netmorph_pad_asym_peak_3_decay_05",
+    "scratch_deeper", "deeper_random", "deeper_netmorph_asym",
+    "scratch_both", "both_net2net_asym", "both_random", "both_random_asym_peak_3", "both_netmorph_asym",
+    "both_netmorph_asym_peak_3", "both_netmorph_asym_peak_3_decay_05", "both_netmorph_pad_asym",
+    "both_netmorph_pad_asym_peak_3_decay_05",
+)
+
+
 def full_runs() -> list[str]:
-    """What full mode trains by default: every run but the probes (PROBE_RECIPES; results/lm-explore/)."""
-    return [r for r in RUNS if r != "teacher" and not r.endswith(PROBE_RECIPES)]
+    """What full mode trains by default: the runs of the record's table (results/lm-full/); every other
+    run (the sweeps and probes of results/lm-explore/) only when --runs names it."""
+    return list(RECORD_RUNS)
 
 
 def recommended() -> dict[str, str]:
