@@ -135,6 +135,8 @@ RECIPES.update({f"asym_peak_3_decay_{str(d).replace('.', '')}": dict(RECIPES["as
                 for d in (0.5, 0.6, 0.7)})
 # the faster decay with a longer re-warm-up: the preserved function kept longer, random growth's repair slower
 RECIPES.update({f"asym_peak_3_decay_05_rewarm{n}": dict(RECIPES["asym_peak_3_decay_05"], rewarm=n) for n in (100, 200)})
+# … with more cancelling noise (it perturbs only split copies' readers: none in netmorph, whose stream copies read zero)
+RECIPES["asym_peak_3_decay_05_noise_1"] = dict(RECIPES["asym_peak_3_decay_05"], noise=1.0)
 DEFAULT_RECIPE = "asym"  # the base recipe every variant departs from
 # the recommended recipe of each shape, with RECOMMENDED_METHOD growth: onnxgrow.optim.recommended_recipe(steps,
 # widened) — after widening a peak of 3 × and the cosine over half the budget, after block copies alone `asym`
@@ -149,7 +151,7 @@ GRID = {"wider": NET2NET_RECIPES, "deeper": [DEFAULT_RECIPE], "both": [DEFAULT_R
 NETMORPH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_15", "asym_peak_2", "asym_peak_3", "asym_peak_4",
                            "asym_peak_3_kept_033", "asym_peak_3_kept_05", "asym_peak_3_decay_05",
                            "asym_peak_3_decay_06", "asym_peak_3_decay_07", "asym_peak_3_decay_05_rewarm100",
-                           "asym_peak_3_decay_05_rewarm200"],
+                           "asym_peak_3_decay_05_rewarm200", "asym_peak_3_decay_05_noise_1"],
                  "deeper": [DEFAULT_RECIPE, "asym_peak_3"],
                  "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05", "asym_peak_3_decay_06"]}
 # netmorph with its new units at a fresh model's scale, and with the residual stream padded
