@@ -135,6 +135,9 @@ RECIPES.update({f"asym_peak_3_decay_{str(d).replace('.', '')}": dict(RECIPES["as
                 for d in (0.5, 0.6, 0.7)})
 # the faster decay with a longer re-warm-up: the preserved function kept longer, random growth's repair slower
 RECIPES.update({f"asym_peak_3_decay_05_rewarm{n}": dict(RECIPES["asym_peak_3_decay_05"], rewarm=n) for n in (100, 200)})
+# … with the teacher's own elements near the teacher's final rate (the annealed function kept, the new units at 3 ×)
+RECIPES.update({f"asym_peak_3_decay_05_kept_{str(rate).replace('.', '')}": dict(RECIPES["asym_peak_3_decay_05"], kept_rate=rate)
+                for rate in (0.05, 0.15)})
 # … with more cancelling noise (it perturbs only split copies' readers: none in netmorph, whose stream copies read zero)
 RECIPES["asym_peak_3_decay_05_noise_1"] = dict(RECIPES["asym_peak_3_decay_05"], noise=1.0)
 DEFAULT_RECIPE = "asym"  # the base recipe every variant departs from
@@ -151,7 +154,8 @@ GRID = {"wider": NET2NET_RECIPES, "deeper": [DEFAULT_RECIPE], "both": [DEFAULT_R
 NETMORPH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_15", "asym_peak_2", "asym_peak_3", "asym_peak_4",
                            "asym_peak_3_kept_033", "asym_peak_3_kept_05", "asym_peak_3_decay_05",
                            "asym_peak_3_decay_06", "asym_peak_3_decay_07", "asym_peak_3_decay_05_rewarm100",
-                           "asym_peak_3_decay_05_rewarm200", "asym_peak_3_decay_05_noise_1"],
+                           "asym_peak_3_decay_05_rewarm200", "asym_peak_3_decay_05_noise_1",
+                           "asym_peak_3_decay_05_kept_005", "asym_peak_3_decay_05_kept_015"],
                  "deeper": [DEFAULT_RECIPE, "asym_peak_3"],
                  "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05", "asym_peak_3_decay_06"]}
 # netmorph with its new units at a fresh model's scale, and with the residual stream padded
@@ -163,7 +167,8 @@ PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4
 R2R_GRID = {"wider": ["asym_peak_3_decay_05"], "both": ["asym_peak_3_decay_05"]}
 # random growth on other recipes than its shape's recommended one (`{shape}_random`)
 RANDOM_GRID = {"wider": ["asym_peak_3", "asym_peak_3_kept_033", "asym_peak_3_kept_05", "asym_peak_3_decay_06",
-                         "asym_peak_3_decay_07", "asym_peak_3_decay_05_rewarm100", "asym_peak_3_decay_05_rewarm200"],
+                         "asym_peak_3_decay_07", "asym_peak_3_decay_05_rewarm100", "asym_peak_3_decay_05_rewarm200",
+                         "asym_peak_3_decay_05_kept_005", "asym_peak_3_decay_05_kept_015"],
                "both": ["asym_peak_3", "asym_peak_3_decay_06"]}
 
 # name: (kind, shape, method, recipe, description)
