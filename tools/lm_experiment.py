@@ -25,10 +25,11 @@ units keep their moments, added units start fresh); the learning rate re-warmed 
 cosine that ends at `decay` × the from-scratch steps; cancelling noise on the split copies. Random
 growth (every element that is not the teacher's own drawn as for a fresh model) is trained with its
 shape's recommended recipe without noise, r2r (new units in ±V pairs, block copies with paired
-outputs) with `asym` without noise (and `{shape}_r2r_RECIPE` with others); netmorph (new units random, their consumer weights zero: the recommended method,
-onnxgrow.optim.RECOMMENDED_METHOD) with it, also with its new units drawn at a fresh model's scale
-(`netmorph_fresh`) and with the residual stream padded with zero channels instead of copied
-(`netmorph_pad`). --width-factor N grows wider and both to N × the teacher's width.
+outputs) with `asym` without noise (`{shape}_r2r_RECIPE`: with others). netmorph (new units
+random, their consumer weights zero: the recommended method, onnxgrow.optim.RECOMMENDED_METHOD)
+is trained with the recommended recipe and the sweeps' (NETMORPH_GRID), also with its new units
+drawn at a fresh model's scale (`netmorph_fresh`) and with the residual stream padded with zero
+channels instead of copied (`netmorph_pad`). --width-factor N grows wider and both to N × the teacher's width.
 Baselines: each big shape trained from scratch, and the teacher trained on without growth
 (control_steps, the recommended recipe without noise).
 
