@@ -201,6 +201,43 @@ def test_netmorph_pad_starts_the_new_stream_channels_at_zero_and_stays_exact(tra
     assert og.verify(teacher, padded, inputs=inputs).ok
 
 
+@pytest.mark.parametrize("method", ["netmorph_gradmax", "netmorph_pad_gradmax"])
+def test_gradmax_turns_the_new_units_up_rows_at_their_norm_and_stays_exact(trained, method):
+    """GradMax's probe: only the `up` rows of the new SwiGLU units move (their `down` columns stay
+    zero), each keeps its norm, the function is unchanged, and every new unit's `down` column now
+    gets a larger gradient than netmorph's random row gave it."""
+    import onnxgrow as og
+    from onnx import numpy_helper
+
+    _, _, _, teacher, data, _ = trained
+    plain, _ = lm.grow(teacher, "wider", method.removesuffix("_gradmax"), seed=0)
+    turned, _ = lm.grow(teacher, "wider", method, seed=0)
+    before = {t.name: numpy_helper.to_array(t) for t in plain.graph.initializer}
+    moved = {t.name: numpy_helper.to_array(t) for t in turned.graph.initializer
+             if not np.array_equal(numpy_helper.to_array(t), before[t.name])}
+    ffn = lm.SHAPES["wider"]["ffn"]
+    assert len(moved) == lm.SHAPES["teacher"]["layers"]  # one up_proj per block
+    for name, w in moved.items():
+        was = before[name]
+        units = 1 if w.shape[1] == ffn else 0  # the unit axis: up is stored (d, ffn) or (ffn, d)
+        changed = np.flatnonzero((w != was).any(axis=1 - units))
+        assert len(changed) == ffn - lm.SHAPES["teacher"]["ffn"]  # the new units, and only they
+        np.testing.assert_allclose(np.linalg.norm(np.take(w, changed, axis=units), axis=1 - units),
+                                   np.linalg.norm(np.take(was, changed, axis=units), axis=1 - units), rtol=1e-5)
+    inputs = {"input_ids": data["val"][:2, :-1].long().numpy()}
+    assert og.verify(teacher, turned, inputs=inputs).ok
+    batch = lm.gradmax_batch(0)
+
+    def new_column_gradients(model):  # the norm of each new unit's down-column gradient, per block
+        module, _ = lm.native_student(model, "wider", padded="_pad" in method)
+        lm.mlp_signals(module, batch)
+        return [layer.mlp.down_proj.weight.grad[:, (layer.mlp.down_proj.weight == 0).all(dim=0)].norm(dim=0)
+                for layer in module.layers]
+
+    for was, now in zip(new_column_gradients(plain), new_column_gradients(turned)):
+        assert bool((now > was).all()) and now.sum() > 3 * was.sum()  # measured: 5.6–7.5 × in all
+
+
 def test_compute_saved_against_the_big_model_from_scratch_by_hand():
     """One token per step: the teacher's 10 steps cost 6·1·10 = 60 FLOPs; the wider model from
     scratch first reaches its final loss 2.0 at step 20: 6·10·20 = 1200; the grown student at its

@@ -28,8 +28,9 @@ shape's recommended recipe without noise, r2r (new units in ±V pairs, block cop
 outputs) with `asym` without noise (`{shape}_r2r_RECIPE`: with others). netmorph (new units
 random, their consumer weights zero: the recommended method, onnxgrow.optim.RECOMMENDED_METHOD)
 is trained with the recommended recipe and the sweeps' (NETMORPH_GRID), also with its new units
-drawn at a fresh model's scale (`netmorph_fresh`) and with the residual stream padded with zero
-channels instead of copied (`netmorph_pad`). --width-factor N grows wider and both to N × the teacher's width.
+drawn at a fresh model's scale (`netmorph_fresh`), with the residual stream padded with zero
+channels instead of copied (`netmorph_pad`), and with its new SwiGLU units chosen by GradMax
+(`netmorph_gradmax`, `netmorph_pad_gradmax`: `gradmax_units`). --width-factor N grows wider and both to N × the teacher's width.
 Baselines: each big shape trained from scratch, and the teacher trained on without growth
 (control_steps, the recommended recipe without noise).
 
@@ -164,6 +165,9 @@ FRESH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_3_decay_05", "asym_peak_3_dec
 PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4", "asym_peak_3_decay_05",
                       "asym_peak_3_decay_06", "asym_peak_3_decay_05_rewarm100", "asym_peak_3_decay_05_rewarm200"],
             "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05"]}
+# netmorph with GradMax's new units (the MLP's), on the recommended schedule after widening (wider only:
+# native_student finds the weights by the export's names, which inserted blocks do not keep)
+GRADMAX_GRID = {"wider": ["asym_peak_3_decay_05"]}
 # r2r (new units in ±V pairs) on the recommended schedule after widening
 R2R_GRID = {"wider": ["asym_peak_3_decay_05"], "both": ["asym_peak_3_decay_05"]}
 # random growth on other recipes than its shape's recommended one (`{shape}_random`)
@@ -199,6 +203,12 @@ for _shape in ("wider", "deeper", "both"):
     for _name in NETMORPH_GRID[_shape]:
         RUNS[f"{_shape}_netmorph_{_name}"] = ("grown", _shape, "netmorph", RECIPES[_name],
                                               f"{_shape}, netmorph, recipe `{_name}`")
+    for _name in GRADMAX_GRID.get(_shape, []):
+        for _variant, _stream in (("netmorph_gradmax", ""), ("netmorph_pad_gradmax", ", the residual stream padded")):
+            RUNS[f"{_shape}_{_variant}_{_name}"] = (
+                "grown", _shape, _variant, RECIPES[_name],
+                f"{_shape}, netmorph with its new SwiGLU units' up rows turned to the largest gradient of their "
+                f"zero down columns (GradMax){_stream}, recipe `{_name}`")
     for _name in R2R_GRID.get(_shape, []):
         RUNS[f"{_shape}_r2r_{_name}"] = ("grown", _shape, "r2r", dict(RECIPES[_name], noise=0.0),
                                          f"{_shape}, r2r, recipe `{_name}` without noise")
@@ -459,12 +469,14 @@ def grow(teacher, shape: str, method: str, seed: int):
     spec = GROWTH[shape]
     if method != "random":
         deepen = [d.replace(":zero", ":r2r") for d in spec["deepen"]] if method == "r2r" else spec["deepen"]
-        base = method.removesuffix("_fresh").removesuffix("_pad")
-        with padded_streams(method.endswith("_pad")):
+        base = method.split("_")[0]  # netmorph_pad_gradmax: netmorph, the stream padded, GradMax's units
+        with padded_streams("_pad" in method):
             student, done = og.grow(teacher, **grow_kwargs(spec["widen"], deepen), method=base, seed=seed,
                                     with_summary=True)
         if method == "netmorph_fresh":
             student = fresh_new_units(student, done["mappings"], seed)
+        if method.endswith("_gradmax"):
+            student = gradmax_units(student, shape, seed, padded="_pad" in method)
         return student, done["mappings"]
     wide, done = (og.grow(teacher, widen=spec["widen"], method="random", seed=seed, with_summary=True)
                   if spec["widen"] else (teacher, {"mappings": []}))
@@ -519,6 +531,111 @@ def fresh_new_units(student, mappings: list[dict], seed: int):
         drawn = rng.normal(0.0, INIT_STD, w.shape).astype(np.float32)
         init.CopyFrom(numpy_helper.from_array(np.where(redraw, drawn, w).astype(np.float32), init.name))
     return out
+
+
+def gradmax_units(student, shape: str, seed: int, padded: bool = False):
+    """netmorph's student with the `up` rows of its new SwiGLU units (those whose `down` column is
+    zero) turned, at their norm, to where the zero `down` column's gradient is largest (GradMax,
+    Evci et al. 2022, for down(silu(gate·x) ⊙ up·x)): for unit j the column's gradient is
+    M_j·u_j with M_j = Σ_t silu(g_j·x_t) δ_t x_tᵀ (x: the MLP's input, δ: the loss gradient at its
+    output, over `gradmax_batch` training windows), so u_j is M_j's top right singular vector. The
+    `down` columns stay zero, so the function is unchanged (og.verify checks it as for every student)."""
+    import onnx
+    from onnx import numpy_helper
+
+    module, where = native_student(student, shape, padded)
+    signals = mlp_signals(module, gradmax_batch(seed))
+    out = onnx.ModelProto()
+    out.CopyFrom(student)
+    by_name = {init.name: init for init in out.graph.initializer}
+    with torch.no_grad():
+        for index, layer in enumerate(module.layers):
+            mlp, (x, delta) = layer.mlp, signals[index]
+            new = torch.nonzero((mlp.down_proj.weight == 0).all(dim=0)).flatten()
+            up = mlp.up_proj.weight.detach().clone()
+            gates = F.silu(x @ mlp.gate_proj.weight[new].T)
+            for k, unit in enumerate(new.tolist()):
+                direction = torch.linalg.svd((delta * gates[:, k:k + 1]).T @ x)[2][0]
+                up[unit] = direction * up[unit].norm()
+            name, transposed = where[f"layers.{index}.mlp.up_proj.weight"]
+            array = up.numpy().T if transposed else up.numpy()
+            by_name[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+    return out
+
+
+def gradmax_batch(seed: int, windows: int = 64, seq: int = 128) -> torch.Tensor:
+    """The training windows GradMax measures its gradients on."""
+    data = load_corpus()["train"]
+    starts = np.random.default_rng(seed + 31337).integers(0, len(data) - seq - 1, size=windows)
+    return torch.as_tensor(np.stack([data[s:s + seq + 1] for s in starts]).astype(np.int64))
+
+
+def native_student(student, shape: str, padded: bool = False):
+    """(a ByteLlama of `shape` holding the grown ONNX `student`'s weights, {parameter: (initializer,
+    transposed)}). A fresh ByteLlama's export names its initializers as the teacher's did, and the
+    student's are those names with growth suffixes (.w32, …); the logits are checked against the
+    student's. `padded`: the stream was zero-padded, so its norms' ε is × d/d′ (onnxgrow.padding)."""
+    import re
+
+    from onnx import numpy_helper
+
+    import onnxgrow as og
+    from onnxgrow.optim import match_parameters
+
+    module = build_lm(**SHAPES[shape])
+    for norm in (m for m in module.modules() if isinstance(m, LlamaRMSNorm)):
+        norm.eps *= SHAPES["teacher"]["d"] / SHAPES[shape]["d"] if padded else 1.0
+    with torch.no_grad():  # distinct values everywhere (norm gains start equal), so each is found
+        for param in module.parameters():
+            param.normal_()
+    like = og.to_torch(export_onnx(module))
+    layouts = getattr(like, "onnx_layouts", None) or {}
+    init_of = {re.sub(r"(\.w\d+)+$", "", t.name): t for t in student.graph.initializer}
+    where = {}
+    for like_name, (param, transposed) in match_parameters(module, like).items():
+        init = init_of[like.onnx_names[like_name]]
+        transposed = transposed != (layouts.get(like_name) == "T")  # initializer → like's layout → module's
+        array = numpy_helper.to_array(init).copy()
+        array = array.T if transposed else array
+        target = module.get_parameter(param)
+        if tuple(array.shape) != tuple(target.shape):
+            raise RuntimeError(f"{init.name} {array.shape} does not fit {param} {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+        where[param] = (init.name, transposed)
+    probe = torch.zeros(2, 16, dtype=torch.long) + torch.arange(16)
+    with torch.no_grad():
+        got, expected = module(probe), og.to_torch(student)(probe)
+    if (got - expected).abs().max() > 1e-4 * expected.abs().max():
+        raise RuntimeError("the ByteLlama with the student's weights computes another function than the student")
+    return module, where
+
+
+def mlp_signals(module, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per block of a ByteLlama, (x: the MLP's input, δ: the loss gradient at its output), one row per
+    token of `batch` (next-byte cross-entropy); the parameters' .grad are left filled."""
+    caps = {}
+
+    def keep_input(index):
+        def hook(mod, inputs, output):
+            caps[index, "x"] = inputs[0].detach()
+        return hook
+
+    def keep_output_grad(index):
+        def hook(mod, inputs, output):
+            output.register_hook(lambda grad: caps.__setitem__((index, "d"), grad.detach()))
+        return hook
+
+    hooks = [h for i, layer in enumerate(module.layers)
+             for h in (layer.mlp.up_proj.register_forward_hook(keep_input(i)),
+                       layer.mlp.down_proj.register_forward_hook(keep_output_grad(i)))]
+    module.zero_grad()
+    logits = module(batch[:, :-1])
+    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
+    for h in hooks:
+        h.remove()
+    return [(caps[i, "x"].reshape(-1, caps[i, "x"].shape[-1]), caps[i, "d"].reshape(-1, caps[i, "d"].shape[-1]))
+            for i in range(len(module.layers))]
 
 
 def redraw_added(teacher, wide, student, mappings: list[dict], seed: int):
