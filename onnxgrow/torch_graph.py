@@ -402,8 +402,9 @@ class _Builder:
         node = layer.node
         candidates = names.aliases(node) if node.op_type in ops.WEIGHT_OPS else [names.scope_of(node)]
         weight = layer.params.get("weight", (None, None))[0]
-        if weight is not None and weight.name and weight.name.endswith(".weight"):
-            candidates.append(weight.name[: -len(".weight")])
+        weight_name = names.before_growth(weight.name) if weight is not None else ""
+        if weight_name.endswith(".weight"):
+            candidates.append(weight_name[: -len(".weight")])
         if layer.node.name and not layer.node.meta.get(UNNAMED):
             candidates.append(layer.node.name)
         candidates.append(type(layer.module).__name__.lower())
@@ -662,6 +663,7 @@ class _Builder:
         return self.fx.get_attr(path)
 
     def _state_path(self, name: str) -> str:
+        name = names.before_growth(name)  # a grown weight keeps the name of the one it grew from
         path = _module_path(name)
         if path and "." in path and _free_path(self.root, path):
             return path
@@ -675,7 +677,7 @@ def _named_otherwise(layer: _Layer) -> bool:
     """Whether the weight's state-dict name says a module other than a layer owns it
     (`attn.in_proj_weight` of nn.MultiheadAttention): then it stays a parameter of that name."""
     weight = layer.params.get("weight", (None, None))[0]
-    name = weight.name if weight is not None else ""
+    name = names.before_growth(weight.name) if weight is not None else ""
     return "." in name and not name.endswith(".weight") and _module_path(name) == name
 
 

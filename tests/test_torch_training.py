@@ -46,6 +46,29 @@ def test_every_zoo_layer_is_a_torch_layer_at_its_module_path(exporter, zoo_model
     assert not missing, missing
 
 
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_a_widened_models_layers_stay_torch_layers_at_their_module_paths(exporter, zoo_model):
+    """Growth renames what it grows (`fc1.weight` → `fc1.weight.w32`); the grown model's torch layers
+    keep the teacher's module paths and types, their weights the teacher's state-dict names."""
+    from onnxgrow.errors import GrowError
+
+    missing, grown_any = [], 0
+    for arch in zoo.ARCHITECTURES:
+        teacher = onnx.load(zoo_model(arch, exporter))
+        try:
+            student = og.grow(teacher, widen={"*": "x2"}, method="netmorph")
+        except GrowError:  # a graph-output layer, say: nothing grown, nothing to check
+            continue
+        grown_any += 1
+        original, module = og.to_torch(teacher), og.to_torch(student)
+        before = {p: type(m) for p, m in original.named_modules() if isinstance(m, LAYERS)}
+        after = dict(module.named_modules())
+        missing += [f"{arch}:{p}" for p, kind in before.items() if not isinstance(after.get(p), kind)]
+        layer_state = {k for k in original.state_dict() if k.rsplit(".", 1)[0] in before}
+        assert layer_state <= set(module.state_dict()), arch  # the layers' weights, wider, under the same names
+    assert grown_any >= len(zoo.ARCHITECTURES) // 2 and not missing, missing
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_decoder_parameters_have_the_checkpoints_names_and_values(family, llm_model):
     module = og.to_torch(llm_model(family))
