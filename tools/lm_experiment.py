@@ -575,11 +575,10 @@ def native_student(student, shape: str, padded: bool = False):
     transposed)}). A fresh ByteLlama's export names its initializers as the teacher's did, and the
     student's are those names with growth suffixes (.w32, …); the logits are checked against the
     student's. `padded`: the stream was zero-padded, so its norms' ε is × d/d′ (onnxgrow.padding)."""
-    import re
-
     from onnx import numpy_helper
 
     import onnxgrow as og
+    from onnxgrow.names import before_growth
     from onnxgrow.optim import match_parameters
 
     module = build_lm(**SHAPES[shape])
@@ -590,7 +589,7 @@ def native_student(student, shape: str, padded: bool = False):
             param.normal_()
     like = og.to_torch(export_onnx(module))
     layouts = getattr(like, "onnx_layouts", None) or {}
-    init_of = {re.sub(r"(\.w\d+)+$", "", t.name): t for t in student.graph.initializer}
+    init_of = {before_growth(t.name): t for t in student.graph.initializer}
     where = {}
     for like_name, (param, transposed) in match_parameters(module, like).items():
         init = init_of[like.onnx_names[like_name]]
