@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import difflib
 import fnmatch
-import re
 
 import onnx_ir as ir
 
@@ -33,15 +32,6 @@ from .errors import GrowError
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 REWRITE_RULE = "pkg.onnxscript.rewriter.rule_name"
 GLOB_CHARS = "*?["
-# widening.py's `.w{width}` and blocks.py's `.copy`, each possibly made unique (`_2`, graph.unique_name)
-GROWTH_SUFFIXES = re.compile(r"(\.(w\d+|copy)(_\d+)?)+$")
-
-
-def before_growth(name: str) -> str:
-    """An initializer's name without the suffixes growth gives it (`fc1.weight.w128` → `fc1.weight`,
-    `layers.0.mlp.up_proj.weight.copy_2` → `layers.0.mlp.up_proj.weight`): the name of the
-    parameter it grew from, whose module path it keeps."""
-    return GROWTH_SUFFIXES.sub("", name or "")
 
 
 def scope_of(node: ir.Node) -> str | None:

@@ -40,6 +40,7 @@ import torch
 from torch import fx, nn
 
 from . import graph, names, ops, torch_sizes
+from .checkpoints import history
 from .errors import GrowError
 from .torch_ops import DTYPES, OnnxOp, torch_pad, onnx_op
 
@@ -122,6 +123,10 @@ class _Builder:
         self.literal: dict[str, object] = {}  # small float constants: Python floats in size slots
         self.constants: dict[str, np.ndarray] = {}  # Constant nodes' values, buffers once read as tensors
         self.anchor = None  # a graph input: the device of tensors made from sizes
+        # a grown initializer's teacher name (`fc1.weight.w32` ← `fc1.weight`), from the growth history
+        # the transforms record: its layer keeps the teacher's module path, its state the teacher's name
+        grown = history.origins(history.read(history.metadata_of(irm)), set(irm.graph.initializers))
+        self.teacher_name = {name: root for name, (root, _, _) in grown.items()}
 
     # --------------------------------------------------------------------- top level
 
@@ -171,7 +176,7 @@ class _Builder:
         layers, claimed = {}, {}
         for node in self.g:
             layer = self._layer(node) if ops.is_onnx(node) else None
-            if layer is None or _named_otherwise(layer):
+            if layer is None or self._named_otherwise(layer):
                 continue
             # One parameter per initializer: a second layer may share it only in the same layout.
             if any(claimed.get(id(v), layout) != layout for v, layout in layer.params.values()):
@@ -402,7 +407,7 @@ class _Builder:
         node = layer.node
         candidates = names.aliases(node) if node.op_type in ops.WEIGHT_OPS else [names.scope_of(node)]
         weight = layer.params.get("weight", (None, None))[0]
-        weight_name = names.before_growth(weight.name) if weight is not None else ""
+        weight_name = self._teacher_name(weight)
         if weight_name.endswith(".weight"):
             candidates.append(weight_name[: -len(".weight")])
         if layer.node.name and not layer.node.meta.get(UNNAMED):
@@ -662,8 +667,19 @@ class _Builder:
             self.non_persistent.add(path)
         return self.fx.get_attr(path)
 
+    def _teacher_name(self, value: ir.Value | None) -> str:
+        """The state-dict name `value` had before growth (its own name if it was not grown)."""
+        name = value.name if value is not None else ""
+        return self.teacher_name.get(name, name or "")
+
+    def _named_otherwise(self, layer: _Layer) -> bool:
+        """Whether the weight's state-dict name says a module other than a layer owns it
+        (`attn.in_proj_weight` of nn.MultiheadAttention): then it stays a parameter of that name."""
+        name = self._teacher_name(layer.params.get("weight", (None, None))[0])
+        return "." in name and not name.endswith(".weight") and _module_path(name) == name
+
     def _state_path(self, name: str) -> str:
-        name = names.before_growth(name)  # a grown weight keeps the name of the one it grew from
+        name = self.teacher_name.get(name, name)
         path = _module_path(name)
         if path and "." in path and _free_path(self.root, path):
             return path
@@ -671,14 +687,6 @@ class _Builder:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _named_otherwise(layer: _Layer) -> bool:
-    """Whether the weight's state-dict name says a module other than a layer owns it
-    (`attn.in_proj_weight` of nn.MultiheadAttention): then it stays a parameter of that name."""
-    weight = layer.params.get("weight", (None, None))[0]
-    name = names.before_growth(weight.name) if weight is not None else ""
-    return "." in name and not name.endswith(".weight") and _module_path(name) == name
 
 
 def _producer(v: ir.Value | None, op: str, private: bool = True) -> ir.Node | None:

@@ -69,6 +69,25 @@ def test_a_widened_models_layers_stay_torch_layers_at_their_module_paths(exporte
     assert grown_any >= len(zoo.ARCHITECTURES) // 2 and not missing, missing
 
 
+def test_a_parameter_named_like_a_grown_one_keeps_its_name():
+    """What a weight grew from comes from the growth history, not from its name: `mlp.w2` (a
+    name `….w{width}` growth could have made) is the user's parameter, and stays `mlp.w2`."""
+    import io
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = nn.Module()
+            self.mlp.w2 = nn.Parameter(torch.randn(8, 8))
+
+        def forward(self, x):
+            return x @ self.mlp.w2
+
+    buffer = io.BytesIO()
+    torch.onnx.export(Model(), (torch.randn(2, 8),), buffer, dynamo=False, input_names=["x"])
+    assert list(og.to_torch(onnx.load_from_string(buffer.getvalue())).state_dict()) == ["mlp.w2"]
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_decoder_parameters_have_the_checkpoints_names_and_values(family, llm_model):
     module = og.to_torch(llm_model(family))

@@ -573,23 +573,25 @@ def gradmax_batch(seed: int, windows: int = 64, seq: int = 128) -> torch.Tensor:
 def native_student(student, shape: str, padded: bool = False):
     """(a ByteLlama of `shape` holding the grown ONNX `student`'s weights, {parameter: (initializer,
     transposed)}). A fresh ByteLlama's export names its initializers as the teacher's did, and the
-    student's are those names with growth suffixes (.w32, …); the logits are checked against the
-    student's. `padded`: the stream was zero-padded, so its norms' ε is × d/d′ (onnxgrow.padding)."""
+    growth history in the student's metadata gives each of its initializers the teacher's name; the
+    logits are checked against the student's. `padded`: the stream was zero-padded, so its norms' ε is × d/d′ (onnxgrow.padding)."""
     from onnx import numpy_helper
 
     import onnxgrow as og
-    from onnxgrow.names import before_growth
+    from onnxgrow.checkpoints import history
     from onnxgrow.optim import match_parameters
 
     module = build_lm(**SHAPES[shape])
-    for norm in (m for m in module.modules() if isinstance(m, LlamaRMSNorm)):
-        norm.eps *= SHAPES["teacher"]["d"] / SHAPES[shape]["d"] if padded else 1.0
+    if padded:
+        for norm in (m for m in module.modules() if isinstance(m, LlamaRMSNorm)):
+            norm.eps *= SHAPES["teacher"]["d"] / SHAPES[shape]["d"]
     with torch.no_grad():  # distinct values everywhere (norm gains start equal), so each is found
         for param in module.parameters():
             param.normal_()
     like = og.to_torch(export_onnx(module))
     layouts = getattr(like, "onnx_layouts", None) or {}
-    init_of = {before_growth(t.name): t for t in student.graph.initializer}
+    grown = history.origins(history.read(history.metadata_of(student)), {t.name for t in student.graph.initializer})
+    init_of = {grown[t.name][0]: t for t in student.graph.initializer if t.name in grown}
     where = {}
     for like_name, (param, transposed) in match_parameters(module, like).items():
         init = init_of[like.onnx_names[like_name]]
