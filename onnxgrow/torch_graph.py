@@ -125,8 +125,15 @@ class _Builder:
         self.anchor = None  # a graph input: the device of tensors made from sizes
         # a grown initializer's teacher name (`fc1.weight.w32` ← `fc1.weight`), from the growth history
         # the transforms record: its layer keeps the teacher's module path, its state the teacher's name
-        grown = history.origins(history.read(history.metadata_of(irm)), set(irm.graph.initializers))
+        past = history.read(history.metadata_of(irm))
+        grown = history.origins(past, set(irm.graph.initializers))
         self.teacher_name = {name: root for name, (root, _, _) in grown.items()}
+        # a block copy's weights (those with copy events) and where each block of a container copies
+        # went into sits in the grown model: numbered as the grown checkpoint numbers them
+        self.copy_events = {name: events for name, (_, events, _) in grown.items() if events}
+        self.places = {(_module_path(block) or block, events): _module_path(path) for (block, events), path
+                       in history.block_places(irm.graph, grown, history.copies(past)).items()}
+        self.original_path: dict[str, str] = {}  # teacher weight -> its layer's teacher module path
 
     # --------------------------------------------------------------------- top level
 
@@ -403,11 +410,16 @@ class _Builder:
 
     def _layer_path(self, layer: _Layer) -> str:
         """The module that ran the op (its scope) first, then the weight's owner by name (see
-        names.aliases): a tied weight is named after one of its layers, an embedding's after the LM head."""
+        names.aliases): a tied weight is named after one of its layers, an embedding's after the LM head.
+        A block copy's layer takes its original's path in the copy's place (`layers.0.mlp` → `layers.1.mlp`),
+        and the items of a container copies went into are renumbered (_placed)."""
         node = layer.node
-        candidates = names.aliases(node) if node.op_type in ops.WEIGHT_OPS else [names.scope_of(node)]
         weight = layer.params.get("weight", (None, None))[0]
         weight_name = self._teacher_name(weight)
+        events = self.copy_events.get(weight.name, ()) if weight is not None else ()
+        original = self.original_path.get(weight_name) if events else None
+        candidates = [original] if original else []
+        candidates += names.aliases(node) if node.op_type in ops.WEIGHT_OPS else [names.scope_of(node)]
         if weight_name.endswith(".weight"):
             candidates.append(weight_name[: -len(".weight")])
         if layer.node.name and not layer.node.meta.get(UNNAMED):
@@ -415,9 +427,20 @@ class _Builder:
         candidates.append(type(layer.module).__name__.lower())
         for c in candidates:
             path = _module_path(c) if c else None
-            if path and _free_path(self.root, path):
-                return path
+            placed = self._placed(path, events) if path else None
+            if placed and _free_path(self.root, placed):
+                if weight is not None and not events:
+                    self.original_path.setdefault(weight_name, path)
+                return placed
         return _unique_attr(self.root, _identifier(candidates[-1]))
+
+    def _placed(self, path: str, events: tuple) -> str:
+        """`path`, a teacher module path, where the block holding it sits in the grown model (the
+        block's instance after copy `events`); unchanged outside containers copies went into."""
+        for (block, of), place in self.places.items():
+            if of == events and (path == block or path.startswith(block + ".")):
+                return place + path[len(block):]
+        return path
 
     # --------------------------------------------------------------------- other nodes
 
@@ -679,8 +702,10 @@ class _Builder:
         return "." in name and not name.endswith(".weight") and _module_path(name) == name
 
     def _state_path(self, name: str) -> str:
+        events = self.copy_events.get(name, ())
         name = self.teacher_name.get(name, name)
         path = _module_path(name)
+        path = self._placed(path, events) if path else None
         if path and "." in path and _free_path(self.root, path):
             return path
         return _unique_attr(self.root, _identifier(name))

@@ -187,3 +187,99 @@ def test_inductor_compiles_forward_backward_and_step(tmp_path):
     trained.ir_version = 10
     compiled.eval()
     _matches_ort(trained, compiled, torch.randn(3, 3, 6, 5), tol=1e-4)
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_a_block_copys_layers_take_the_next_item_of_the_container(exporter, zoo_model):
+    """Deepening `features.1` puts the copy's torch layers at `features.2.*`, with the original's types,
+    and moves the later items one on (`features.2` → `features.3`), as the grown checkpoint numbers
+    them; the student computes the teacher's outputs, and the torch module the student's."""
+    from onnxgrow import blocks as bl
+    import onnx_ir as ir
+
+    checked, wrong = 0, []
+    for arch in zoo.ARCHITECTURES:
+        teacher = onnx.load(zoo_model(arch, exporter))
+        indexed = [b for b in bl.find_blocks(ir.from_proto(teacher)) if _container_item(b.path or "")]
+        if not indexed:
+            continue
+        container, k = _container_item(indexed[0].path)
+        student = og.grow(teacher, deepen=[f"{indexed[0].path}:zero"])
+        module = og.to_torch(student)
+        before = {p: type(m) for p, m in og.to_torch(teacher).named_modules() if isinstance(m, LAYERS)}
+        after = {p: type(m) for p, m in module.named_modules() if isinstance(m, LAYERS)}
+        want = {}
+        for path, kind in before.items():
+            index = path[len(container) + 1:].split(".")[0] if path.startswith(container + ".") else ""
+            if not index.isdigit():
+                want[path] = kind
+                continue
+            i, rest = int(index), path[len(container) + 1 + len(index):]
+            want[f"{container}.{i + (i > k)}{rest}"] = kind
+            if i == k:
+                want[f"{container}.{k + 1}{rest}"] = kind
+        if after != want:
+            wrong.append((arch, sorted(set(want) - set(after))[:3], sorted(set(after) - set(want))[:3]))
+        inputs = zoo.make(arch)[1]
+        feeds = {i.name: x.numpy() for i, x in zip(teacher.graph.input, inputs)}
+        np.testing.assert_array_equal(run(student, feeds)[0], run(teacher, feeds)[0])
+        _matches_ort(student, module, *inputs)
+        checked += 1
+    assert checked >= 8 and not wrong, wrong
+
+
+def _container_item(path: str) -> tuple[str, int] | None:
+    container, _, index = path.rpartition(".")
+    return (container, int(index)) if container and index.isdigit() else None
+
+
+def test_a_copy_of_part_of_an_item_leaves_the_numbers_as_they_are():
+    """A residual unit followed by a layer of its own item (`items.0.out`): its copy is not a whole
+    `items.N`, so no item is renumbered and the copy's layers take paths of their own."""
+    import io
+
+    class Item(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.out(torch.relu(x + self.fc(x)))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.items = nn.ModuleList([Item(), Item()])
+
+        def forward(self, x):
+            for item in self.items:
+                x = item(x)
+            return x
+
+    buffer = io.BytesIO()
+    torch.onnx.export(Model(), (torch.randn(2, 8),), buffer, dynamo=False, input_names=["x"])
+    teacher = onnx.load_from_string(buffer.getvalue())
+    student = og.grow(teacher, deepen=["items.0:zero"])
+    before = {p for p, m in og.to_torch(teacher).named_modules() if isinstance(m, nn.Linear)}
+    after = {p for p, m in og.to_torch(student).named_modules() if isinstance(m, nn.Linear)}
+    assert before == {"items.0.fc", "items.0.out", "items.1.fc", "items.1.out"}
+    assert before < after and len(after) == 5
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_grown_decoders_parameters_are_its_grown_folders(family, llm_model, hf_folder, tmp_path):
+    """Widened and deepened (a copy after each block): to_torch's parameters are the grown
+    Hugging Face folder's, name for name (the copies at `model.layers.1` and `.3`) and value for value."""
+    import transformers
+    from pathlib import Path
+
+    from onnxgrow.checkpoints import hf
+
+    student = og.grow(llm_model(family), widen={"*": "x2"}, deepen=["0:zero", "1:zero"])
+    hf.export_folder(student, Path(hf_folder(family)), tmp_path / "out")
+    native = dict(transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.float32)
+                  .named_parameters())
+    params = dict(og.to_torch(student).named_parameters())
+    assert len(native) > 20 and {f"lm.{k}" for k in native} <= set(params), sorted(set(params))[:10]
+    for name, p in native.items():
+        torch.testing.assert_close(params[f"lm.{name}"], p, rtol=0, atol=0)

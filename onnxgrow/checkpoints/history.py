@@ -31,7 +31,7 @@ import json
 
 import numpy as np
 
-from .. import ops
+from .. import names, ops
 
 KEY = "onnxgrow.history"
 SAMPLES = 16
@@ -195,3 +195,41 @@ def origins(history: dict | None, live: set) -> dict[str, tuple[str, tuple, bool
 def copies(history: dict | None) -> dict[str, dict]:
     """{event: the copied block's description} over all steps."""
     return {c["id"]: c for step in (history or {}).get("steps", []) for c in step["copies"]}
+
+
+def block_places(graph, grown: dict, copied: dict) -> dict[tuple[str, tuple], str]:
+    """{(teacher block path, copy events): the block's module path in the grown model} for every
+    item of a container (`model.layers`) that block copies went into — the teacher's own items
+    with events () — numbered by their place in the graph, as a checkpoint numbers them: the copy
+    of `layers.3` right after it is `layers.4`, the old `layers.4` is `layers.5`. A container
+    holding a copy of part of an item (a block found inside it) keeps its numbers. `grown` is
+    origins(), `copied` copies(); a graph without copies of indexed blocks gives {}."""
+    containers = {block.get("block", "").rpartition(".")[0] for block in copied.values()
+                  if (block.get("block") or "").rpartition(".")[2].isdigit()} - {""}
+    first: dict[tuple[str, tuple], int] = {}
+    weights: dict[tuple[str, tuple], set] = {}  # item -> the roots of the float weights it reads
+    for position, node in enumerate(graph if containers else ()):
+        scope = names.scope_of(node) or ""
+        for value in node.inputs:
+            name = behind_wrappers(value)[0] if value is not None else None
+            root, events, _ = grown.get(name, (None, (), False))
+            if events:
+                block = copied.get(events[-1], {}).get("block")
+                item = (block, events) if block and block.rpartition(".")[0] in containers else None
+            else:
+                container = next((c for c in containers if scope.startswith(c + ".")), None)
+                index = scope[len(container) + 1:].split(".")[0] if container else ""
+                item = (f"{container}.{index}", ()) if index.isdigit() else None
+            if item is None:
+                continue
+            first.setdefault(item, position)
+            const = graph.initializers[name].const_value if name in graph.initializers else None
+            if const is not None and const.dtype.is_floating_point() and const.size > 1:
+                weights.setdefault(item, set()).add(root)
+    partial = {block.rpartition(".")[0] for (block, events), roots in weights.items()
+               if events and roots != weights.get((block, ()), set())}
+    places = {}
+    for container in containers - partial:
+        items = sorted((position, item) for item, position in first.items() if item[0].rpartition(".")[0] == container)
+        places.update({item: f"{container}.{rank}" for rank, (_, item) in enumerate(items)})
+    return places
