@@ -226,6 +226,8 @@ def _widen_one(graph, node, spec, kind, amount, plan, grown) -> dict | None:
 
 def _deepen_all(model, plan, skipped, say) -> list[dict]:
     insertions = []
+    indexed = any(str(spec).partition(":")[0].strip().isdigit() for spec in plan.deepen)
+    given = blocks.find_blocks(model) if indexed else []  # what a block index of the plan means
     for spec in plan.deepen:
         target, _, method = str(spec).partition(":")
         if method and method not in DEEPEN_METHODS:
@@ -233,7 +235,7 @@ def _deepen_all(model, plan, skipped, say) -> list[dict]:
                             f"{', '.join(DEEPEN_METHODS)}.")
         explicit = not any(c in target for c in names.GLOB_CHARS)
         if explicit and _names_a_block(model, target):
-            done = blocks.copy_block(model, target, method=method or "zero", seed=plan.seed)
+            done = blocks.copy_block(model, _as_given(model, target, given), method=method or "zero", seed=plan.seed)
             insertions.append({"spec": spec, "block": done["block"], "method": method or "zero",
                                "nodes": done["nodes"]})
             say(f"copied block {target} ({method or 'zero'})")
@@ -246,6 +248,17 @@ def _deepen_all(model, plan, skipped, say) -> list[dict]:
                                "method": method, "nodes": done["nodes"]})
             say(f"inserted {method} after {insertions[-1]['after']}")
     return insertions
+
+
+def _as_given(model: ir.Model, target: str, given: list) -> str:
+    """A block index of the plan names a block of the model as given (`--deepen 0:zero --deepen
+    1:zero` copies blocks 0 and 1, not block 0 and then its copy, which counts as blocks of its
+    own): the block's index now, found by its first layer. Paths need no translation."""
+    if not target.strip().isdigit() or int(target) >= len(given):
+        return target
+    first = given[int(target)].describe()["first"]
+    now = [b.index for b in blocks.find_blocks(model) if first is not None and b.describe()["first"] == first]
+    return str(now[0]) if len(now) == 1 else target
 
 
 def _each_selected(nodes, target: str, spec: str, verb: str, skipped: list, action) -> list:

@@ -55,6 +55,17 @@ def test_blocks_are_named_by_module_path_suffix_or_index(llm_model):
         blocks.resolve_block(found, "model.layers.5")
 
 
+@pytest.mark.parametrize("plan", [["0:zero", "1:zero"], ["1:zero", "0:r2r", "1:zero"], ["model.layers.1:zero", "0:zero"]])
+def test_block_indices_in_a_plan_name_the_given_models_blocks(llm_model, plan):
+    """A copy counts as blocks of its own (its nodes have no module path, so each of its units is
+    one): `--deepen 0:zero --deepen 1:zero` must still copy the teacher's blocks 0 and 1."""
+    teacher = llm_model("llama")
+    student, done = og.grow(teacher, deepen=plan, with_summary=True)
+    want = [f"lm.model.layers.{spec.partition(':')[0][-1]}" for spec in plan]
+    assert [i["block"]["path"] for i in done["insertions"]] == want
+    _assert_same(teacher, student, 1e-5)
+
+
 def test_raw_dynamo_export_and_a_grow_plan(llm_model):
     teacher = llm_model("llama", "dynamo_raw")
     student = og.grow(teacher, widen={"*mlp.up_proj": "x2"}, deepen=["model.layers.1:r2r", "model.layers.0:zero"])
