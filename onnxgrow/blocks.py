@@ -142,8 +142,9 @@ def _post_relu(add: ir.Node) -> ir.Node | None:
 
 
 def _owner(unit: Unit) -> str | None:
-    """The module owning a unit: the common prefix of its layers' module paths, one level up when
-    that names an attribute (self_attn, mlp) rather than an indexed child (layers.3, layer1.0)."""
+    """The module owning a unit: the common prefix of its layers' module paths, up to the last
+    indexed child in it (layers.3, layer1.0) when that names attributes below one (`layers.3.mlp`,
+    nn.MultiheadAttention's `blocks.0.attn.attn`)."""
     paths = [names.module_path(n) for n in unit.nodes if g.is_weight_layer(n)]
     if not paths or any(p is None for p in paths):
         return None
@@ -155,8 +156,9 @@ def _owner(unit: Unit) -> str | None:
         common.append(column[0])
     if len(paths) == 1:
         common = common[:-1]  # a lone layer's own path names the layer, not its block
-    if len(common) > 1 and not common[-1].isdigit() and common[-2].isdigit():
-        common = common[:-1]  # `layers.3.self_attn` and `layers.3.mlp` make one block, `layers.3`
+    indexed = [i for i, part in enumerate(common) if part.isdigit() and i > 0]
+    if indexed:
+        common = common[:indexed[-1] + 1]  # `layers.3.self_attn` and `layers.3.mlp` make one block, `layers.3`
     return ".".join(common) or None
 
 
