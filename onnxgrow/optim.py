@@ -240,7 +240,8 @@ class Recipe:
     learning rate over `rewarm` steps to `peak` × the base rate, a cosine decay to `final` × the
     base at step `horizon` (None: stay at the peak), symmetry-breaking `noise` (relative to
     each weight's std; 0: none), and `kept_rate`: the teacher's own elements (`kept_elements`)
-    step at that fraction of the schedule's rate, the added ones at the full rate (1: all alike)."""
+    step at that fraction of the schedule's rate, the added ones at the full rate (1: all alike);
+    with `kept_until` the fraction rises linearly to 1 at that step (None: it stays)."""
 
     state: str = "asymmetric"
     rewarm: int = 0
@@ -249,12 +250,16 @@ class Recipe:
     final: float = 0.1
     noise: float = 0.0
     kept_rate: float = 1.0
+    kept_until: int | None = None
 
     def __post_init__(self):
         if self.state not in STATES:
             raise GrowError(f"Recipe state {self.state!r}: choose one of {', '.join(STATES)}.")
         if not 0.0 <= self.kept_rate <= 1.0:
             raise GrowError(f"Recipe kept_rate {self.kept_rate}: a fraction of the schedule's rate, 0 … 1.")
+        if self.kept_until is not None and self.kept_until < 1:
+            raise GrowError(f"Recipe kept_until {self.kept_until}: the step the teacher's elements reach the full "
+                            "rate, at least 1 (None: kept_rate throughout).")
         if self.horizon is not None and self.horizon <= self.rewarm:
             raise GrowError(f"Recipe horizon {self.horizon} must come after the re-warm-up ({self.rewarm} steps).")
 
@@ -403,11 +408,13 @@ def _along(shape, axis: int, flags: np.ndarray) -> np.ndarray:
     return np.asarray(flags).reshape(view)
 
 
-def slow_kept_elements(module, optimizer, mappings: list[dict], teacher_names, rate: float) -> int:
+def slow_kept_elements(module, optimizer, mappings: list[dict], teacher_names, rate: float,
+                       until: int | None = None) -> int:
     """Make `optimizer`'s steps move the teacher's own elements of `module`'s parameters
     (`kept_elements`) by `rate` × their update, the rest by the full update: a per-element learning
     rate (AdamW's step, weight decay included, is proportional to the rate, so scaling the step is
-    scaling the rate; the moments are untouched). Returns the number of elements slowed."""
+    scaling the rate; the moments are untouched). With `until`, the fraction rises linearly to 1
+    at that step. Returns the number of elements slowed."""
     import torch
 
     names, flip = _onnx_names(module), _transposed(module)
@@ -420,15 +427,17 @@ def slow_kept_elements(module, optimizer, mappings: list[dict], teacher_names, r
         if kept.any():
             kept = kept.T if pname in flip else kept
             scales[param] = torch.as_tensor(np.where(kept, rate, 1.0), dtype=param.dtype, device=param.device)
-    before = {}
+    before, steps = {}, [0]
 
     def remember(*_):
         before.update({p: p.detach().clone() for p in scales})
 
     def scale(*_):
+        lift = min(1.0, steps[0] / until) if until else 0.0  # 0: `rate`, 1: the full update
+        steps[0] += 1
         with torch.no_grad():
             for p, s in scales.items():
-                p.copy_(before[p] + s * (p - before[p]))
+                p.copy_(before[p] + (s + lift * (1.0 - s)) * (p - before[p]))
 
     optimizer.register_step_pre_hook(remember)
     optimizer.register_step_post_hook(scale)
@@ -466,5 +475,6 @@ def after_growth(module, optimizer, mappings: list[dict], teacher_state: dict[st
         if teacher_names is None and teacher_state is None:
             raise GrowError("Recipe kept_rate needs the teacher's initializer names (teacher_names=) "
                             "or its optimizer state, to tell its own elements from the added ones.")
-        slowed = slow_kept_elements(module, optimizer, mappings, teacher_names or set(teacher_state), recipe.kept_rate)
+        slowed = slow_kept_elements(module, optimizer, mappings, teacher_names or set(teacher_state), recipe.kept_rate,
+                                    recipe.kept_until)
     return functools.partial(lr_factor, recipe=recipe), dict(perturbed=sorted(perturbed), slowed=slowed, **state)

@@ -315,6 +315,29 @@ def test_kept_rate_scales_the_teachers_own_elements_steps_and_no_others(rate):
         after_growth(_student(), torch.optim.AdamW(_student().parameters()), MAPPINGS, None, Recipe(kept_rate=0.5))
 
 
+def test_kept_until_holds_the_teachers_elements_at_first_then_lets_them_go():
+    """kept_rate 0 with kept_until 2: the teacher's own elements stay put at the first step, move at the
+    second (at half the rate) and after; the added ones move from the first."""
+    teacher, teacher_opt = _teacher()
+    student = _student()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
+    after_growth(student, opt, MAPPINGS, adamw_state(teacher, teacher_opt), Recipe(kept_rate=0.0, kept_until=2))
+    x = torch.randn(8, 3)
+    kept_moves, added_moves = [], []
+    for _ in range(3):
+        before = student[0].weight.detach().clone()
+        opt.zero_grad()
+        student(x).pow(2).mean().backward()
+        opt.step()
+        move = (student[0].weight - before).detach().abs()
+        kept_moves.append(float(move[:2].max()))
+        added_moves.append(float(move[2:].max()))
+    assert kept_moves[0] == 0.0 and kept_moves[1] > 0 and kept_moves[2] > 0
+    assert min(added_moves) > 0
+    with pytest.raises(GrowError, match="kept_until"):
+        Recipe(kept_rate=0.5, kept_until=0)
+
+
 def test_recommended_recipe_rewarms_and_decays_within_the_budget_with_cancelling_noise():
     from onnxgrow.optim import recommended_recipe
 

@@ -139,7 +139,12 @@ RECIPES.update({f"asym_peak_3_decay_{str(d).replace('.', '')}": dict(RECIPES["as
 RECIPES.update({f"asym_peak_3_decay_05_rewarm{n}": dict(RECIPES["asym_peak_3_decay_05"], rewarm=n) for n in (100, 200)})
 # … with the teacher's own elements near the teacher's final rate (the annealed function kept, the new units at 3 ×)
 RECIPES.update({f"asym_peak_3_decay_05_kept_{str(rate).replace('.', '')}": dict(RECIPES["asym_peak_3_decay_05"], kept_rate=rate)
-                for rate in (0.05, 0.15)})
+                for rate in (0.05, 0.15, 0.33)})
+# … with the teacher's own elements nearly still at first, their rate rising to the schedule's by `kept_until` ×
+# the from-scratch steps (LLaMA-Pro trains only the new parts; here only at first)
+RECIPES.update({f"asym_peak_3_decay_05_thaw_{str(until).replace('.', '')}": dict(RECIPES["asym_peak_3_decay_05"],
+                                                                             kept_rate=0.0, kept_until=until)
+                for until in (0.2, 0.5)})
 # … with more cancelling noise (it perturbs only split copies' readers: none in netmorph, whose stream copies read zero)
 RECIPES["asym_peak_3_decay_05_noise_1"] = dict(RECIPES["asym_peak_3_decay_05"], noise=1.0)
 DEFAULT_RECIPE = "asym"  # the base recipe every variant departs from
@@ -150,14 +155,16 @@ RECOMMENDED_RECIPE = {"wider": "asym_peak_3_decay_05", "deeper": DEFAULT_RECIPE,
 BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r and the control
 # the recipes tried on each shape: every one on wider, the default on deeper, and on both the default
 # and LEMON's faster decay at the horizon that saves 30 % if reached
-GRID = {"wider": NET2NET_RECIPES, "deeper": [DEFAULT_RECIPE], "both": [DEFAULT_RECIPE, "asym_decay_07"]}
+GRID = {"wider": NET2NET_RECIPES + ["asym_peak_3_decay_05", "asym_peak_3_decay_05_noise_1"], "deeper": [DEFAULT_RECIPE], "both": [DEFAULT_RECIPE, "asym_decay_07"]}
 # netmorph (the recommended method) after growth: the new units' pace (peak), the teacher's elements slowed
 # (kept), LEMON's faster decay
 NETMORPH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_15", "asym_peak_2", "asym_peak_3", "asym_peak_4",
                            "asym_peak_3_kept_033", "asym_peak_3_kept_05", "asym_peak_3_decay_05",
                            "asym_peak_3_decay_06", "asym_peak_3_decay_07", "asym_peak_3_decay_05_rewarm100",
                            "asym_peak_3_decay_05_rewarm200", "asym_peak_3_decay_05_noise_1",
-                           "asym_peak_3_decay_05_kept_005", "asym_peak_3_decay_05_kept_015"],
+                           "asym_peak_3_decay_05_kept_005", "asym_peak_3_decay_05_kept_015",
+                           "asym_peak_3_decay_05_kept_033", "asym_peak_3_decay_05_thaw_02",
+                           "asym_peak_3_decay_05_thaw_05"],
                  "deeper": [DEFAULT_RECIPE, "asym_peak_3"],
                  "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05", "asym_peak_3_decay_06"]}
 # netmorph with its new units at a fresh model's scale, and with the residual stream padded
@@ -165,6 +172,8 @@ FRESH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_3_decay_05", "asym_peak_3_dec
 PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4", "asym_peak_3_decay_05",
                       "asym_peak_3_decay_06", "asym_peak_3_decay_05_rewarm100", "asym_peak_3_decay_05_rewarm200"],
             "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05"]}
+# net2net (every new unit a split copy: active from the start) with the residual stream padded
+NET2NET_PAD_GRID = {"wider": ["asym_peak_3_decay_05"], "both": ["asym_peak_3_decay_05"]}
 # netmorph with GradMax's new units (the MLP's), on the recommended schedule after widening (wider only:
 # native_student finds the weights by the export's names, which inserted blocks do not keep)
 GRADMAX_GRID = {"wider": ["asym_peak_3_decay_05"]}
@@ -173,7 +182,9 @@ R2R_GRID = {"wider": ["asym_peak_3_decay_05"], "both": ["asym_peak_3_decay_05"]}
 # random growth on other recipes than its shape's recommended one (`{shape}_random`)
 RANDOM_GRID = {"wider": ["asym_peak_3", "asym_peak_3_kept_033", "asym_peak_3_kept_05", "asym_peak_3_decay_06",
                          "asym_peak_3_decay_07", "asym_peak_3_decay_05_rewarm100", "asym_peak_3_decay_05_rewarm200",
-                         "asym_peak_3_decay_05_kept_005", "asym_peak_3_decay_05_kept_015"],
+                         "asym_peak_3_decay_05_kept_005", "asym_peak_3_decay_05_kept_015",
+                         "asym_peak_3_decay_05_kept_033", "asym_peak_3_decay_05_thaw_02",
+                         "asym_peak_3_decay_05_thaw_05"],
                "both": ["asym_peak_3", "asym_peak_3_decay_06"]}
 
 # name: (kind, shape, method, recipe, description)
@@ -209,6 +220,11 @@ for _shape in ("wider", "deeper", "both"):
                 "grown", _shape, _variant, RECIPES[_name],
                 f"{_shape}, netmorph with its new SwiGLU units' up rows turned to the largest gradient of their "
                 f"zero down columns (GradMax){_stream}, recipe `{_name}`")
+    for _name in NET2NET_PAD_GRID.get(_shape, []):
+        RUNS[f"{_shape}_net2net_pad_{_name}"] = (
+            "grown", _shape, "net2net_pad", RECIPES[_name],
+            f"{_shape}, net2net with the residual stream padded with zero channels (random readers) instead of "
+            f"split, recipe `{_name}`")
     for _name in R2R_GRID.get(_shape, []):
         RUNS[f"{_shape}_r2r_{_name}"] = ("grown", _shape, "r2r", dict(RECIPES[_name], noise=0.0),
                                          f"{_shape}, r2r, recipe `{_name}` without noise")
@@ -265,7 +281,8 @@ def recipe_for(spec: dict, steps: int):
 
     horizon = max(2, round(spec["decay"] * steps))
     return Recipe(state=spec["state"], rewarm=min(spec["rewarm"], horizon // 2), peak=spec["peak"], final=FINAL_LR,
-                  horizon=horizon, noise=spec["noise"], kept_rate=spec.get("kept_rate", 1.0))
+                  horizon=horizon, noise=spec["noise"], kept_rate=spec.get("kept_rate", 1.0),
+                  kept_until=round(spec["kept_until"] * steps) if "kept_until" in spec else None)
 
 
 def fresh_schedule(steps: int):
