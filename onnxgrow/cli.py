@@ -408,15 +408,24 @@ def morph_kernel(model, layer, kernel, out, seed, no_verify, as_json, **verify_k
 @click.option("--method", type=click.Choice(list(WIDEN_METHODS)), default=None,
               help="Widening method (default net2net).")
 @click.option("--noise", type=float, default=None, help="net2net: spread of the replica split.")
+@click.option("--pad-streams", is_flag=True, default=None,
+              help="Pad a normalised residual stream at a multiple of its width too (new channels zero, their "
+                   "readers random) instead of copying its channels, wherever padding stays exact.")
+@click.option("--new-std", type=float, default=None, metavar="STD",
+              help="Draw the new units' random weights with this std (a fresh model's init, e.g. 0.02) instead "
+                   "of each grown weight's own.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 @_grow_options
-def grow(model, widen_specs, deepen_specs, plan_file, method, noise, quiet, out, seed, no_verify, as_json,
-         **verify_kw):
-    """Grow MODEL by a plan: many widen/deepen requests, one verification, one save."""
+def grow(model, widen_specs, deepen_specs, plan_file, method, noise, pad_streams, new_std, quiet, out, seed,
+         no_verify, as_json, **verify_kw):
+    """Grow MODEL by a plan: many widen/deepen requests, one verification, one save. The growth the
+    language-model experiment recommends before training on: --method netmorph --pad-streams
+    --new-std 0.02 (README, "Does growth pay?")."""
     from .growth import grow_model, plan_from, stderr_progress
 
     seed_given = click.get_current_context().get_parameter_source("seed") != click.core.ParameterSource.DEFAULT
-    plan = plan_from(widen_specs, deepen_specs, plan_file, method, seed if seed_given else None, noise)
+    plan = plan_from(widen_specs, deepen_specs, plan_file, method, seed if seed_given else None, noise,
+                     pad_streams, new_std)
     progress = None if quiet or as_json else stderr_progress
     if os.path.isdir(model):  # a Hugging Face folder: checkpoint in, checkpoint out
         from pathlib import Path

@@ -43,6 +43,8 @@ class GrowthPlan:
     method: str = "net2net"
     seed: int = 0
     noise: float | None = None
+    pad_streams: bool = False  # pad normalised streams at multiples too (new channels zero, not copies)
+    new_std: float | None = None  # the std of new units' random weights (None: each weight's own)
 
     def targets(self) -> list[str] | None:
         """The layers the plan names, or None when it selects by glob."""
@@ -51,16 +53,18 @@ class GrowthPlan:
 
     def to_dict(self) -> dict:
         return {"widen": dict(self.widen), "deepen": list(self.deepen), "method": self.method,
-                "seed": self.seed, "noise": self.noise}
+                "seed": self.seed, "noise": self.noise, "pad_streams": self.pad_streams, "new_std": self.new_std}
 
 
-def plan_from(widen=None, deepen=None, plan_file=None, method=None, seed=None, noise=None) -> GrowthPlan:
+def plan_from(widen=None, deepen=None, plan_file=None, method=None, seed=None, noise=None, pad_streams=None,
+              new_std=None) -> GrowthPlan:
     """A plan from CLI-style specs (`TARGET=WIDTH`, `TARGET[:METHOD]`) and/or a JSON plan file;
     explicit options override the file's."""
     base = _read_plan(plan_file) if plan_file else {}
     plan = GrowthPlan(widen=dict(base.get("widen", {})), deepen=list(base.get("deepen", [])),
                       method=base.get("method", "net2net"), seed=int(base.get("seed", 0)),
-                      noise=base.get("noise"))
+                      noise=base.get("noise"), pad_streams=bool(base.get("pad_streams", False)),
+                      new_std=base.get("new_std"))
     for spec in widen or ():
         target, sep, width = spec.rpartition("=")
         if not sep or not target:
@@ -70,11 +74,22 @@ def plan_from(widen=None, deepen=None, plan_file=None, method=None, seed=None, n
     plan.method = method or plan.method
     plan.seed = plan.seed if seed is None else seed
     plan.noise = plan.noise if noise is None else noise
+    plan.pad_streams = plan.pad_streams if pad_streams is None else bool(pad_streams)
+    plan.new_std = plan.new_std if new_std is None else new_std
+    check_new_std(plan.new_std)
     widen_method(plan.method)
     if not plan.widen and not plan.deepen:
         raise GrowError("nothing to grow: give --widen TARGET=WIDTH and/or --deepen TARGET[:METHOD] "
                         "(or --plan PLAN.json).")
     return plan
+
+
+def check_new_std(new_std) -> None:
+    if new_std is not None and (isinstance(new_std, bool) or not isinstance(new_std, (int, float))
+                                or not 0.0 < float(new_std) < float("inf")):
+        raise GrowError(f"new_std {new_std!r}: the standard deviation of the new units' random weights, a "
+                        "positive number (e.g. 0.02, a fresh transformer's init), or leave it out for each "
+                        "weight's own.")
 
 
 def _read_plan(path) -> dict:
@@ -84,9 +99,11 @@ def _read_plan(path) -> dict:
         raise GrowError(f"cannot read the plan {str(path)!r}: {exc.strerror or exc}.") from None
     except ValueError as exc:
         raise GrowError(f"the plan {str(path)!r} is not valid JSON ({exc}).") from None
-    if not isinstance(data, dict) or not set(data) <= {"widen", "deepen", "method", "seed", "noise"}:
+    if not isinstance(data, dict) or not set(data) <= {"widen", "deepen", "method", "seed", "noise", "pad_streams",
+                                                        "new_std"}:
         raise GrowError(f"the plan {str(path)!r} must be a JSON object with keys widen (an object "
-                        "TARGET -> WIDTH), deepen (a list of TARGET[:METHOD]), method, seed, noise.")
+                        "TARGET -> WIDTH), deepen (a list of TARGET[:METHOD]), method, seed, noise, "
+                        "pad_streams, new_std.")
     if not isinstance(data.get("widen", {}), dict) or not isinstance(data.get("deepen", []), list):
         raise GrowError(f"the plan {str(path)!r}: widen must be an object and deepen a list.")
     return data
@@ -166,6 +183,7 @@ def grow_model(model: ir.Model, plan: GrowthPlan, progress=None) -> dict:
     lines = [f"{'group':<48} {'width':>14}"]
     lines += [f"{', '.join(r['layers'])[:48]:<48} {r['width']['before']:>6} → {r['width']['after']:<6}"
               + (f" (rounded from ×{r['factor']:g})" if r.get("rounded") else "") for r in groups]
+    lines += [f"  {r['layers'][0]}: {note}" for r in groups for note in r.get("notes", [])]
     lines += [f"inserted {i['method']} after {i['after']}" if "after" in i else
               f"copied block {i['block']['path'] or i['block']['index']} ({i['method']})" for i in insertions]
     lines += [f"skipped {s['layer']} ({s['target']}): {s['reason']}" for s in skipped]
@@ -213,7 +231,8 @@ def _widen_one(graph, node, spec, kind, amount, plan, grown) -> dict | None:
                         f"{earlier.spec!r}; two specs cannot give one group different widths.")
     n = widening.group_width(group)
     width = int(amount) if kind == "units" else rounded_width(group, amount, plan.method)
-    done = widening.widen_group(graph, node, group, width, plan.method, plan.seed, plan.noise)
+    done = widening.widen_group(graph, node, group, width, plan.method, plan.seed, plan.noise,
+                                pad_streams=plan.pad_streams, new_std=plan.new_std)
     for producer in group.producers:
         grown[id(producer)] = _Grown(spec, (kind, amount), width)
     record = {"spec": spec, "layers": [names.module_path(p) or p.name for p in group.producers],
@@ -221,6 +240,8 @@ def _widen_one(graph, node, spec, kind, amount, plan, grown) -> dict | None:
     if kind == "factor":
         record["factor"] = amount
         record["rounded"] = width != n * amount
+    if done.get("notes"):
+        record["notes"] = done["notes"]  # a stream padded, or copied where padding was asked for
     return record
 
 
@@ -295,14 +316,21 @@ def _names_a_block(model: ir.Model, target: str) -> bool:
 
 
 def grow(model, *, widen: dict | None = None, deepen: list | None = None, method: str = "net2net",
-         seed: int = 0, noise: float | None = None, with_summary: bool = False):
+         seed: int = 0, noise: float | None = None, pad_streams: bool = False, new_std: float | None = None,
+         with_summary: bool = False):
     """Grow `model` (path, ModelProto, onnx_ir.Model or gs.Graph; not modified) by a plan; return
     the student as an onnx.ModelProto (a gs.Graph when given one) — with `with_summary`, the pair
     (student, summary), whose "mappings" say where every grown weight's values came from (what an
     optimizer's state needs to follow them: onnxgrow.optim). A transformers model (or the path of
-    its folder, through the CLI) comes back as a grown transformers model of its own class."""
+    its folder, through the CLI) comes back as a grown transformers model of its own class.
+
+    `pad_streams`: a normalised residual stream grown to a multiple of its width is padded (new
+    channels 0, their readers random) where it is otherwise copied, wherever padding stays exact.
+    `new_std`: the standard deviation of the new units' random weights (a fresh model's init, e.g.
+    0.02) instead of each grown weight's own. onnxgrow.optim.RECOMMENDED_GROWTH has both."""
     plan = GrowthPlan(widen=dict(widen or {}), deepen=list(deepen or []), method=method, seed=seed,
-                      noise=noise)
+                      noise=noise, pad_streams=bool(pad_streams), new_std=new_std)
+    check_new_std(new_std)
     widen_method(method)
     if hasattr(model, "save_pretrained") and hasattr(model, "config"):
         from .checkpoints.hf_grow import grow_module

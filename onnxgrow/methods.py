@@ -116,7 +116,7 @@ class R2R(WidenMethod):
     def grow_consumer(self, plan, array, axis, slot, copies):
         import numpy as np  # imported here so that the command line starts without numpy
 
-        sigma = float(np.std(array)) or 1.0
+        sigma = plan.sigma(array)
         if plan.copies_only:  # pair each copy with its original: +V on the original, −V on the copy
             v = plan.rng.normal(0.0, sigma, size=copies.shape)
             view = plan.view(array, axis, slot).astype(np.float64)

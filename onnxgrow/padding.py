@@ -87,7 +87,7 @@ class PadPlan:
     """The numbers for one padded widening; same interface as widening.Plan (n, q, new, grow)."""
 
     def __init__(self, graph: ir.Graph, group: gr.Group, n: int, q: int, method: str, seed: int,
-                 layer: str):
+                 layer: str, new_std: float | None = None):
         if group.outer != 1 or group.block != 1:
             current = n * group.outer * group.block
             raise GrowError(f"cannot widen {layer!r} to a width that is not a multiple of {current}: "
@@ -99,7 +99,7 @@ class PadPlan:
                             f"norms ({', '.join(group.uniform_only[:2])}) average over its channels, and "
                             "padding does not follow a split block's parts; use a multiple "
                             f"(e.g. {2 * n}).")
-        self.n, self.q, self.method, self.layer = n, q, method, layer
+        self.n, self.q, self.method, self.layer, self.new_std = n, q, method, layer, new_std
         self.rng = np.random.default_rng(seed)
         self.ratio = n / q  # d/d′
         self.group = group
@@ -117,6 +117,9 @@ class PadPlan:
     @property
     def new(self) -> int:
         return self.q - self.n
+
+    def sigma(self, array) -> float:
+        return float(self.new_std) if self.new_std is not None else float(np.std(array)) or 1.0
 
     def refuse(self, why: str):
         raise GrowError(f"cannot widen {self.layer!r} to {self.q} (not a multiple of {self.n}): {why} "
@@ -151,7 +154,7 @@ class PadPlan:
         else:  # fresh / fresh-gain: consumer columns that multiply zeros
             if how == "fresh-gain":
                 array = wd.scale_channels(array, axis, slot, np.full(self.n, np.sqrt(self.ratio)))
-            part = self.rng.normal(0.0, float(np.std(array)) or 1.0, size=shape)
+            part = self.rng.normal(0.0, self.sigma(array), size=shape)
         return wd.insert_channels(array, axis, slot, self.n, part)
 
     def write(self, graph: ir.Graph, edit: gr.WeightEdit, grown: np.ndarray, hint: str) -> None:

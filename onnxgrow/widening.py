@@ -143,8 +143,8 @@ class Plan:
     (methods.WIDEN_METHODS) decides what the new producer rows and consumer columns get."""
 
     def __init__(self, n: int, q: int, method: str, seed: int, noise: float, uniform: bool = False,
-                 pairs_inside: bool = False):
-        self.n, self.q = n, q
+                 pairs_inside: bool = False, new_std: float | None = None):
+        self.n, self.q, self.new_std = n, q, new_std
         self.method = widen_method(method)
         self.copies_only = uniform and self.method.preserving  # new units must replicate old ones
         # r2r on attention heads pairs the channels inside each new head (any number of heads)
@@ -159,9 +159,13 @@ class Plan:
     def new(self) -> int:
         return self.q - self.n
 
+    def sigma(self, array) -> float:
+        """The std of new random weights beside `array`: new_std, or the array's own."""
+        return float(self.new_std) if self.new_std is not None else float(np.std(array)) or 1.0
+
     def random_like(self, array, shape, pairs=False):
-        """N(0, std(array)²) of `shape` (5-D); with `pairs`, equal in pairs along pair_axis."""
-        sigma = float(np.std(array)) or 1.0
+        """N(0, σ²) of `shape` (5-D), σ = self.sigma(array); with `pairs`, equal in pairs along pair_axis."""
+        sigma = self.sigma(array)
         if not pairs:
             return self.rng.normal(0.0, sigma, size=shape)
         half = list(shape)
@@ -250,8 +254,10 @@ def group_width(group: gr.Group) -> int:
 
 
 def widen_group(graph: ir.Graph, node: ir.Node, group: gr.Group, width: int, method: str, seed: int,
-                noise: float | None) -> dict:
-    """Widen `group` (found from `node`) to `width` channels in place; return what was done."""
+                noise: float | None, pad_streams: bool = False, new_std: float | None = None) -> dict:
+    """Widen `group` (found from `node`) to `width` channels in place; return what was done.
+    `pad_streams`: pad a normalised stream at a multiple too, where padding stays exact (copies
+    otherwise); `new_std`: the std of the new units' random weights (None: each weight's own)."""
     from . import padding  # it builds on this module's channel helpers
     noise = DEFAULT_NOISE if noise is None else float(noise)
     if not 0.0 <= noise < 1.0:
@@ -260,17 +266,24 @@ def widen_group(graph: ir.Graph, node: ir.Node, group: gr.Group, width: int, met
     repeat, n = group.outer * group.block, group_width(group)
     padded = padding.needs_padding(group, n, width, method)
     check_width(node, n, width, method, group, padded)
+    plan, notes = None, []
     if padded:
-        plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, node.name)
-    else:
+        plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, node.name, new_std)
+    elif pad_streams and group.uniform_only and method != "random":  # a multiple: pad where it stays exact
+        try:
+            plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, node.name, new_std)
+            padded = True
+        except GrowError:  # heads, conv groups, post-norm stacks, a shared ε: only copies stay exact
+            notes.append("normalised channels copied, not padded: padding would not keep them exact here")
+    if plan is None:
         plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
-                    pairs_inside=pairs_inside_heads(group))
+                    pairs_inside=pairs_inside_heads(group), new_std=new_std)
     mappings = apply(graph, group, plan)
     details = {"method": method, "noise": noise if method == "net2net" else None,
                "width": {"before": n, "after": width}, "producers": [x.name for x in group.producers],
                "consumers": [x.name for x in group.consumers], "mappings": mappings}
-    if padded:
-        details["notes"] = plan.notes()
+    if padded or notes:
+        details["notes"] = (plan.notes() if padded else []) + notes
     return details
 
 

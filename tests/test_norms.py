@@ -297,3 +297,89 @@ def test_gemma_style_one_plus_w_gain_hand_built():
     for method in PRESERVING:
         student = og.widen(model, layer="p", width=4105, method=method)
         assert max(scaled_errors(model, student)) <= SCALED_TOL
+
+
+# ----------------------------------------------------------------------------- og.grow(pad_streams=, new_std=)
+
+def _stream_table(model) -> np.ndarray:
+    """The embedding table (the Gather's data) of a grown LM."""
+    gather = next(n for n in model.graph.node if n.op_type == "Gather")
+    return next(onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name == gather.input[0])
+
+
+@pytest.mark.parametrize("method", PRESERVING)
+def test_pad_streams_pads_a_stream_at_a_multiple_exactly(llama, method):
+    """x2 copies an RMS stream's channels; with pad_streams the new channels start at zero (the
+    embedding's new columns 0) and the model is as exact."""
+    path = llama()
+    copied = og.grow(path, widen={"*": "x2"}, method=method)
+    padded, done = og.grow(path, widen={"*": "x2"}, method=method, pad_streams=True, with_summary=True)
+    assert max(errors_on(path, padded, [(2, 5), (3, 9)])) <= SCALED_TOL
+    assert not _stream_table(padded)[:, 32:].any() and _stream_table(copied)[:, 32:].any()
+    assert any("zero padding" in line for line in done["lines"])
+
+
+def test_pad_streams_copies_where_padding_would_not_stay_exact(zoo_model):
+    """A post-norm LayerNorm stack keeps its copies at a multiple (padding is refused there), and
+    the summary says so; the student is exact."""
+    path = zoo_model("bert_layer", "legacy")
+    student, done = og.grow(path, widen={_normalised_producer(path): 32}, method="netmorph", pad_streams=True,
+                            with_summary=True)
+    assert max(scaled_errors(path, student)) <= SCALED_TOL
+    assert any("copied, not padded" in line for line in done["lines"])
+
+
+@pytest.mark.parametrize("arch", ["transformer_mini", "vit_mini"])
+def test_pad_streams_mean_pads_a_pre_norm_layernorm_stream_at_a_multiple(zoo_model, arch):
+    path = zoo_model(arch, "dynamo")
+    student, done = og.grow(path, widen={_normalised_producer(path): 32}, method="netmorph", pad_streams=True,
+                            with_summary=True)
+    assert max(scaled_errors(path, student)) <= SCALED_TOL
+    assert any("mean padding" in line for line in done["lines"])
+
+
+@pytest.mark.parametrize("method", ["netmorph", "r2r", "random"])
+def test_new_std_draws_the_new_units_at_that_scale(llama, method):
+    """The new units' random weights (an MLP's new up rows; the padded stream's new reader columns)
+    have std ≈ new_std, not the trained weight's; preserving methods stay exact."""
+    path = llama()
+    teacher = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+    student = og.grow(path, widen={"*": "x2"}, method=method, pad_streams=True, new_std=0.003)
+    if method != "random":
+        assert max(errors_on(path, student, [(2, 5)])) <= SCALED_TOL
+    new_parts = []
+    for init in student.graph.initializer:
+        w = onnx.numpy_helper.to_array(init)
+        old = next((t for t in teacher.values() if w.ndim == 2 and t.ndim == 2 and t.shape[1] == w.shape[1]
+                    and t.shape[0] * 2 == w.shape[0] and np.array_equal(w[:t.shape[0]], t)), None)
+        if old is not None and np.std(old) > 0.05:  # rows kept, rows added: the added ones are new units
+            new_parts.append(w[old.shape[0]:])
+    assert new_parts, "no widened weight with kept rows found"
+    stds = [float(np.std(part)) for part in new_parts if part.any()]
+    assert stds and all(0.002 < s < 0.0045 for s in stds), stds
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.02, float("nan"), float("inf"), True])
+def test_new_std_must_be_a_positive_number(llama, bad):
+    with pytest.raises(GrowError, match="new_std"):
+        og.grow(llama(), widen={"*": "x2"}, method="netmorph", new_std=bad)
+
+
+def test_cli_grow_pads_and_draws_at_new_std_and_refuses_a_bad_one(llama, tmp_path, capsys):
+    from onnxgrow import cli
+
+    def exit_code(*argv):
+        with pytest.raises(SystemExit) as done:
+            cli.main(["grow", llama(), *argv])
+        return done.value.code
+
+    out = tmp_path / "s.onnx"
+    assert exit_code("--widen", "*=x2", "--method", "netmorph", "--pad-streams", "--new-std", "0.02", "-o", str(out)) == 0
+    assert not _stream_table(onnx.load(out))[:, 32:].any()
+    capsys.readouterr()
+    assert exit_code("--widen", "*=x2", "--new-std", "-1", "-o", str(tmp_path / "bad.onnx")) == 2
+    assert "new_std" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"widen": {"*": "x2"}, "method": "netmorph", "pad_streams": true, "new_std": 0.02}')
+    assert exit_code("--plan", str(plan), "-o", str(tmp_path / "p.onnx")) == 0
+    assert not _stream_table(onnx.load(tmp_path / "p.onnx"))[:, 32:].any()

@@ -112,8 +112,10 @@ def model_class(config: dict):
 # ----------------------------------------------------------------------------- the grown config
 
 
-def grown_config(config: dict, teacher: sd.Checkpoint, student: dict[str, tuple], renumbered: dict) -> dict:
-    """The config whose class holds exactly the `student` shapes ({key: shape})."""
+def grown_config(config: dict, teacher: sd.Checkpoint, student: dict[str, tuple], renumbered: dict,
+                 padded: bool = False) -> dict:
+    """The config whose class holds exactly the `student` shapes ({key: shape}); `padded`: the
+    stream grew by padding (its norms' ε scaled by d/d′), also at a multiple of its width."""
     new = dict(config)
     layers = renumbered.get("layers")
     if layers is not None:
@@ -127,7 +129,7 @@ def grown_config(config: dict, teacher: sd.Checkpoint, student: dict[str, tuple]
     for name in HIDDEN_FIELDS:
         if config.get(name) == d:
             new[name] = d_new
-    if d_new != d and d_new % d:
+    if d_new != d and (d_new % d or padded):
         for name in EPS_FIELDS:
             if isinstance(config.get(name), float):
                 new[name] = config[name] * d / d_new
@@ -150,6 +152,23 @@ def grown_config(config: dict, teacher: sd.Checkpoint, student: dict[str, tuple]
     if ffn_field and config.get(ffn_field) is None and chosen.get(ffn_field) == 4 * d_new:
         chosen[ffn_field] = None  # GPT-2's n_inner: None means 4 × n_embd, still true
     return chosen
+
+
+def _stream_padded(model, placed: list[k.Placed]) -> bool:
+    """Whether growth padded the residual stream rather than copied its channels: in the growth
+    history a weight of the teacher's embedding got new channels from no old one (index −1)."""
+    past = history.read(history.metadata_of(model))
+    if past is None:
+        return False
+    embedding = {p.teacher_key for p in placed if p.teacher_key.endswith("embed_tokens.weight")
+                 or p.teacher_key.endswith(("wte.weight", "embed_in.weight", "word_embeddings.weight"))}
+    roots = {history.origins(past, {p.initializer})[p.initializer][0] for p in placed
+             if p.teacher_key in embedding and p.initializer is not None
+             and p.initializer in history.origins(past, {p.initializer})}
+    entries = [m for step in past["steps"] for m in step["mappings"]]
+    grown = history.origins(past, {m["initializer"] for m in entries})
+    return any(grown.get(m["initializer"], (None,))[0] in roots and -1 in history.unruns(m["index"])
+               for m in entries)
 
 
 def _hidden(config, teacher, student) -> tuple[int, int]:
@@ -262,7 +281,7 @@ def export_folder(grown, teacher_dir: Path, out: Path, *, max_shard_size=DEFAULT
     untied = _untie(model, config, placed, checkpoint)
     student = sd.Student(model, checkpoint, placed)
     shapes = {key: shape for key, shape, _ in student(meta_only=True)}
-    new_config = grown_config(config, checkpoint, shapes, _layers(placed, config))
+    new_config = grown_config(config, checkpoint, shapes, _layers(placed, config), _stream_padded(model, placed))
     if untied:
         new_config["tie_word_embeddings"] = False
         report["untied"] = untied
@@ -295,11 +314,15 @@ def _verify_or_explain(model, folder: Path, config: dict, new_config: dict, chec
         if eps is None or exc.report["max_rel"] > 1e-3:  # ε moves logits a little, not by their size
             raise
         d = next(config[f] for f in HIDDEN_FIELDS if f in config)
+        d_new = next(new_config[f] for f in HIDDEN_FIELDS if f in new_config)
+        why, fix = ((f"padding to a width that is not a multiple of {d}",
+                     f"Grow the stream to a multiple of {d} ({2 * d}, {3 * d}), which keeps every ε,")
+                    if d_new % d else ("the stream padded: pad_streams",
+                                       "Grow it without --pad-streams (its channels copied keep every ε),"))
         raise GrowError(
-            f"{exc} The grown stream's norms use ε·d/d′ (padding to a width that is not a multiple of {d}), "
-            f"but the config has one {eps} for them and for norms over each head's q and k, which keep ε: "
-            f"the class cannot express both. Grow the stream to a multiple of {d} ({2 * d}, {3 * d}), which "
-            "keeps every ε, or export a state dict (-o OUT.safetensors) for a class with two ε.") from None
+            f"{exc} The grown stream's norms use ε·d/d′ ({why}), but the config has one {eps} for them and "
+            f"for norms over each head's q and k, which keep ε: the class cannot express both. {fix} or "
+            "export a state dict (-o OUT.safetensors) for a class with two ε.") from None
 
 
 def _check_out_folder(out: Path, teacher_dir: Path) -> None:
