@@ -44,7 +44,8 @@ copied units get noise that sums to zero over each unit's copies, N(0, noise × 
 before centring — the copies see identical inputs, so the function is unchanged (HyperCloning's
 cancelling noise) and their gradients now differ in direction. `kept_rate` < 1 steps the teacher's
 own elements slower than the added ones (a per-element learning rate, applied by scaling AdamW's step).
-`recommended_recipe(steps, widened)` is the recipe the language-model experiment recommends (README).
+`recommended_recipe(steps, widened)` is the recipe the language-model experiment recommends after
+growing with og.grow(**RECOMMENDED_GROWTH) (README).
 """
 
 from __future__ import annotations
@@ -264,11 +265,18 @@ class Recipe:
             raise GrowError(f"Recipe horizon {self.horizon} must come after the re-warm-up ({self.rewarm} steps).")
 
 
-# The growth method the language-model experiment recommends for a model that will be trained on:
-# netmorph's new units (random, consumer weights zero) learn new features, where net2net's copies
-# start identical and stay close (results/lm-full/: netmorph needed as much or less compute on every
-# seed, wider and both).
-RECOMMENDED_METHOD = "netmorph"
+# The growth the language-model experiment recommends for a model that will be trained on, as
+# og.grow's arguments (README, "Does growth pay?"): netmorph's new units (random, consumer weights
+# zero) learn features of their own, where net2net's copies start identical and stay close; a
+# normalised residual stream padded (new channels zero, their readers random) rather than copied,
+# so that its new channels are new directions; and the new units' random weights at a fresh
+# model's std (0.02: transformers' initializer_range; use your model's own) rather than at the
+# trained weights' (0.1–0.5 in the experiment's teacher), so that they start quiet. Over nine seeds
+# of the wider shape the last two moved the loss after growth below random growth's for the first
+# 400 steps (−0.038 ± 0.005 nats/byte at step 100), where copies of the stream at the weights'
+# scale fell behind it from step 400 on (results/lm-explore/, seventh round).
+RECOMMENDED_GROWTH = {"method": "netmorph", "pad_streams": True, "new_std": 0.02}
+RECOMMENDED_METHOD = RECOMMENDED_GROWTH["method"]
 
 
 def recommended_recipe(steps: int, widened: bool = True) -> Recipe:

@@ -175,18 +175,14 @@ def test_netmorph_fresh_draws_the_new_units_at_a_fresh_models_scale_and_stays_ex
 
 
 def test_netmorph_pad_starts_the_new_stream_channels_at_zero_and_stays_exact(trained):
-    """`netmorph_pad`: the residual stream's new channels are zero padding (the embedding's new
-    columns 0, the norms' old gains × √½) where plain netmorph copies the channels; og.grow's own
-    padding at non-multiples is unchanged afterwards."""
+    """`netmorph_pad` (og.grow's pad_streams): the residual stream's new channels are zero padding
+    (the embedding's new columns 0, the norms' old gains × √½) where plain netmorph copies them."""
     import onnxgrow as og
     from onnx import numpy_helper
-    from onnxgrow import padding
 
     _, _, _, teacher, data, _ = trained
-    before = padding.needs_padding
     copied, copied_map = lm.grow(teacher, "wider", "netmorph", seed=0)
     padded, padded_map = lm.grow(teacher, "wider", "netmorph_pad", seed=0)
-    assert padding.needs_padding is before
     table = next(t.name for t in padded.graph.initializer if t.name.startswith("embed_tokens"))
 
     def embedding(model):
@@ -199,6 +195,30 @@ def test_netmorph_pad_starts_the_new_stream_channels_at_zero_and_stays_exact(tra
     assert stream["index"][d:] == [-1] * d  # new units: fresh optimizer state, kept_elements excludes them
     inputs = {"input_ids": data["val"][:2, :-1].long().numpy()}
     assert og.verify(teacher, padded, inputs=inputs).ok
+
+
+def test_the_recommended_growth_is_og_grows_recommended_arguments(trained):
+    """`netmorph_pad_std` is og.grow(**onnxgrow.optim.RECOMMENDED_GROWTH), weight for weight; its new
+    units' random weights have a fresh model's std and the stream's new channels start at zero."""
+    import onnxgrow as og
+    from onnx import numpy_helper
+    from onnxgrow.optim import RECOMMENDED_GROWTH
+
+    _, _, _, teacher, data, _ = trained
+    assert RECOMMENDED_GROWTH["new_std"] == lm.INIT_STD
+    ours, _ = lm.grow(teacher, "wider", "netmorph_pad_std", seed=0)
+    theirs = og.grow(teacher, widen=lm.GROWTH["wider"]["widen"], seed=0, **RECOMMENDED_GROWTH)
+    weights = {t.name: numpy_helper.to_array(t) for t in theirs.graph.initializer}
+    assert all(np.array_equal(numpy_helper.to_array(t), weights[t.name]) for t in ours.graph.initializer)
+    _, mappings = lm.grow(teacher, "wider", "netmorph_pad_std", seed=0)
+    from onnxgrow.optim import fresh_elements
+
+    grown = {m["initializer"] for m in mappings} & set(weights)
+    drawn = np.concatenate([w[fresh_elements(name, w.shape, mappings) & (w != 0)]
+                            for name, w in weights.items() if name in grown and w.ndim == 2])
+    assert drawn.size > 1000 and abs(drawn.std() - lm.INIT_STD) < 0.1 * lm.INIT_STD
+    inputs = {"input_ids": data["val"][:2, :-1].long().numpy()}
+    assert og.verify(teacher, ours, inputs=inputs).ok
 
 
 @pytest.mark.parametrize("method", ["netmorph_gradmax", "netmorph_pad_gradmax"])
@@ -373,7 +393,7 @@ def test_the_default_recipe_is_onnxgrows_recommended_one():
         for shape, recipe in lm.RECOMMENDED_RECIPE.items():
             assert lm.recipe_for(lm.RECIPES[recipe], steps) == recommended_recipe(steps, widened=shape != "deeper")
             assert lm.RUNS[f"{shape}_random"][3] == dict(lm.RECIPES[recipe], noise=0.0)  # random growth: the same schedule
-    assert all(lm.RUNS[run][2] == lm.RECOMMENDED_METHOD for run in lm.recommended().values())
+    assert all(lm.RUNS[run][2] == lm.RECOMMENDED_GROWTH[shape] for shape, run in lm.recommended().items())
     full = lm.full_runs()  # full mode: the record's runs, not the sweeps' and probes'
     assert set(full) <= set(lm.RUNS) and len(set(full)) == len(full)
     assert set(lm.recommended().values()) <= set(full) and "wider_netmorph_asym_peak_2" not in full

@@ -26,11 +26,12 @@ cosine that ends at `decay` × the from-scratch steps; cancelling noise on the s
 growth (every element that is not the teacher's own drawn as for a fresh model) is trained with its
 shape's recommended recipe without noise, r2r (new units in ±V pairs, block copies with paired
 outputs) with `asym` without noise (`{shape}_r2r_RECIPE`: with others). netmorph (new units
-random, their consumer weights zero: the recommended method, onnxgrow.optim.RECOMMENDED_METHOD)
-is trained with the recommended recipe and the sweeps' (NETMORPH_GRID), also with its new units
-drawn at a fresh model's scale (`netmorph_fresh`), with the residual stream padded with zero
-channels instead of copied (`netmorph_pad`), and with its new SwiGLU units chosen by GradMax
-(`netmorph_gradmax`, `netmorph_pad_gradmax`: `gradmax_units`). --width-factor N grows wider and both to N × the teacher's width.
+random, their consumer weights zero) is trained with the recommended recipe and the sweeps'
+(NETMORPH_GRID), also with its new units drawn at a fresh model's scale (`netmorph_fresh`: re-drawn
+here; `netmorph_pad_std`: og.grow's new_std), with the residual stream padded with zero channels
+instead of copied (`netmorph_pad`: og.grow's pad_streams), and with its new SwiGLU units chosen by
+GradMax (`netmorph_gradmax`, `netmorph_pad_gradmax`: `gradmax_units`). The recommended growth is
+`netmorph_pad_std` = og.grow(**onnxgrow.optim.RECOMMENDED_GROWTH) (RECOMMENDED_GROWTH here). --width-factor N grows wider and both to N × the teacher's width.
 Baselines: each big shape trained from scratch, and the teacher trained on without growth
 (control_steps, the recommended recipe without noise).
 
@@ -51,7 +52,6 @@ reaches it, or once its own compute has passed what the from-scratch run needed.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import exp_common as C
-from onnxgrow.optim import RECOMMENDED_METHOD, after_growth, lr_factor
+from onnxgrow.optim import after_growth, lr_factor
 
 PACKAGES = ("asyncio", "collections", "concurrent", "email", "html", "http", "importlib", "json",
             "logging", "multiprocessing", "re", "tomllib", "unittest", "urllib", "wsgiref", "xml",
@@ -148,9 +148,12 @@ RECIPES.update({f"asym_peak_3_decay_05_thaw_{str(until).replace('.', '')}": dict
 # … with more cancelling noise (it perturbs only split copies' readers: none in netmorph, whose stream copies read zero)
 RECIPES["asym_peak_3_decay_05_noise_1"] = dict(RECIPES["asym_peak_3_decay_05"], noise=1.0)
 DEFAULT_RECIPE = "asym"  # the base recipe every variant departs from
-# the recommended recipe of each shape, with RECOMMENDED_METHOD growth: onnxgrow.optim.recommended_recipe(steps,
-# widened) — after widening a peak of 3 × and the cosine over half the budget, after block copies alone `asym`
-# (README, results/lm-full*/)
+# the recommended growth of each shape, as a method of RUNS: og.grow(**onnxgrow.optim.RECOMMENDED_GROWTH) —
+# netmorph, the stream padded, new units at a fresh model's std (`netmorph_pad_std`); after block copies alone
+# nothing is padded or drawn, so plain `netmorph` grows the same weights
+RECOMMENDED_GROWTH = {"wider": "netmorph_pad_std", "deeper": "netmorph", "both": "netmorph_pad_std"}
+# … and recipe: onnxgrow.optim.recommended_recipe(steps, widened) — after widening a peak of 3 × and the cosine
+# over half the budget, after block copies alone `asym` (README, results/lm-full*/)
 RECOMMENDED_RECIPE = {"wider": "asym_peak_3_decay_05", "deeper": DEFAULT_RECIPE, "both": "asym_peak_3_decay_05"}
 BASELINE_RECIPE = dict(RECIPES[DEFAULT_RECIPE], noise=0.0)  # r2r and the control
 # the recipes tried on each shape: every one on wider, the default on deeper, and on both the default
@@ -172,6 +175,10 @@ FRESH_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_3_decay_05", "asym_peak_3_dec
 PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4", "asym_peak_3_decay_05",
                       "asym_peak_3_decay_06", "asym_peak_3_decay_05_rewarm100", "asym_peak_3_decay_05_rewarm200"],
             "both": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_3_decay_05"]}
+# … both: the stream padded and the new units at a fresh model's scale, as random growth draws them
+FRESH_PAD_GRID = {"wider": ["asym_peak_3_decay_05"]}
+# … the same through og.grow's own options (pad_streams, new_std: onnxgrow.optim.RECOMMENDED_GROWTH)
+STD_PAD_GRID = {"wider": ["asym_peak_3_decay_05", "asym_peak_3_decay_06"], "both": ["asym_peak_3_decay_05"]}
 # net2net (every new unit a split copy: active from the start) with the residual stream padded
 NET2NET_PAD_GRID = {"wider": ["asym_peak_3_decay_05"], "both": ["asym_peak_3_decay_05"]}
 # netmorph with GradMax's new units (the MLP's), on the recommended schedule after widening (wider only:
@@ -236,6 +243,16 @@ for _shape in ("wider", "deeper", "both"):
             RUNS[f"{_shape}_netmorph_fresh_{_name}"] = (
                 "grown", _shape, "netmorph_fresh", RECIPES[_name],
                 f"{_shape}, netmorph with the new units drawn as a fresh model's (N(0, {INIT_STD})), recipe `{_name}`")
+        for _name in STD_PAD_GRID.get(_shape, []):
+            RUNS[f"{_shape}_netmorph_pad_std_{_name}"] = (
+                "grown", _shape, "netmorph_pad_std", RECIPES[_name],
+                f"{_shape}, netmorph with the residual stream padded and the new units' random weights at a fresh "
+                f"model's std ({INIT_STD}), by og.grow's own pad_streams and new_std, recipe `{_name}`")
+        for _name in FRESH_PAD_GRID.get(_shape, []):
+            RUNS[f"{_shape}_netmorph_pad_fresh_{_name}"] = (
+                "grown", _shape, "netmorph_pad_fresh", RECIPES[_name],
+                f"{_shape}, netmorph with the residual stream padded and the new units drawn as a fresh model's "
+                f"(N(0, {INIT_STD})), recipe `{_name}`")
         for _name in PAD_GRID[_shape]:
             RUNS[f"{_shape}_netmorph_pad_{_name}"] = (
                 "grown", _shape, "netmorph_pad", RECIPES[_name],
@@ -250,11 +267,12 @@ RECORD_RUNS = (
     "scratch_wider", "wider_net2net_asym", "wider_random", "wider_random_asym_peak_3", "wider_netmorph_asym",
     "wider_netmorph_asym_peak_3", "wider_netmorph_asym_peak_3_decay_05", "wider_r2r_asym_peak_3_decay_05",
     "wider_netmorph_fresh_asym_peak_3_decay_05", "wider_netmorph_pad_asym", "wider_netmorph_pad_asym_peak_3",
-    "wider_netmorph_pad_asym_peak_3_decay_05",
+    "wider_netmorph_pad_asym_peak_3_decay_05", "wider_netmorph_pad_std_asym_peak_3_decay_05",
+    "wider_net2net_asym_peak_3_decay_05",
     "scratch_deeper", "deeper_random", "deeper_netmorph_asym",
     "scratch_both", "both_net2net_asym", "both_random", "both_random_asym_peak_3", "both_netmorph_asym",
     "both_netmorph_asym_peak_3", "both_netmorph_asym_peak_3_decay_05", "both_netmorph_pad_asym",
-    "both_netmorph_pad_asym_peak_3_decay_05",
+    "both_netmorph_pad_asym_peak_3_decay_05", "both_netmorph_pad_std_asym_peak_3_decay_05",
 )
 
 
@@ -266,7 +284,7 @@ def full_runs() -> list[str]:
 
 def recommended() -> dict[str, str]:
     """The recommended function-preserving run of each shape."""
-    return {shape: f"{shape}_{RECOMMENDED_METHOD}_{RECOMMENDED_RECIPE[shape]}" for shape in ("wider", "deeper", "both")}
+    return {shape: f"{shape}_{RECOMMENDED_GROWTH[shape]}_{RECOMMENDED_RECIPE[shape]}" for shape in ("wider", "deeper", "both")}
 
 
 def quick_runs() -> list[str]:
@@ -486,37 +504,19 @@ def grow(teacher, shape: str, method: str, seed: int):
     spec = GROWTH[shape]
     if method != "random":
         deepen = [d.replace(":zero", ":r2r") for d in spec["deepen"]] if method == "r2r" else spec["deepen"]
-        base = method.split("_")[0]  # netmorph_pad_gradmax: netmorph, the stream padded, GradMax's units
-        with padded_streams("_pad" in method):
-            student, done = og.grow(teacher, **grow_kwargs(spec["widen"], deepen), method=base, seed=seed,
-                                    with_summary=True)
-        if method == "netmorph_fresh":
+        base, *flags = method.split("_")  # netmorph_pad_gradmax: netmorph, the stream padded, GradMax's units
+        student, done = og.grow(teacher, **grow_kwargs(spec["widen"], deepen), method=base, seed=seed,
+                                pad_streams="pad" in flags, new_std=INIT_STD if "std" in flags else None,
+                                with_summary=True)
+        if "fresh" in flags:
             student = fresh_new_units(student, done["mappings"], seed)
-        if method.endswith("_gradmax"):
-            student = gradmax_units(student, shape, seed, padded="_pad" in method)
+        if "gradmax" in flags:
+            student = gradmax_units(student, shape, seed, padded="pad" in flags)
         return student, done["mappings"]
     wide, done = (og.grow(teacher, widen=spec["widen"], method="random", seed=seed, with_summary=True)
                   if spec["widen"] else (teacher, {"mappings": []}))
     deep = og.grow(wide, deepen=spec["deepen"], method="net2net", seed=seed) if spec["deepen"] else wide
     return redraw_added(teacher, wide, deep, done["mappings"], seed), done["mappings"]
-
-
-@contextlib.contextmanager
-def padded_streams(on: bool):
-    """Within it (when `on`), og.grow pads a normalised residual stream with zero channels at
-    every width (onnxgrow.padding), where it otherwise copies the channels at a multiple: the new
-    channels start at 0 and their readers random, so they can learn features of their own."""
-    from onnxgrow import padding
-
-    if not on:
-        yield
-        return
-    before = padding.needs_padding
-    padding.needs_padding = lambda group, n, width, method: bool(group.uniform_only) and method != "random"
-    try:
-        yield
-    finally:
-        padding.needs_padding = before
 
 
 def grow_kwargs(widen: dict, deepen: list) -> dict:
@@ -1164,8 +1164,8 @@ def write_table(path: Path, result: dict):
         f"block after it), both. **Recipe.** AdamW lr {LR}, betas {BETAS}, weight decay {WEIGHT_DECAY}, "
         f"batch {cfg['batch']} × {cfg['seq']} bytes. The teacher and the from-scratch runs: warm-up {WARMUP} "
         f"steps, cosine to {FINAL_LR} × lr at their last step. After growth (onnxgrow.optim.after_growth), "
-        f"{RECOMMENDED_METHOD} growth with recipe {', '.join(f'`{r}` ({s})' for s, r in RECOMMENDED_RECIPE.items())} "
-        f"recommended: "
+        f"recommended: {', '.join(f'{RECOMMENDED_GROWTH[s]} growth with recipe `{r}` ({s})' for s, r in RECOMMENDED_RECIPE.items())}"
+        f" (`netmorph_pad_std`: og.grow(**onnxgrow.optim.RECOMMENDED_GROWTH)): "
         + "; ".join(f"`{k}` {v}" for k, v in RECIPES.items()) + " (decay: the "
         f"cosine ends at that fraction of the from-scratch steps). Teacher {cfg['teacher_steps']} steps, students "
         f"at most {cfg['student_steps']} more, the control {cfg['control_steps']} more, from scratch "
