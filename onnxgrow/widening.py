@@ -17,7 +17,8 @@ weights s_j·W_i sum to W_i (Σ s_j = 1 over the copies). The textbook split is 
 still exact. netmorph is exact because the consumers ignore the new units; r2r because each pair
 carries identical values with opposite outgoing weights, so it cancels. random is the
 non-preserving baseline. "Random" weights are drawn N(0, σ²) with σ the standard deviation of
-the weight being grown, so new units start at the scale of the old.
+the weight being grown, so new units start at the scale of the old — or σ = `new_std` when given
+(a fresh model's init: the new units start quiet).
 
 Groups that normalise over their channels (LayerNorm over channels, RMSNorm, a hand-written
 LayerNorm2d: `Group.uniform_only`) keep their statistics only if every unit is copied equally
@@ -25,7 +26,8 @@ often, so there every preserving method makes the new producer units copies (q a
 netmorph then gives the copies zero outgoing weights, and r2r pairs each copy with its original,
 adding +V to the original's outgoing weights and −V to the copy's (W_i·x + V·x − V·x = W_i·x).
 Widths that are not a multiple pad the stream instead (zero under RMS norms, the mean under
-pre-norm LayerNorm): padding.PadPlan, which offers the same interface as Plan.
+pre-norm LayerNorm): padding.PadPlan, which offers the same interface as Plan. With `pad_streams`
+multiples are padded too, wherever PadPlan stays exact (else copied, with a note).
 
 When the units are attention heads (groups.Group.block = head size), r2r pairs the channels inside
 each new head instead of pairing heads: a new head's value channels 2i and 2i+1 are equal, so the

@@ -315,7 +315,7 @@ def lm_quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm-quick")
     experiment.main(["--task", "lm", "--quick", "--seeds", "1", "--teacher-steps", "40", "--student-steps", "10",
                      "--scratch-steps", "20", "--control-steps", "10", "--eval-every", "10", "--val-windows", "16",
-                     "--runs", "scratch_both,teacher_continued,both_net2net_asym,both_netmorph_asym_peak_3_decay_05,both_r2r,both_random",
+                     "--runs", "scratch_both,teacher_continued,both_net2net_asym,both_netmorph_pad_std_asym_peak_3_decay_05,both_r2r,both_random",
                      "--out", str(out)])
     return out, json.loads((out / "results.json").read_text())
 
@@ -326,7 +326,7 @@ def test_grown_students_match_and_start_at_the_teachers_loss(lm_quick):
     out, result = lm_quick
     runs = result["per_seed"]["0"]
     start = runs["teacher"]["val_loss"][-1]
-    for run in ("both_net2net_asym", "both_netmorph_asym_peak_3_decay_05", "both_r2r"):
+    for run in ("both_net2net_asym", "both_netmorph_pad_std_asym_peak_3_decay_05", "both_r2r"):
         assert runs[run]["verify_ok"] is True and abs(runs[run]["val_loss"][0] - start) <= 1e-5 * start
     assert runs["both_random"]["verify_ok"] is False and runs["both_net2net_asym"]["state_carried"] > 0
     noisy = runs["both_net2net_asym"]
@@ -338,7 +338,8 @@ def test_results_carry_both_accountings_and_the_recommended_runs(lm_quick):
     _, result = lm_quick
     summary = result["summary"]
     assert result["recommended"] == lm.recommended() and set(lm.recommended()) == {"wider", "deeper", "both"}
-    assert all(lm.RUNS[run][2] in ("net2net", "netmorph", "r2r") for run in result["recommended"].values())
+    assert all(lm.RUNS[run][2].split("_")[0] in ("net2net", "netmorph", "r2r") for run in result["recommended"].values())
+    assert "both_netmorph_pad_std_asym_peak_3_decay_05" == result["recommended"]["both"]  # trained by the fixture
     for run in ("both_net2net_asym", "both_r2r", "both_random"):
         for key in ("compute_saved", "compute_saved_teacher_given"):
             assert set(summary[run][key]) == {"mean", "std", "reached"}
