@@ -411,9 +411,9 @@ def morph_kernel(model, layer, kernel, out, seed, no_verify, as_json, **verify_k
 @click.option("--pad-streams", is_flag=True, default=None,
               help="Pad a normalised residual stream at a multiple of its width too (new channels zero, their "
                    "readers random) instead of copying its channels, wherever padding stays exact.")
-@click.option("--new-std", type=float, default=None, metavar="STD",
-              help="Draw the new units' random weights with this std (a fresh model's init, e.g. 0.02) instead "
-                   "of each grown weight's own.")
+@click.option("--new-std", default=None, metavar="STD|xF",
+              help="Draw the new units' random weights with this std (e.g. 0.02, a fresh model's init), or F "
+                   "times each grown weight's own (e.g. x0.5), instead of each grown weight's own.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 @_grow_options
 def grow(model, widen_specs, deepen_specs, plan_file, method, noise, pad_streams, new_std, quiet, out, seed,

@@ -44,7 +44,7 @@ class GrowthPlan:
     seed: int = 0
     noise: float | None = None
     pad_streams: bool = False  # pad normalised streams at multiples too (new channels zero, not copies)
-    new_std: float | None = None  # the std of new units' random weights (None: each weight's own)
+    new_std: float | str | None = None  # new units' random weights' std: a number, "xF" × each weight's own, None: its own
 
     def targets(self) -> list[str] | None:
         """The layers the plan names, or None when it selects by glob."""
@@ -75,8 +75,7 @@ def plan_from(widen=None, deepen=None, plan_file=None, method=None, seed=None, n
     plan.seed = plan.seed if seed is None else seed
     plan.noise = plan.noise if noise is None else noise
     plan.pad_streams = plan.pad_streams if pad_streams is None else bool(pad_streams)
-    plan.new_std = plan.new_std if new_std is None else new_std
-    check_new_std(plan.new_std)
+    plan.new_std = parse_new_std(plan.new_std if new_std is None else new_std)
     widen_method(plan.method)
     if not plan.widen and not plan.deepen:
         raise GrowError("nothing to grow: give --widen TARGET=WIDTH and/or --deepen TARGET[:METHOD] "
@@ -84,12 +83,28 @@ def plan_from(widen=None, deepen=None, plan_file=None, method=None, seed=None, n
     return plan
 
 
-def check_new_std(new_std) -> None:
-    if new_std is not None and (isinstance(new_std, bool) or not isinstance(new_std, (int, float))
-                                or not 0.0 < float(new_std) < float("inf")):
-        raise GrowError(f"new_std {new_std!r}: the standard deviation of the new units' random weights, a "
-                        "positive number (e.g. 0.02, a fresh transformer's init), or leave it out for each "
-                        "weight's own.")
+def parse_new_std(new_std) -> float | str | None:
+    """`new_std` as og.grow takes it: a positive number (the new units' std), "xF" (F × each grown
+    weight's own std, F > 0), or None (each weight's own); a text holding a number is that number."""
+    import math
+
+    if new_std is None:
+        return None
+    text = new_std.strip().lower() if isinstance(new_std, str) else None
+    try:
+        if text is not None and text.startswith("x"):
+            factor = float(text[1:])
+            if 0.0 < factor < math.inf:
+                return f"x{factor:g}"
+        elif not isinstance(new_std, bool):
+            value = float(text if text is not None else new_std)
+            if 0.0 < value < math.inf:
+                return value
+    except (TypeError, ValueError):
+        pass
+    raise GrowError(f"new_std {new_std!r}: the new units' random weights' standard deviation — a positive "
+                    "number (e.g. 0.02, a fresh transformer's init), or xF for F times each grown weight's own "
+                    "(e.g. x0.5) — or leave it out for each weight's own.")
 
 
 def _read_plan(path) -> dict:
@@ -326,11 +341,11 @@ def grow(model, *, widen: dict | None = None, deepen: list | None = None, method
 
     `pad_streams`: a normalised residual stream grown to a multiple of its width is padded (new
     channels 0, their readers random) where it is otherwise copied, wherever padding stays exact.
-    `new_std`: the standard deviation of the new units' random weights (a fresh model's init, e.g.
-    0.02) instead of each grown weight's own. onnxgrow.optim.RECOMMENDED_GROWTH has both."""
+    `new_std`: the standard deviation of the new units' random weights — a number (a fresh model's
+    init, e.g. 0.02), or "xF", F × each grown weight's own — instead of each grown weight's own.
+    onnxgrow.optim.RECOMMENDED_GROWTH has both."""
     plan = GrowthPlan(widen=dict(widen or {}), deepen=list(deepen or []), method=method, seed=seed,
-                      noise=noise, pad_streams=bool(pad_streams), new_std=new_std)
-    check_new_std(new_std)
+                      noise=noise, pad_streams=bool(pad_streams), new_std=parse_new_std(new_std))
     widen_method(method)
     if hasattr(model, "save_pretrained") and hasattr(model, "config"):
         from .checkpoints.hf_grow import grow_module

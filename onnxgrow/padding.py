@@ -119,7 +119,7 @@ class PadPlan:
         return self.q - self.n
 
     def sigma(self, array) -> float:
-        return float(self.new_std) if self.new_std is not None else float(np.std(array)) or 1.0
+        return wd.new_sigma(self.new_std, array)
 
     def refuse(self, why: str):
         raise GrowError(f"cannot widen {self.layer!r} to {self.q} (not a multiple of {self.n}): {why} "

@@ -18,7 +18,7 @@ still exact. netmorph is exact because the consumers ignore the new units; r2r b
 carries identical values with opposite outgoing weights, so it cancels. random is the
 non-preserving baseline. "Random" weights are drawn N(0, σ²) with σ the standard deviation of
 the weight being grown, so new units start at the scale of the old — or σ = `new_std` when given
-(a fresh model's init: the new units start quiet).
+(a number, or "xF": F × the weight's own), so that they start quieter.
 
 Groups that normalise over their channels (LayerNorm over channels, RMSNorm, a hand-written
 LayerNorm2d: `Group.uniform_only`) keep their statistics only if every unit is copied equally
@@ -126,6 +126,15 @@ def one_copy_at_a_time(slot: gr.Slot, new: int) -> list[gr.Slot]:
             for k, offset in enumerate(sorted(slot.offsets, reverse=True))]
 
 
+def new_sigma(new_std, array) -> float:
+    """The std of new units' random weights beside `array`: `new_std` (a number), F × the array's
+    own ("xF"), or the array's own (None)."""
+    own = float(np.std(array)) or 1.0
+    if new_std is None:
+        return own
+    return float(new_std[1:]) * own if isinstance(new_std, str) else float(new_std)
+
+
 def scale_channels(array, axis, slot, factors, in_place: bool = False) -> np.ndarray:
     """`array` with the group's first len(factors) channels multiplied by `factors` (in float32
     or wider: one rounding of the product, without a float64 copy of a large weight)."""
@@ -162,8 +171,7 @@ class Plan:
         return self.q - self.n
 
     def sigma(self, array) -> float:
-        """The std of new random weights beside `array`: new_std, or the array's own."""
-        return float(self.new_std) if self.new_std is not None else float(np.std(array)) or 1.0
+        return new_sigma(self.new_std, array)
 
     def random_like(self, array, shape, pairs=False):
         """N(0, σ²) of `shape` (5-D), σ = self.sigma(array); with `pairs`, equal in pairs along pair_axis."""

@@ -345,6 +345,7 @@ def test_new_std_draws_the_new_units_at_that_scale(llama, method):
     path = llama()
     teacher = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
     student = og.grow(path, widen={"*": "x2"}, method=method, pad_streams=True, new_std=0.003)
+    relative = og.grow(path, widen={"*": "x2"}, method=method, pad_streams=True, new_std="x0.01")
     if method != "random":
         assert max(errors_on(path, student, [(2, 5)])) <= SCALED_TOL
     new_parts = []
@@ -357,12 +358,30 @@ def test_new_std_draws_the_new_units_at_that_scale(llama, method):
     assert new_parts, "no widened weight with kept rows found"
     stds = [float(np.std(part)) for part in new_parts if part.any()]
     assert stds and all(0.002 < s < 0.0045 for s in stds), stds
+    if method != "random":
+        assert max(errors_on(path, relative, [(2, 5)])) <= SCALED_TOL
+    grown = {i.name: onnx.numpy_helper.to_array(i) for i in relative.graph.initializer}
+    assert any(w.shape == (2 * t.shape[0], t.shape[1]) and np.array_equal(w[:t.shape[0]], t)
+               and 0.005 < np.std(w[t.shape[0]:]) / np.std(t) < 0.02 for t in teacher.values() if t.ndim == 2
+               and np.std(t) > 0.05 for w in grown.values())
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.02, float("nan"), float("inf"), True])
-def test_new_std_must_be_a_positive_number(llama, bad):
+@pytest.mark.parametrize("bad", [0.0, -0.02, float("nan"), float("inf"), True, "x0", "x-1", "xx", "abc", [0.02]])
+def test_new_std_must_be_a_positive_number_or_a_positive_factor(llama, bad):
     with pytest.raises(GrowError, match="new_std"):
         og.grow(llama(), widen={"*": "x2"}, method="netmorph", new_std=bad)
+
+
+def test_new_std_as_a_factor_of_each_weights_own():
+    """"x0.5": the new units' random weights at half each grown weight's own std, whatever its scale."""
+    from onnxgrow.growth import parse_new_std
+    from onnxgrow.widening import new_sigma
+
+    assert parse_new_std("x0.50") == "x0.5" and parse_new_std("0.02") == 0.02 and parse_new_std(None) is None
+    for scale in (0.01, 3.0):
+        w = np.random.default_rng(0).normal(0.0, scale, (64, 64))
+        assert new_sigma("x0.5", w) == pytest.approx(0.5 * np.std(w))
+        assert new_sigma(0.02, w) == 0.02 and new_sigma(None, w) == pytest.approx(np.std(w))
 
 
 def test_cli_grow_pads_and_draws_at_new_std_and_refuses_a_bad_one(llama, tmp_path, capsys):
@@ -377,6 +396,7 @@ def test_cli_grow_pads_and_draws_at_new_std_and_refuses_a_bad_one(llama, tmp_pat
     assert exit_code("--widen", "*=x2", "--method", "netmorph", "--pad-streams", "--new-std", "0.02", "-o", str(out)) == 0
     assert not _stream_table(onnx.load(out))[:, 32:].any()
     capsys.readouterr()
+    assert exit_code("--widen", "*=x2", "--method", "netmorph", "--new-std", "x0.5", "-o", str(tmp_path / "x.onnx")) == 0
     assert exit_code("--widen", "*=x2", "--new-std", "-1", "-o", str(tmp_path / "bad.onnx")) == 2
     assert "new_std" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
     plan = tmp_path / "plan.json"
