@@ -31,7 +31,8 @@ random, their consumer weights zero) is trained with the recommended recipe and 
 here; `netmorph_pad_std`: og.grow's new_std), with the residual stream padded with zero channels
 instead of copied (`netmorph_pad`: og.grow's pad_streams), and with its new SwiGLU units chosen by
 GradMax (`netmorph_gradmax`, `netmorph_pad_gradmax`: `gradmax_units`). The recommended growth is
-`netmorph_pad_std` = og.grow(**onnxgrow.optim.RECOMMENDED_GROWTH) (RECOMMENDED_GROWTH here). --width-factor N grows wider and both to N × the teacher's width.
+`netmorph_pad_stdx25` = og.grow(**onnxgrow.optim.RECOMMENDED_GROWTH) (RECOMMENDED_GROWTH here; `_stdN`: new
+units at std N/1000, `_stdxN` at N/100 of each grown weight's own, `_std` at the fresh model's INIT_STD). --width-factor N grows wider and both to N × the teacher's width.
 Baselines: each big shape trained from scratch, and the teacher trained on without growth
 (control_steps, the recommended recipe without noise).
 
@@ -149,9 +150,9 @@ RECIPES.update({f"asym_peak_3_decay_05_thaw_{str(until).replace('.', '')}": dict
 RECIPES["asym_peak_3_decay_05_noise_1"] = dict(RECIPES["asym_peak_3_decay_05"], noise=1.0)
 DEFAULT_RECIPE = "asym"  # the base recipe every variant departs from
 # the recommended growth of each shape, as a method of RUNS: og.grow(**onnxgrow.optim.RECOMMENDED_GROWTH) —
-# netmorph, the stream padded, new units at a fresh model's std (`netmorph_pad_std`); after block copies alone
-# nothing is padded or drawn, so plain `netmorph` grows the same weights
-RECOMMENDED_GROWTH = {"wider": "netmorph_pad_std", "deeper": "netmorph", "both": "netmorph_pad_std"}
+# netmorph, the stream padded, new units at a quarter of each grown weight's std (`netmorph_pad_stdx25`); after
+# block copies alone nothing is padded or drawn, so plain `netmorph` grows the same weights
+RECOMMENDED_GROWTH = {"wider": "netmorph_pad_stdx25", "deeper": "netmorph", "both": "netmorph_pad_stdx25"}
 # … and recipe: onnxgrow.optim.recommended_recipe(steps, widened) — after widening a peak of 3 × and the cosine
 # over half the budget, after block copies alone `asym` (README, results/lm-full*/)
 RECOMMENDED_RECIPE = {"wider": "asym_peak_3_decay_05", "deeper": DEFAULT_RECIPE, "both": "asym_peak_3_decay_05"}
@@ -179,6 +180,9 @@ PAD_GRID = {"wider": [DEFAULT_RECIPE, "asym_peak_2", "asym_peak_3", "asym_peak_4
 FRESH_PAD_GRID = {"wider": ["asym_peak_3_decay_05"]}
 # … the same through og.grow's own options (pad_streams, new_std: onnxgrow.optim.RECOMMENDED_GROWTH)
 STD_PAD_GRID = {"wider": ["asym_peak_3_decay_05", "asym_peak_3_decay_06"], "both": ["asym_peak_3_decay_05"]}
+# … new_std other than a fresh model's: in thousandths (`_std10`: 0.010), or hundredths of each grown weight's own
+# std (`_stdx50`: "x0.5")
+STD_SWEEP = {"wider": ["05", "10", "50", "100", "200", "x25", "x50"], "both": ["100", "x25"]}
 # net2net (every new unit a split copy: active from the start) with the residual stream padded
 NET2NET_PAD_GRID = {"wider": ["asym_peak_3_decay_05"], "both": ["asym_peak_3_decay_05"]}
 # netmorph with GradMax's new units (the MLP's), on the recommended schedule after widening (wider only:
@@ -193,6 +197,17 @@ RANDOM_GRID = {"wider": ["asym_peak_3", "asym_peak_3_kept_033", "asym_peak_3_kep
                          "asym_peak_3_decay_05_kept_033", "asym_peak_3_decay_05_thaw_02",
                          "asym_peak_3_decay_05_thaw_05"],
                "both": ["asym_peak_3", "asym_peak_3_decay_06"]}
+
+def new_std_of(flags: list[str]) -> float | str | None:
+    """og.grow's new_std for a method's flags: `std` a fresh model's (INIT_STD), `std10` 0.010 (thousandths),
+    `stdx50` "x0.5" (hundredths of each grown weight's own std)."""
+    std = next((f for f in flags if f.startswith("std")), None)
+    if std is None:
+        return None
+    if std == "std":
+        return INIT_STD
+    return f"x{int(std[4:]) / 100:g}" if std[3] == "x" else int(std[3:]) / 1000
+
 
 # name: (kind, shape, method, recipe, description)
 RUNS = {
@@ -248,6 +263,11 @@ for _shape in ("wider", "deeper", "both"):
                 "grown", _shape, "netmorph_pad_std", RECIPES[_name],
                 f"{_shape}, netmorph with the residual stream padded and the new units' random weights at a fresh "
                 f"model's std ({INIT_STD}), by og.grow's own pad_streams and new_std, recipe `{_name}`")
+        for _std in STD_SWEEP.get(_shape, []):
+            RUNS[f"{_shape}_netmorph_pad_std{_std}_asym_peak_3_decay_05"] = (
+                "grown", _shape, f"netmorph_pad_std{_std}", RECIPES["asym_peak_3_decay_05"],
+                f"{_shape}, netmorph with the residual stream padded and the new units' random weights at std "
+                f"{new_std_of(['std' + _std])}, recipe `asym_peak_3_decay_05`")
         for _name in FRESH_PAD_GRID.get(_shape, []):
             RUNS[f"{_shape}_netmorph_pad_fresh_{_name}"] = (
                 "grown", _shape, "netmorph_pad_fresh", RECIPES[_name],
@@ -268,11 +288,12 @@ RECORD_RUNS = (
     "wider_netmorph_asym_peak_3", "wider_netmorph_asym_peak_3_decay_05", "wider_r2r_asym_peak_3_decay_05",
     "wider_netmorph_fresh_asym_peak_3_decay_05", "wider_netmorph_pad_asym", "wider_netmorph_pad_asym_peak_3",
     "wider_netmorph_pad_asym_peak_3_decay_05", "wider_netmorph_pad_std_asym_peak_3_decay_05",
-    "wider_net2net_asym_peak_3_decay_05",
+    "wider_netmorph_pad_stdx25_asym_peak_3_decay_05", "wider_net2net_asym_peak_3_decay_05",
     "scratch_deeper", "deeper_random", "deeper_netmorph_asym",
     "scratch_both", "both_net2net_asym", "both_random", "both_random_asym_peak_3", "both_netmorph_asym",
     "both_netmorph_asym_peak_3", "both_netmorph_asym_peak_3_decay_05", "both_netmorph_pad_asym",
     "both_netmorph_pad_asym_peak_3_decay_05", "both_netmorph_pad_std_asym_peak_3_decay_05",
+    "both_netmorph_pad_stdx25_asym_peak_3_decay_05",
 )
 
 
@@ -506,8 +527,7 @@ def grow(teacher, shape: str, method: str, seed: int):
         deepen = [d.replace(":zero", ":r2r") for d in spec["deepen"]] if method == "r2r" else spec["deepen"]
         base, *flags = method.split("_")  # netmorph_pad_gradmax: netmorph, the stream padded, GradMax's units
         student, done = og.grow(teacher, **grow_kwargs(spec["widen"], deepen), method=base, seed=seed,
-                                pad_streams="pad" in flags, new_std=INIT_STD if "std" in flags else None,
-                                with_summary=True)
+                                pad_streams="pad" in flags, new_std=new_std_of(flags), with_summary=True)
         if "fresh" in flags:
             student = fresh_new_units(student, done["mappings"], seed)
         if "gradmax" in flags:
@@ -1165,7 +1185,7 @@ def write_table(path: Path, result: dict):
         f"batch {cfg['batch']} × {cfg['seq']} bytes. The teacher and the from-scratch runs: warm-up {WARMUP} "
         f"steps, cosine to {FINAL_LR} × lr at their last step. After growth (onnxgrow.optim.after_growth), "
         f"recommended: {', '.join(f'{RECOMMENDED_GROWTH[s]} growth with recipe `{r}` ({s})' for s, r in RECOMMENDED_RECIPE.items())}"
-        f" (`netmorph_pad_std`: og.grow(**onnxgrow.optim.RECOMMENDED_GROWTH)): "
+        f" (og.grow(**onnxgrow.optim.RECOMMENDED_GROWTH)): "
         + "; ".join(f"`{k}` {v}" for k, v in RECIPES.items()) + " (decay: the "
         f"cosine ends at that fraction of the from-scratch steps). Teacher {cfg['teacher_steps']} steps, students "
         f"at most {cfg['student_steps']} more, the control {cfg['control_steps']} more, from scratch "
