@@ -20,6 +20,7 @@ A plan is also JSON, so it can be reviewed and replayed:
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +87,6 @@ def plan_from(widen=None, deepen=None, plan_file=None, method=None, seed=None, n
 def parse_new_std(new_std) -> float | str | None:
     """`new_std` as og.grow takes it: a positive number (the new units' std), "xF" (F × each grown
     weight's own std, F > 0), or None (each weight's own); a text holding a number is that number."""
-    import math
-
     if new_std is None:
         return None
     text = new_std.strip().lower() if isinstance(new_std, str) else None
@@ -331,8 +330,8 @@ def _names_a_block(model: ir.Model, target: str) -> bool:
 
 
 def grow(model, *, widen: dict | None = None, deepen: list | None = None, method: str = "net2net",
-         seed: int = 0, noise: float | None = None, pad_streams: bool = False, new_std: float | None = None,
-         with_summary: bool = False):
+         seed: int = 0, noise: float | None = None, pad_streams: bool = False,
+         new_std: float | str | None = None, with_summary: bool = False):
     """Grow `model` (path, ModelProto, onnx_ir.Model or gs.Graph; not modified) by a plan; return
     the student as an onnx.ModelProto (a gs.Graph when given one) — with `with_summary`, the pair
     (student, summary), whose "mappings" say where every grown weight's values came from (what an

@@ -87,7 +87,7 @@ class PadPlan:
     """The numbers for one padded widening; same interface as widening.Plan (n, q, new, grow)."""
 
     def __init__(self, graph: ir.Graph, group: gr.Group, n: int, q: int, method: str, seed: int,
-                 layer: str, new_std: float | None = None):
+                 layer: str, new_std: float | str | None = None):
         if group.outer != 1 or group.block != 1:
             current = n * group.outer * group.block
             raise GrowError(f"cannot widen {layer!r} to a width that is not a multiple of {current}: "

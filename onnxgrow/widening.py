@@ -154,7 +154,7 @@ class Plan:
     (methods.WIDEN_METHODS) decides what the new producer rows and consumer columns get."""
 
     def __init__(self, n: int, q: int, method: str, seed: int, noise: float, uniform: bool = False,
-                 pairs_inside: bool = False, new_std: float | None = None):
+                 pairs_inside: bool = False, new_std: float | str | None = None):
         self.n, self.q, self.new_std = n, q, new_std
         self.method = widen_method(method)
         self.copies_only = uniform and self.method.preserving  # new units must replicate old ones
@@ -264,7 +264,7 @@ def group_width(group: gr.Group) -> int:
 
 
 def widen_group(graph: ir.Graph, node: ir.Node, group: gr.Group, width: int, method: str, seed: int,
-                noise: float | None, pad_streams: bool = False, new_std: float | None = None) -> dict:
+                noise: float | None, pad_streams: bool = False, new_std: float | str | None = None) -> dict:
     """Widen `group` (found from `node`) to `width` channels in place; return what was done.
     `pad_streams`: pad a normalised stream at a multiple too, where padding stays exact (copies
     otherwise); `new_std`: the std of the new units' random weights (None: each weight's own)."""

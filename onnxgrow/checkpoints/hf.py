@@ -162,9 +162,8 @@ def _stream_padded(model, placed: list[k.Placed]) -> bool:
         return False
     embedding = {p.teacher_key for p in placed if p.teacher_key.endswith("embed_tokens.weight")
                  or p.teacher_key.endswith(("wte.weight", "embed_in.weight", "word_embeddings.weight"))}
-    roots = {history.origins(past, {p.initializer})[p.initializer][0] for p in placed
-             if p.teacher_key in embedding and p.initializer is not None
-             and p.initializer in history.origins(past, {p.initializer})}
+    live = {p.initializer for p in placed if p.teacher_key in embedding and p.initializer is not None}
+    roots = {root for root, _, _ in history.origins(past, live).values()}
     entries = [m for step in past["steps"] for m in step["mappings"]]
     grown = history.origins(past, {m["initializer"] for m in entries})
     return any(grown.get(m["initializer"], (None,))[0] in roots and -1 in history.unruns(m["index"])

@@ -204,8 +204,8 @@ def block_places(graph, grown: dict, copied: dict) -> dict[tuple[str, tuple], st
     of `layers.3` right after it is `layers.4`, the old `layers.4` is `layers.5`. A container
     holding a copy of part of an item (a block found inside it) keeps its numbers. `grown` is
     origins(), `copied` copies(); a graph without copies of indexed blocks gives {}."""
-    containers = {block.get("block", "").rpartition(".")[0] for block in copied.values()
-                  if (block.get("block") or "").rpartition(".")[2].isdigit()} - {""}
+    paths = [block.get("block") or "" for block in copied.values()]
+    containers = {path.rpartition(".")[0] for path in paths if path.rpartition(".")[2].isdigit()} - {""}
     first: dict[tuple[str, tuple], int] = {}
     weights: dict[tuple[str, tuple], set] = {}  # item -> the roots of the float weights it reads
     for position, node in enumerate(graph if containers else ()):
