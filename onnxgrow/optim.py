@@ -282,17 +282,17 @@ RECOMMENDED_METHOD = RECOMMENDED_GROWTH["method"]
 
 def recommended_recipe(steps: int, widened: bool = True) -> Recipe:
     """The recipe after growth that the language-model experiment recommends (README, "Does growth
-    pay?"; results/lm-full*/), for a model grown with RECOMMENDED_METHOD, where `steps` is the
-    budget the bigger model would get from scratch: each teacher unit keeps its AdamW moments and
+    pay?"; results/lm-full*/), for a model grown with og.grow(**RECOMMENDED_GROWTH), where `steps` is
+    the budget the bigger model would get from scratch: each teacher unit keeps its AdamW moments and
     every added unit starts fresh, the rate re-warms over 30 steps (at most half the schedule) to
     its peak and decays by a cosine to 0.1 × the base rate, and cancelling noise (0.3 × each
-    weight's std) breaks the symmetry of split copies (net2net's; netmorph's copies of a residual
-    stream's channels start with zero readers and get none); past the horizon the rate stays at 0.1 ×.
-    When the growth `widened` layers, the peak is 3 × the base rate and the cosine ends at half of
-    `steps` (LEMON: decay faster than from scratch): the new units need the pace, and the grown
-    model reaches the from-scratch loss around then (both: 51 % saved instead of 38 % with the
-    cosine to the whole budget, wider 49 % instead of 42 %). After block copies alone the peak is
-    1 × and the cosine ends at `steps` (deeper saved less at 3 ×). Pass it to `after_growth`."""
+    weight's std) breaks the symmetry of split copies (net2net's; netmorph has none); past the
+    horizon the rate stays at 0.1 ×. When the growth `widened` layers, the peak is 3 × the base rate
+    and the cosine ends at half of `steps` (LEMON: decay faster than from scratch): the new units
+    need the pace, and the grown model reaches the from-scratch loss around then (with copied
+    streams: both 51 % saved instead of 38 % with the cosine to the whole budget, wider 49 %
+    instead of 42 %). After block copies alone the peak is 1 × and the cosine ends at `steps`
+    (deeper saved less at 3 ×). Pass it to `after_growth`."""
     if steps < 2:
         raise GrowError(f"recommended_recipe needs at least 2 steps of training after growth, not {steps}.")
     horizon = max(2, round(steps / 2)) if widened else steps
