@@ -212,3 +212,21 @@ def test_a_family_transformers_does_not_know_is_exit_2_naming_known_ones(llm_mod
     done = _cli("export", student, "--like", teacher, "-o", tmp_path / "out")
     assert done.returncode == 2 and "'mystery'" in done.stderr and "llama" in done.stderr
     assert "state dict" in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_folder_grown_with_pad_streams_copies_where_its_config_cannot_hold_padding(hf_folder, tmp_path):
+    """olmo2's config has one ε for the stream's norms and the heads' q/k norms; a padded stream needs
+    ε·d/d′ for the first only. `grow --pad-streams` on its folder still writes a folder that computes
+    the teacher's function — the stream copied, and the summary says so — where exporting a padded
+    ONNX into it is refused (above)."""
+    teacher = Path(hf_folder("olmo2"))
+    out = tmp_path / "grown"
+    done = _cli("grow", teacher, "--widen", "*=x2", "--method", "netmorph", "--pad-streams", "--new-std", "x0.25",
+                "-o", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "stream copied, not padded" in done.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_size"] == 64 and config["rms_norm_eps"] == json.loads((teacher / "config.json").read_text())["rms_norm_eps"]
+    ids = np.random.default_rng(5).integers(0, llm_zoo.VOCAB, (2, 6))
+    want = _logits(teacher, ids)
+    assert np.abs(_logits(out, ids) - want).max() < 5e-5 * np.abs(want).max()

@@ -318,10 +318,14 @@ def _verify_or_explain(model, folder: Path, config: dict, new_config: dict, chec
                      f"Grow the stream to a multiple of {d} ({2 * d}, {3 * d}), which keeps every ε,")
                     if d_new % d else ("the stream padded: pad_streams",
                                        "Grow it without --pad-streams (its channels copied keep every ε),"))
-        raise GrowError(
+        raise SharedEpsilon(
             f"{exc} The grown stream's norms use ε·d/d′ ({why}), but the config has one {eps} for them and "
             f"for norms over each head's q and k, which keep ε: the class cannot express both. {fix} or "
             "export a state dict (-o OUT.safetensors) for a class with two ε.") from None
+
+
+class SharedEpsilon(GrowError):
+    """A padded stream's norms need ε·d/d′ where the config's one ε also serves norms that keep ε."""
 
 
 def _check_out_folder(out: Path, teacher_dir: Path) -> None:

@@ -9,6 +9,7 @@ The ONNX files live in a temporary folder (TMPDIR) and are removed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -58,7 +59,24 @@ def export_module(lm, path: Path) -> Path:
 
 def grow_folder(folder: Path, plan, out: Path, *, verify: bool = True, max_shard_size=hf.DEFAULT_MAX_SHARD,
                 progress=None) -> dict:
-    """Grow the checkpoint in `folder` by `plan` (growth.GrowthPlan) into a new folder `out`."""
+    """Grow the checkpoint in `folder` by `plan` (growth.GrowthPlan) into a new folder `out`. With
+    `pad_streams` the stream is padded where the folder can hold it: a config whose one ε also
+    serves the heads' q/k norms cannot, so there the stream's channels are copied (and it says so)."""
+    try:
+        return _grow_folder(folder, plan, out, verify=verify, max_shard_size=max_shard_size, progress=progress)
+    except hf.SharedEpsilon:
+        if not plan.pad_streams:
+            raise
+    (progress or (lambda message: None))("the config's one ε also serves the q/k norms: growing again with the "
+                                         "stream's channels copied, not padded")
+    summary = _grow_folder(folder, dataclasses.replace(plan, pad_streams=False), out, verify=verify,
+                           max_shard_size=max_shard_size, progress=progress)
+    summary["lines"].append("stream copied, not padded: the config has one ε for the stream's norms and the "
+                            "heads' q/k norms, and a padded stream needs ε·d/d′ for the first only")
+    return summary
+
+
+def _grow_folder(folder: Path, plan, out: Path, *, verify: bool, max_shard_size, progress) -> dict:
     from .. import window
     from ..growth import grow_model
     from ..verification import verify as run_verify
