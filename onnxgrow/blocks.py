@@ -156,7 +156,7 @@ def _owner(unit: Unit) -> str | None:
         common.append(column[0])
     if len(paths) == 1:
         common = common[:-1]  # a lone layer's own path names the layer, not its block
-    indexed = [i for i, part in enumerate(common) if part.isdigit() and i > 0]
+    indexed = [i for i, part in enumerate(common) if part.isdigit()]
     if indexed:
         common = common[:indexed[-1] + 1]  # `layers.3.self_attn` and `layers.3.mlp` make one block, `layers.3`
     return ".".join(common) or None

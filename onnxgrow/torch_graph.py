@@ -123,14 +123,14 @@ class _Builder:
         self.literal: dict[str, object] = {}  # small float constants: Python floats in size slots
         self.constants: dict[str, np.ndarray] = {}  # Constant nodes' values, buffers once read as tensors
         self.anchor = None  # a graph input: the device of tensors made from sizes
-        # a grown initializer's teacher name (`fc1.weight.w32` ← `fc1.weight`), from the growth history
-        # the transforms record: its layer keeps the teacher's module path, its state the teacher's name
+        # each grown initializer's teacher name (`fc1.weight.w32` ← `fc1.weight`) and the block copies
+        # it went through, from the growth history the transforms record: its layer keeps the teacher's
+        # module path (in the copy's place), its state the teacher's name
         past = history.read(history.metadata_of(irm))
         grown = history.origins(past, set(irm.graph.initializers))
-        self.teacher_name = {name: root for name, (root, _, _) in grown.items()}
-        # a block copy's weights (those with copy events) and where each block of a container copies
-        # went into sits in the grown model: numbered as the grown checkpoint numbers them
-        self.copy_events = {name: events for name, (_, events, _) in grown.items() if events}
+        self.origin = {name: (root, events) for name, (root, events, _) in grown.items()}
+        # where each block of a container copies went into sits in the grown model: numbered as the
+        # grown checkpoint numbers them
         self.places = {(_module_path(block) or block, events): _module_path(path) for (block, events), path
                        in history.block_places(irm.graph, grown, history.copies(past)).items()}
         self.original_path: dict[str, str] = {}  # teacher weight -> its layer's teacher module path
@@ -415,8 +415,7 @@ class _Builder:
         and the items of a container copies went into are renumbered (_placed)."""
         node = layer.node
         weight = layer.params.get("weight", (None, None))[0]
-        weight_name = self._teacher_name(weight)
-        events = self.copy_events.get(weight.name, ()) if weight is not None else ()
+        weight_name, events = self._origin(weight.name if weight is not None else "")
         original = self.original_path.get(weight_name) if events else None
         candidates = [original] if original else []
         candidates += names.aliases(node) if node.op_type in ops.WEIGHT_OPS else [names.scope_of(node)]
@@ -690,20 +689,20 @@ class _Builder:
             self.non_persistent.add(path)
         return self.fx.get_attr(path)
 
-    def _teacher_name(self, value: ir.Value | None) -> str:
-        """The state-dict name `value` had before growth (its own name if it was not grown)."""
-        name = value.name if value is not None else ""
-        return self.teacher_name.get(name, name or "")
+    def _origin(self, name: str | None) -> tuple[str, tuple]:
+        """(the state-dict name initializer `name` had before growth, the block copies it went
+        through): its own name and () if it was not grown."""
+        return self.origin.get(name, (name or "", ()))
 
     def _named_otherwise(self, layer: _Layer) -> bool:
         """Whether the weight's state-dict name says a module other than a layer owns it
         (`attn.in_proj_weight` of nn.MultiheadAttention): then it stays a parameter of that name."""
-        name = self._teacher_name(layer.params.get("weight", (None, None))[0])
+        weight = layer.params.get("weight", (None, None))[0]
+        name = self._origin(weight.name if weight is not None else "")[0]
         return "." in name and not name.endswith(".weight") and _module_path(name) == name
 
     def _state_path(self, name: str) -> str:
-        events = self.copy_events.get(name, ())
-        name = self.teacher_name.get(name, name)
+        name, events = self._origin(name)
         path = _module_path(name)
         path = self._placed(path, events) if path else None
         if path and "." in path and _free_path(self.root, path):

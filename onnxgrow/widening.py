@@ -289,6 +289,8 @@ def widen_group(graph: ir.Graph, node: ir.Node, group: gr.Group, width: int, met
         plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
                     pairs_inside=pairs_inside_heads(group), new_std=new_std)
     mappings = apply(graph, group, plan)
+    for mapping in mappings if padded else ():
+        mapping["padded"] = True  # new channels zero or the mean, not copies (a folder's norms then use ε·d/d′)
     details = {"method": method, "noise": noise if method == "net2net" else None,
                "width": {"before": n, "after": width}, "producers": [x.name for x in group.producers],
                "consumers": [x.name for x in group.consumers], "mappings": mappings}

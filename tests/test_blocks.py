@@ -55,6 +55,40 @@ def test_blocks_are_named_by_module_path_suffix_or_index(llm_model):
         blocks.resolve_block(found, "model.layers.5")
 
 
+def test_a_units_owner_is_the_innermost_indexed_item_over_its_layers():
+    """`0.mlp.fc1`, `0.mlp.fc2` (a top-level Sequential) belong to block `0`; nn.MultiheadAttention's
+    `blocks.0.attn.attn` and the MLP of `blocks.0` make one block, `blocks.0`."""
+    import io
+    from torch import nn
+
+    from tests import zoo
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = MLP()
+
+        def forward(self, x):
+            return x + self.mlp(x)
+
+    buffer = io.BytesIO()
+    torch.onnx.export(nn.Sequential(Block(), Block()), (torch.randn(2, 8),), buffer, dynamo=False)
+    assert [b.path for b in blocks.find_blocks(G.load(onnx.load_from_string(buffer.getvalue())))] == ["0", "1"]
+    module, inputs = zoo.make("vit_mini_mha")
+    buffer = io.BytesIO()
+    torch.onnx.export(module.eval(), inputs, buffer, dynamo=False)
+    found = blocks.find_blocks(G.load(onnx.load_from_string(buffer.getvalue())))
+    assert [(b.path, len(b.units)) for b in found] == [("blocks.0", 2), ("blocks.1", 2)]
+
+
 @pytest.mark.parametrize("plan", [["0:zero", "1:zero"], ["1:zero", "0:r2r", "1:zero"], ["model.layers.1:zero", "0:zero"]])
 def test_block_indices_in_a_plan_name_the_given_models_blocks(llm_model, plan):
     """A copy counts as blocks of its own (its nodes have no module path, so each of its units is

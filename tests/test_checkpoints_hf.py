@@ -230,3 +230,13 @@ def test_a_folder_grown_with_pad_streams_copies_where_its_config_cannot_hold_pad
     ids = np.random.default_rng(5).integers(0, llm_zoo.VOCAB, (2, 6))
     want = _logits(teacher, ids)
     assert np.abs(_logits(out, ids) - want).max() < 5e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("kw, halved", [(dict(method="random"), False), (dict(method="netmorph"), False),
+                                         (dict(method="netmorph", pad_streams=True), True)])
+def test_the_folders_eps_follows_how_the_stream_grew(llm_model, hf_folder, tmp_path, kw, halved):
+    """ε·d/d′ in the config only where the stream was padded: random growth and copies at x2 keep ε."""
+    student = og.grow(llm_model("llama"), widen={"*": "x2"}, **kw)
+    hf.export_folder(student, Path(hf_folder("llama")), tmp_path / "out", verify=False)
+    eps = json.loads((Path(hf_folder("llama")) / "config.json").read_text())["rms_norm_eps"]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["rms_norm_eps"] == (eps / 2 if halved else eps)

@@ -209,6 +209,29 @@ def new_std_of(flags: list[str]) -> float | str | None:
     return f"x{int(std[4:]) / 100:g}" if std[3] == "x" else int(std[3:]) / 1000
 
 
+# the growth variants of RUNS beside net2net, r2r and random growth: (method, {shape: recipes}, what it is);
+# run `{shape}_{method}_{recipe}`. netmorph: new units random at the weights' scale, their consumer weights zero,
+# the residual stream's new channels copies (its readers take the original, the copy starts at zero weight);
+# the block copies are net2net's (zero output), so on deeper it grows the net2net student's weights
+_GRADMAX = "netmorph with its new SwiGLU units' up rows turned to the largest gradient of their zero down columns (GradMax)"
+_PADDED = "netmorph with the residual stream padded and the new units"
+VARIANTS = [
+    ("netmorph", NETMORPH_GRID, "netmorph"),
+    ("netmorph_gradmax", GRADMAX_GRID, _GRADMAX),
+    ("netmorph_pad_gradmax", GRADMAX_GRID, f"{_GRADMAX}, the residual stream padded"),
+    ("net2net_pad", NET2NET_PAD_GRID, "net2net with the residual stream padded with zero channels (random readers) "
+                                      "instead of split"),
+    ("netmorph_fresh", FRESH_GRID, f"netmorph with the new units drawn as a fresh model's (N(0, {INIT_STD}))"),
+    ("netmorph_pad_std", STD_PAD_GRID, f"{_PADDED}' random weights at a fresh model's std ({INIT_STD}), by og.grow's "
+                                       "own pad_streams and new_std"),
+    *((f"netmorph_pad_std{_std}", {shape: ["asym_peak_3_decay_05"] for shape, stds in STD_SWEEP.items() if _std in stds},
+       f"{_PADDED}' random weights at std {new_std_of(['std' + _std])}")
+      for _std in dict.fromkeys(std for stds in STD_SWEEP.values() for std in stds)),
+    ("netmorph_pad_fresh", FRESH_PAD_GRID, f"{_PADDED} drawn as a fresh model's (N(0, {INIT_STD}))"),
+    ("netmorph_pad", PAD_GRID, "netmorph with the residual stream padded with zero channels (random readers) instead "
+                               "of copied"),
+]
+
 # name: (kind, shape, method, recipe, description)
 RUNS = {
     "teacher": ("teacher", "teacher", None, None, "the teacher, trained from scratch (warm-up, cosine)"),
@@ -230,54 +253,16 @@ for _shape in ("wider", "deeper", "both"):
                              f"`{RECOMMENDED_RECIPE[_shape]}` without noise"),
         f"scratch_{_shape}": ("scratch", _shape, None, None, f"the {_shape} architecture from scratch (warm-up, cosine)"),
     })
-    # netmorph: new units random at the weights' scale, their consumer weights zero, the residual
-    # stream's new channels copies (its readers take the original, the copy starts at zero weight);
-    # the block copies are net2net's (zero output), so on deeper it grows the net2net student's weights
-    for _name in NETMORPH_GRID[_shape]:
-        RUNS[f"{_shape}_netmorph_{_name}"] = ("grown", _shape, "netmorph", RECIPES[_name],
-                                              f"{_shape}, netmorph, recipe `{_name}`")
-    for _name in GRADMAX_GRID.get(_shape, []):
-        for _variant, _stream in (("netmorph_gradmax", ""), ("netmorph_pad_gradmax", ", the residual stream padded")):
-            RUNS[f"{_shape}_{_variant}_{_name}"] = (
-                "grown", _shape, _variant, RECIPES[_name],
-                f"{_shape}, netmorph with its new SwiGLU units' up rows turned to the largest gradient of their "
-                f"zero down columns (GradMax){_stream}, recipe `{_name}`")
-    for _name in NET2NET_PAD_GRID.get(_shape, []):
-        RUNS[f"{_shape}_net2net_pad_{_name}"] = (
-            "grown", _shape, "net2net_pad", RECIPES[_name],
-            f"{_shape}, net2net with the residual stream padded with zero channels (random readers) instead of "
-            f"split, recipe `{_name}`")
     for _name in R2R_GRID.get(_shape, []):
         RUNS[f"{_shape}_r2r_{_name}"] = ("grown", _shape, "r2r", dict(RECIPES[_name], noise=0.0),
                                          f"{_shape}, r2r, recipe `{_name}` without noise")
     for _name in RANDOM_GRID.get(_shape, []):
         RUNS[f"{_shape}_random_{_name}"] = ("grown", _shape, "random", dict(RECIPES[_name], noise=0.0),
                                             f"{_shape}, random growth, recipe `{_name}` without noise")
-    if _shape != "deeper":
-        for _name in FRESH_GRID[_shape]:
-            RUNS[f"{_shape}_netmorph_fresh_{_name}"] = (
-                "grown", _shape, "netmorph_fresh", RECIPES[_name],
-                f"{_shape}, netmorph with the new units drawn as a fresh model's (N(0, {INIT_STD})), recipe `{_name}`")
-        for _name in STD_PAD_GRID.get(_shape, []):
-            RUNS[f"{_shape}_netmorph_pad_std_{_name}"] = (
-                "grown", _shape, "netmorph_pad_std", RECIPES[_name],
-                f"{_shape}, netmorph with the residual stream padded and the new units' random weights at a fresh "
-                f"model's std ({INIT_STD}), by og.grow's own pad_streams and new_std, recipe `{_name}`")
-        for _std in STD_SWEEP.get(_shape, []):
-            RUNS[f"{_shape}_netmorph_pad_std{_std}_asym_peak_3_decay_05"] = (
-                "grown", _shape, f"netmorph_pad_std{_std}", RECIPES["asym_peak_3_decay_05"],
-                f"{_shape}, netmorph with the residual stream padded and the new units' random weights at std "
-                f"{new_std_of(['std' + _std])}, recipe `asym_peak_3_decay_05`")
-        for _name in FRESH_PAD_GRID.get(_shape, []):
-            RUNS[f"{_shape}_netmorph_pad_fresh_{_name}"] = (
-                "grown", _shape, "netmorph_pad_fresh", RECIPES[_name],
-                f"{_shape}, netmorph with the residual stream padded and the new units drawn as a fresh model's "
-                f"(N(0, {INIT_STD})), recipe `{_name}`")
-        for _name in PAD_GRID[_shape]:
-            RUNS[f"{_shape}_netmorph_pad_{_name}"] = (
-                "grown", _shape, "netmorph_pad", RECIPES[_name],
-                f"{_shape}, netmorph with the residual stream padded with zero channels (random readers) instead "
-                f"of copied, recipe `{_name}`")
+    for _method, _grid, _what in VARIANTS:
+        for _name in _grid.get(_shape, []):
+            RUNS[f"{_shape}_{_method}_{_name}"] = ("grown", _shape, _method, RECIPES[_name],
+                                                   f"{_shape}, {_what}, recipe `{_name}`")
 
 
 # the record's runs (results/lm-full/): per shape from scratch, the recommended run, random growth on its schedule

@@ -154,20 +154,11 @@ def grown_config(config: dict, teacher: sd.Checkpoint, student: dict[str, tuple]
     return chosen
 
 
-def _stream_padded(model, placed: list[k.Placed]) -> bool:
-    """Whether growth padded the residual stream rather than copied its channels: in the growth
-    history a weight of the teacher's embedding got new channels from no old one (index −1)."""
-    past = history.read(history.metadata_of(model))
-    if past is None:
-        return False
-    embedding = {p.teacher_key for p in placed if p.teacher_key.endswith("embed_tokens.weight")
-                 or p.teacher_key.endswith(("wte.weight", "embed_in.weight", "word_embeddings.weight"))}
-    live = {p.initializer for p in placed if p.teacher_key in embedding and p.initializer is not None}
-    roots = {root for root, _, _ in history.origins(past, live).values()}
-    entries = [m for step in past["steps"] for m in step["mappings"]]
-    grown = history.origins(past, {m["initializer"] for m in entries})
-    return any(grown.get(m["initializer"], (None,))[0] in roots and -1 in history.unruns(m["index"])
-               for m in entries)
+def _stream_padded(model) -> bool:
+    """Whether growth padded the residual stream (also at a multiple of its width: pad_streams)
+    rather than copied its channels: its mappings in the growth history say so."""
+    past = history.read(history.metadata_of(model)) or {"steps": []}
+    return any(m.get("padded") for step in past["steps"] for m in step["mappings"])
 
 
 def _hidden(config, teacher, student) -> tuple[int, int]:
@@ -280,7 +271,7 @@ def export_folder(grown, teacher_dir: Path, out: Path, *, max_shard_size=DEFAULT
     untied = _untie(model, config, placed, checkpoint)
     student = sd.Student(model, checkpoint, placed)
     shapes = {key: shape for key, shape, _ in student(meta_only=True)}
-    new_config = grown_config(config, checkpoint, shapes, _layers(placed, config), _stream_padded(model, placed))
+    new_config = grown_config(config, checkpoint, shapes, _layers(placed, config), _stream_padded(model))
     if untied:
         new_config["tie_word_embeddings"] = False
         report["untied"] = untied

@@ -62,25 +62,6 @@ def grow_folder(folder: Path, plan, out: Path, *, verify: bool = True, max_shard
     """Grow the checkpoint in `folder` by `plan` (growth.GrowthPlan) into a new folder `out`. With
     `pad_streams` the stream is padded where the folder can hold it: a config whose one ε also
     serves the heads' q/k norms cannot, so there the stream's channels are copied (and it says so)."""
-    try:
-        return _grow_folder(folder, plan, out, verify=verify, max_shard_size=max_shard_size, progress=progress)
-    except hf.SharedEpsilon:
-        if not plan.pad_streams:
-            raise
-    (progress or (lambda message: None))("the config's one ε also serves the q/k norms: growing again with the "
-                                         "stream's channels copied, not padded")
-    summary = _grow_folder(folder, dataclasses.replace(plan, pad_streams=False), out, verify=verify,
-                           max_shard_size=max_shard_size, progress=progress)
-    summary["lines"].append("stream copied, not padded: the config has one ε for the stream's norms and the "
-                            "heads' q/k norms, and a padded stream needs ε·d/d′ for the first only")
-    return summary
-
-
-def _grow_folder(folder: Path, plan, out: Path, *, verify: bool, max_shard_size, progress) -> dict:
-    from .. import window
-    from ..growth import grow_model
-    from ..verification import verify as run_verify
-
     say = progress or (lambda message: None)
     hf._check_out_folder(out, folder)
     hf.model_class(hf.read_config(folder))
@@ -91,28 +72,50 @@ def _grow_folder(folder: Path, plan, out: Path, *, verify: bool, max_shard_size,
         export_onnx(folder, teacher)
         times["export"] = time.perf_counter() - start
         say(f"exported {folder} to ONNX ({times['export']:.1f} s)")
-        start = time.perf_counter()
-        model = window.load(str(teacher), plan.targets(), spill=True)
-        summary = model.run(lambda m: grow_model(m, plan, progress))
-        model.write(student)
-        del model
-        times["grow"] = time.perf_counter() - start
-        if verify:
+        attempts = [plan, dataclasses.replace(plan, pad_streams=False)] if plan.pad_streams else [plan]
+        for attempt in attempts:
+            summary = _grow_onnx(teacher, student, attempt, verify, progress, times)
             start = time.perf_counter()
-            report = run_verify(str(teacher), str(student))
-            times["verify"] = time.perf_counter() - start
-            summary["verify"] = report.to_dict()
-            summary["preserving"] = plan.method != "random"
-            if not report.ok and plan.method != "random":
-                raise MismatchError("the grown ONNX does not match the teacher; nothing was written.",
-                                    report=report)
-        start = time.perf_counter()
-        written = hf.export_folder(str(student), folder, out, max_shard_size=max_shard_size,
-                                   verify=verify and plan.method != "random", progress=say)
-        times["write"] = time.perf_counter() - start
+            try:
+                written = hf.export_folder(str(student), folder, out, max_shard_size=max_shard_size,
+                                           verify=verify and attempt.method != "random", progress=say)
+            except hf.SharedEpsilon:
+                if attempt is attempts[-1]:
+                    raise
+                say("the config's one ε also serves the q/k norms: growing again with the stream's channels "
+                    "copied, not padded")
+                continue
+            times["write"] = time.perf_counter() - start
+            if attempt is not plan:
+                summary["lines"].append("stream copied, not padded: the config has one ε for the stream's norms "
+                                        "and the heads' q/k norms, and a padded stream needs ε·d/d′ for the first only")
+            break
     summary["checkpoint"] = written
     summary["times"] = times
     summary["output"] = str(out)
+    return summary
+
+
+def _grow_onnx(teacher: Path, student: Path, plan, verify: bool, progress, times: dict) -> dict:
+    """Grow the ONNX `teacher` by `plan` into `student` and verify it; the growth summary."""
+    from .. import window
+    from ..growth import grow_model
+    from ..verification import verify as run_verify
+
+    start = time.perf_counter()
+    model = window.load(str(teacher), plan.targets(), spill=True)
+    summary = model.run(lambda m: grow_model(m, plan, progress))
+    model.write(student)
+    del model
+    times["grow"] = time.perf_counter() - start
+    if verify:
+        start = time.perf_counter()
+        report = run_verify(str(teacher), str(student))
+        times["verify"] = time.perf_counter() - start
+        summary["verify"] = report.to_dict()
+        summary["preserving"] = plan.method != "random"
+        if not report.ok and plan.method != "random":
+            raise MismatchError("the grown ONNX does not match the teacher; nothing was written.", report=report)
     return summary
 
 
