@@ -57,9 +57,10 @@ LAYOUT = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "
 LINEAR_REDUCE = frozenset({"ReduceMean", "ReduceSum"})
 
 
-def needs_padding(group: gr.Group, n: int, width: int, method: str) -> bool:
-    """A normalised group grown to a non-multiple, by a preserving method: pad the stream."""
-    return bool(group.uniform_only) and width % n != 0 and method != "random"
+def needs_padding(group: gr.Group, n: int, width: int, method: str, at_multiples: bool = False) -> bool:
+    """A normalised group grown to a non-multiple (or, `at_multiples`, to any width), by a preserving
+    method: pad the stream."""
+    return bool(group.uniform_only) and (at_multiples or width % n != 0) and method != "random"
 
 
 def can_pad(group: gr.Group, q: int, method: str) -> bool:

@@ -274,17 +274,17 @@ def widen_group(graph: ir.Graph, node: ir.Node, group: gr.Group, width: int, met
         raise GrowError(f"--noise {noise}: the replica split needs 0 <= noise < 1 to keep every "
                         "share positive.")
     repeat, n = group.outer * group.block, group_width(group)
-    padded = padding.needs_padding(group, n, width, method)
-    check_width(node, n, width, method, group, padded)
+    check_width(node, n, width, method, group, padding.needs_padding(group, n, width, method))
     plan, notes = None, []
-    if padded:
-        plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, node.name, new_std)
-    elif pad_streams and group.uniform_only and method != "random":  # a multiple: pad where it stays exact
+    if padding.needs_padding(group, n, width, method, at_multiples=pad_streams):
         try:
             plan = padding.PadPlan(graph, group, group.width, width // repeat, method, seed, node.name, new_std)
-            padded = True
-        except GrowError:  # heads, conv groups, post-norm stacks, a shared ε: only copies stay exact
+        except GrowError:
+            if width % n:  # not a multiple: only padding could stay exact
+                raise
+            # heads, conv groups, post-norm stacks, a shared ε: copies stay exact
             notes.append("normalised channels copied, not padded: padding would not keep them exact here")
+    padded = plan is not None
     if plan is None:
         plan = Plan(group.width, width // repeat, method, seed, noise, uniform=bool(group.uniform_only),
                     pairs_inside=pairs_inside_heads(group), new_std=new_std)
