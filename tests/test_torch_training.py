@@ -277,9 +277,18 @@ def test_a_grown_decoders_parameters_are_its_grown_folders(family, llm_model, hf
 
     student = og.grow(llm_model(family), widen={"*": "x2"}, deepen=["0:zero", "1:zero"])
     hf.export_folder(student, Path(hf_folder(family)), tmp_path / "out")
-    native = dict(transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.float32)
-                  .named_parameters())
-    params = dict(og.to_torch(student).named_parameters())
+    lm = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.float32).eval()
+    native = dict(lm.named_parameters())
+    module = og.to_torch(student)
+    params = dict(module.named_parameters())
     assert len(native) > 20 and {f"lm.{k}" for k in native} <= set(params), sorted(set(params))[:10]
     for name, p in native.items():
         torch.testing.assert_close(params[f"lm.{name}"], p, rtol=0, atol=0)
+    # the user's own class takes to_torch's state dict as it is (strict), and computes the grown ONNX's logits
+    state = {k[len("lm."):]: v for k, v in module.state_dict().items() if k.startswith("lm.")}
+    lm.load_state_dict({k: v for k, v in state.items() if k in lm.state_dict()}, strict=True)
+    ids = np.random.default_rng(3).integers(0, llm_zoo.VOCAB, (2, 6))
+    with torch.no_grad():
+        got = lm(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+    want = run(student, {"input_ids": ids})[0]
+    assert np.abs(got - want).max() <= 5e-5 * np.abs(want).max()
